@@ -1,0 +1,113 @@
+"""Error types raised by microsmtp.
+
+Every error carries the stage of the dialogue where it happened and a ``transient``
+flag: True when trying again later can succeed (a 4xx reply, a lost connection, a
+timeout), False when the same attempt will fail the same way (a 5xx reply, a failed
+certificate check, rejected credentials, invalid input). An outbox retries transient
+errors and sets permanent ones aside.
+
+The hierarchy uses single inheritance only, because MicroPython resolves methods of
+multiply-inherited exceptions differently from CPython.
+"""
+
+
+class SMTPError(Exception):
+    """Root of every microsmtp error.
+
+    ``code`` and ``enhanced`` are the server's reply code and enhanced status code
+    (``"5.7.8"``) when a reply caused the error, ``text`` is the reply text, and
+    ``stage`` names the step of the dialogue (``"greeting"``, ``"ehlo"``, ``"starttls"``,
+    ``"tls"``, ``"auth"``, ``"mail"``, ``"rcpt"``, ``"data"``, ``"message"``, ``"quit"``,
+    ``"connect"``).
+    """
+
+    transient = False
+
+    def __init__(self, message, code=None, enhanced=None, text="", stage=None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+        self.stage = stage
+
+    def __str__(self):
+        return self.message
+
+
+class InvalidInputError(SMTPError):
+    """Input from the caller that cannot be sent safely, such as CR or LF in a header."""
+
+
+class ConfigError(SMTPError):
+    """A missing or invalid option, detected before anything is sent."""
+
+
+class ClockNotSetError(ConfigError):
+    """The system clock is before any valid certificate date, so TLS cannot verify.
+
+    Transient: setting the clock (NTP) and trying again succeeds.
+    """
+
+    transient = True
+
+
+class ReplyError(SMTPError):
+    """The server answered a command with an error reply."""
+
+    def __init__(self, message, code=None, enhanced=None, text="", stage=None):
+        super().__init__(message, code, enhanced, text, stage)
+        self.transient = code is not None and 400 <= code < 500
+
+
+class AuthError(ReplyError):
+    """The server rejected authentication, or no usable mechanism is offered."""
+
+
+class RecipientsRefused(ReplyError):
+    """The server refused every recipient of a message.
+
+    ``refused`` maps each recipient address to the Reply that refused it. The error is
+    transient only when every refusal was a 4xx reply.
+    """
+
+    def __init__(self, message, refused, stage="rcpt"):
+        first = None
+        for reply in refused.values():
+            first = reply
+            break
+        code = first.code if first else None
+        enhanced = first.enhanced if first else None
+        text = first.text if first else ""
+        super().__init__(message, code, enhanced, text, stage)
+        self.refused = refused
+        transient = True
+        for reply in refused.values():
+            if not 400 <= reply.code < 500:
+                transient = False
+        self.transient = transient
+
+
+class ProtocolError(SMTPError):
+    """The server sent data that breaks the SMTP protocol (a malformed or unexpected reply).
+
+    Transient, because a server or path fault can clear, and an alert must stay queued.
+    """
+
+    transient = True
+
+
+class SecurityError(SMTPError):
+    """TLS could not be established or verified, or STARTTLS was required but unavailable."""
+
+
+class ConnectionLost(SMTPError):
+    """The connection failed or closed before the dialogue finished."""
+
+    transient = True
+
+
+class Timeout(SMTPError):
+    """A stage of the dialogue did not finish within its time limit."""
+
+    transient = True
