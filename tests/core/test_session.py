@@ -1,0 +1,463 @@
+"""Sans-IO session: the dialogue, STARTTLS rules, AUTH choices and transaction errors."""
+
+from helpers import raises, splits
+
+from microsmtp import session as smtp_session
+from microsmtp.errors import (
+    AuthError,
+    ConnectionLost,
+    InvalidInputError,
+    ProtocolError,
+    RecipientsRefused,
+    ReplyError,
+    SecurityError,
+)
+from microsmtp.session import IDLE, NEED_DATA, SEND, START_TLS, CLOSED, DataEncoder, Session
+
+GREETING = b"220 mx.example.com ESMTP\r\n"
+EHLO_PLAIN = b"250-mx.example.com\r\n250-SIZE 1000\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+EHLO_TLS = b"250-mx.example.com\r\n250-SIZE 1000\r\n250-AUTH PLAIN LOGIN XOAUTH2\r\n250 8BITMIME\r\n"
+
+
+def pump(session):
+    """Run the session until it needs something other than sending; return (sent, event)."""
+    sent = b""
+    while True:
+        event = session.next_event()
+        if event != SEND:
+            return sent, event
+        sent += session.data_to_send()
+
+
+def step(session, expected_sent, reply, expected_event=NEED_DATA):
+    sent, event = pump(session)
+    assert sent == expected_sent, (sent, expected_sent)
+    assert event == expected_event, (event, expected_event)
+    if reply is not None:
+        session.receive_data(reply)
+
+
+def start_tls_session(**kwargs):
+    """Return a session that passed greeting, EHLO, STARTTLS and the second EHLO."""
+    session = Session("client.example", **kwargs)
+    step(session, b"", GREETING)
+    step(session, b"EHLO client.example\r\n", EHLO_PLAIN)
+    step(session, b"STARTTLS\r\n", b"220 go ahead\r\n")
+    step(session, b"", None, START_TLS)
+    session.tls_started()
+    step(session, b"EHLO client.example\r\n", EHLO_TLS)
+    return session
+
+
+def test_starttls_dialogue_forgets_plaintext_extensions():
+    session = start_tls_session()
+    assert pump(session) == (b"", IDLE)
+    assert session.tls_active
+    assert "STARTTLS" not in session.extensions
+    assert "PIPELINING" not in session.extensions
+    assert session.auth_mechanisms == ["PLAIN", "LOGIN", "XOAUTH2"]
+    assert session.max_size == 1000
+
+
+def test_greeting_in_every_split():
+    for chunks in splits(b"220-first\r\n220 second\r\n"):
+        session = Session("c", security="tls")
+        pump(session)
+        for chunk in chunks:
+            session.receive_data(chunk)
+        sent, event = pump(session)
+        assert sent == b"EHLO c\r\n"
+        assert session.greeting.lines == ["first", "second"]
+
+
+def test_starttls_not_offered_aborts():
+    session = Session("c")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH PLAIN\r\n")
+    error = raises(SecurityError, pump, session)
+    assert "STARTTLS" in str(error)
+    assert not error.transient
+    # The error is final: the same error again, and nothing more is sent.
+    raises(SecurityError, session.next_event)
+
+
+def test_starttls_refused_codes():
+    for code, transient in ((b"454", True), (b"501", False), (b"502", False), (b"354", False)):
+        session = Session("c")
+        step(session, b"", GREETING)
+        step(session, b"EHLO c\r\n", EHLO_PLAIN)
+        step(session, b"STARTTLS\r\n", code + b" no\r\n")
+        error = raises(SecurityError, pump, session)
+        assert error.code == int(code)
+        assert error.transient == transient
+
+
+def test_data_after_starttls_reply_is_injection():
+    session = Session("c")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", EHLO_PLAIN)
+    step(session, b"STARTTLS\r\n", b"220 go ahead\r\n250-injected\r\n")
+    error = raises(ProtocolError, pump, session)
+    assert "injection" in str(error)
+
+
+def test_fragment_after_starttls_reply_is_injection():
+    session = Session("c")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", EHLO_PLAIN)
+    step(session, b"STARTTLS\r\n", b"220 go ahead\r\n250 OK")
+    raises(ProtocolError, pump, session)
+
+
+def test_ehlo_rejected_without_plaintext_option():
+    session = Session("c")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"500 what\r\n")
+    error = raises(SecurityError, pump, session)
+    assert "EHLO" in str(error)
+
+
+def test_helo_fallback_only_with_plaintext():
+    session = Session("c", security="none")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"502 no\r\n")
+    step(session, b"HELO c\r\n", b"250 hello\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert not session.esmtp
+
+
+def test_auth_over_plaintext_never_sent():
+    session = Session("c", security="none", username="alice", password="secret")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH PLAIN LOGIN\r\n")
+    sent = b""
+    error = None
+    try:
+        sent, _ = pump(session)
+    except SecurityError as exc:
+        error = exc
+    assert error is not None
+    assert sent == b""
+    assert b"AUTH" not in sent
+
+
+def test_auth_plain_in_one_step():
+    lines = []
+    session = start_tls_session(username="alice", password="secret", log=lines.append)
+    step(session, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert session.authenticated
+    assert "--> AUTH PLAIN <redacted>" in lines
+    for line in lines:
+        assert "AGFsaWNl" not in line
+        assert "secret" not in line
+
+
+def test_auth_login_two_challenges_redacted():
+    lines = []
+    session = Session("c", security="tls", username="alice", password="secret", log=lines.append)
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH LOGIN\r\n")
+    step(session, b"AUTH LOGIN\r\n", b"334 VXNlcm5hbWU6\r\n")
+    step(session, b"YWxpY2U=\r\n", b"334 UGFzc3dvcmQ6\r\n")
+    step(session, b"c2VjcmV0\r\n", b"235 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    text = "\n".join(lines)
+    assert "YWxpY2U=" not in text
+    assert "c2VjcmV0" not in text
+    assert "VXNlcm5hbWU6" not in text
+
+
+def test_auth_plain_preferred_over_login():
+    session = start_tls_session(username="u", password="p")
+    sent, _ = pump(session)
+    assert sent.startswith(b"AUTH PLAIN ")
+
+
+def test_auth_wrong_password_is_permanent_and_final():
+    session = start_tls_session(username="alice", password="wrong")
+    step(session, b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n", b"535 5.7.8 Authentication credentials invalid\r\n")
+    error = raises(AuthError, pump, session)
+    assert error.code == 535
+    assert error.enhanced == "5.7.8"
+    assert not error.transient
+    assert error.stage == "auth"
+    # No second mechanism is tried: the session sends nothing more.
+    assert pump(session) == (b"", CLOSED)
+
+
+def test_auth_503_is_not_success():
+    session = start_tls_session(username="alice", password="secret")
+    step(session, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"503 5.5.1 already authenticated\r\n")
+    error = raises(AuthError, pump, session)
+    assert error.code == 503
+    assert not session.authenticated
+
+
+def test_auth_454_is_transient():
+    session = start_tls_session(username="alice", password="secret")
+    step(session, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"454 4.7.0 try later\r\n")
+    error = raises(AuthError, pump, session)
+    assert error.transient
+
+
+def test_xoauth2_error_flow():
+    session = start_tls_session(username="alice@example.com", oauth2_token="tok")
+    sent, _ = pump(session)
+    assert sent.startswith(b"AUTH XOAUTH2 ")
+    challenge = b"eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ=="
+    session.receive_data(b"334 " + challenge + b"\r\n")
+    step(session, b"\r\n", b"535 5.7.8 Username and Password not accepted\r\n")
+    error = raises(AuthError, pump, session)
+    assert error.code == 535
+    assert '"status":"400"' in str(error)
+    assert "tok" not in str(error)
+
+
+def test_oauth2_token_needs_xoauth2_offered():
+    session = Session("c", security="tls", username="u", oauth2_token="t")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH PLAIN LOGIN\r\n")
+    error = raises(AuthError, pump, session)
+    assert "XOAUTH2" in str(error)
+
+
+def test_auth_not_offered():
+    session = Session("c", security="tls", username="u", password="p")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 SIZE 10\r\n")
+    raises(AuthError, pump, session)
+
+
+def test_old_auth_equals_syntax():
+    session = Session("c", security="tls", username="u", password="p")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH=LOGIN\r\n")
+    sent, _ = pump(session)
+    assert sent == b"AUTH LOGIN\r\n"
+
+
+def ready_session(log=None):
+    session = Session("c", security="tls", log=log)
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250-SIZE 100000\r\n250 SMTPUTF8\r\n")
+    assert pump(session) == (b"", IDLE)
+    return session
+
+
+def test_transaction_with_partial_refusal():
+    session = ready_session()
+    session.mail("a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi\r\n", size=20)
+    step(session, b"MAIL FROM:<a@example.com> SIZE=20\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@example.com>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<c@example.com>\r\n", b"550 5.1.1 no such user\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"Subject: x\r\n\r\nhi\r\n.\r\n", b"250 2.0.0 queued as X\r\n")
+    assert pump(session) == (b"", IDLE)
+    result = session.result
+    assert list(result.accepted) == ["b@example.com"]
+    assert result.refused["c@example.com"].enhanced == "5.1.1"
+    assert result.reply.text == "queued as X"
+
+
+def test_all_recipients_refused_then_rset():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"554 5.7.1 relay denied\r\n")
+    error = raises(RecipientsRefused, pump, session)
+    assert error.refused["b@x.org"].code == 554
+    assert not error.transient
+    assert session.usable
+    # The next transaction starts with RSET.
+    session.mail("a@x.org", ["c@x.org"], b"hi\r\n")
+    step(session, b"RSET\r\n", b"250 ok\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+
+
+def test_mail_refused_transient():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"451 4.3.0 later\r\n")
+    error = raises(ReplyError, pump, session)
+    assert error.transient
+    assert error.stage == "mail"
+    assert session.usable
+
+
+def test_data_refused():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"554 no\r\n")
+    error = raises(ReplyError, pump, session)
+    assert error.stage == "data"
+    assert not error.transient
+
+
+def test_final_reply_refused():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"hi\r\n.\r\n", b"552 5.3.4 too big\r\n")
+    error = raises(ReplyError, pump, session)
+    assert error.stage == "message"
+    assert error.enhanced == "5.3.4"
+    assert session.usable
+
+
+def test_421_closes_without_quit():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"421 4.4.2 closing\r\n")
+    error = raises(ReplyError, pump, session)
+    assert error.transient
+    assert not session.usable
+    assert pump(session) == (b"", CLOSED)
+    session.quit()
+    assert pump(session) == (b"", CLOSED)
+
+
+def test_unsolicited_421_while_idle():
+    session = ready_session()
+    session.receive_data(b"421 idle timeout\r\n")
+    error = raises(ReplyError, session.mail, "a@x.org", ["b@x.org"], b"hi")
+    assert error.code == 421
+
+
+def test_connection_closed_mid_reply():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250-partial\r\n")
+    session.receive_data(b"")
+    error = raises(ConnectionLost, pump, session)
+    assert error.transient
+    assert error.stage == "mail"
+
+
+def test_quit_dialogue():
+    session = ready_session()
+    session.quit()
+    step(session, b"QUIT\r\n", b"221 bye\r\n")
+    assert pump(session) == (b"", CLOSED)
+
+
+def test_size_over_server_limit_refused_before_sending():
+    session = ready_session()
+    error = raises(InvalidInputError, session.mail, "a@x.org", ["b@x.org"], b"hi", 200000)
+    assert "100000" in str(error)
+    assert pump(session) == (b"", IDLE)
+
+
+def test_smtputf8_needs_extension():
+    session = Session("c", security="tls")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250 mx\r\n")
+    pump(session)
+    raises(InvalidInputError, session.mail, "a@x.org", ["b@x.org"], b"hi", None, True)
+
+
+def test_smtputf8_parameter_sent():
+    session = ready_session()
+    session.mail("\u00e4@x.org", ["b@x.org"], b"hi", smtputf8=True)
+    sent, _ = pump(session)
+    assert sent == "MAIL FROM:<\u00e4@x.org> SMTPUTF8\r\n".encode("utf-8")
+
+
+def test_command_arguments_reject_line_breaks():
+    bad_values = ("a\r@x.org", "a\n@x.org", "a\x00@x.org", "a@x.org\r\nRCPT TO:<evil@x.org>")
+    for bad in bad_values:
+        session = ready_session()
+        raises(InvalidInputError, session.mail, bad, ["b@x.org"], b"hi")
+        raises(InvalidInputError, session.mail, "a@x.org", [bad], b"hi")
+        assert pump(session) == (b"", IDLE)
+    raises(InvalidInputError, Session, "evil\r\nMAIL FROM:<x>")
+    raises(InvalidInputError, Session, "host name")
+    raises(InvalidInputError, Session, "c", "tls", "user\r\n", "p")
+
+
+def test_address_with_brackets_refused():
+    session = ready_session()
+    raises(InvalidInputError, session.mail, "<a@x.org>", ["b@x.org"], b"hi")
+    raises(InvalidInputError, session.mail, "a@x.org", ["b@x.org> NOTIFY=NEVER"], b"hi")
+
+
+def test_no_recipients_refused():
+    session = ready_session()
+    raises(InvalidInputError, session.mail, "a@x.org", [], b"hi")
+
+
+def test_unknown_security_refused():
+    raises(InvalidInputError, Session, "c", "ssl")
+
+
+def test_mail_while_busy_refused():
+    session = ready_session()
+    session.mail("a@x.org", ["b@x.org"], b"hi")
+    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi")
+
+
+def test_greeting_554_refused():
+    session = Session("c")
+    step(session, b"", b"554 no service\r\n")
+    error = raises(ReplyError, pump, session)
+    assert error.stage == "greeting"
+    assert not error.transient
+
+
+def test_transcript_shows_dialogue():
+    lines = []
+    session = ready_session(lines.append)
+    assert lines[0] == "<-- 220 mx.example.com ESMTP"
+    assert lines[1] == "--> EHLO c"
+    assert lines[-1] == "<-- 250 SMTPUTF8"
+
+
+def encode_all(chunks):
+    encoder = DataEncoder()
+    out = b"".join(encoder.encode(chunk) for chunk in chunks)
+    return out + encoder.finish()
+
+
+def test_data_encoder_dot_stuffing_and_line_ends():
+    cases = (
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b".start\r\n", b"..start\r\n.\r\n"),
+        (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"bare\nlf\rcr", b"bare\r\nlf\r\ncr\r\n.\r\n"),
+        (b"", b".\r\n"),
+        (b"end\r", b"end\r\n.\r\n"),
+    )
+    for data, expected in cases:
+        for chunks in splits(data):
+            assert encode_all(chunks) == expected, (chunks, encode_all(chunks))
+
+
+SMUGGLING = (
+    b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r\n.\r\r\n",
+)
+
+
+def test_data_encoder_blocks_smuggling():
+    for vector in SMUGGLING:
+        data = b"before" + vector + b"MAIL FROM:<evil@x.org>\r\nafter"
+        for chunks in splits(data):
+            wire = encode_all(chunks)
+            body = wire[: -len(b".\r\n")]
+            assert b"\r\n.\r\n" not in body, (vector, wire)
+            assert b"\r" not in body.replace(b"\r\n", b""), (vector, wire)
+            assert b"\n" not in body.replace(b"\r\n", b""), (vector, wire)
+            assert wire.endswith(b"\r\n.\r\n")
+
+
+def test_data_encoder_rejects_nul():
+    encoder = DataEncoder()
+    raises(InvalidInputError, encoder.encode, b"a\x00b")
+
+
+def test_event_names_cover_events():
+    for event in (SEND, NEED_DATA, START_TLS, IDLE, CLOSED):
+        assert event in smtp_session.EVENT_NAMES
