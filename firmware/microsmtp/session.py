@@ -278,6 +278,9 @@ class Session:
                 self._error = exc
             raise
         except Exception as exc:
+            # The reply parser does not know the dialogue, so its errors get the stage here.
+            if getattr(exc, "stage", 0) is None:
+                exc.stage = self.stage
             self._error = exc
             raise
 

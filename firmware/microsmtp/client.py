@@ -1,0 +1,485 @@
+"""asyncio driver for the sans-IO session: sockets, TLS and time limits.
+
+The same code runs on CPython and on MicroPython. The driver moves bytes between the
+connection and ``Session`` and enforces time limits; every protocol decision is the
+session's. Only TLS setup differs between the runtimes:
+
+* CPython: ``open_connection(ssl=...)`` for implicit TLS and ``StreamWriter.start_tls()``
+  for STARTTLS.
+* MicroPython: the stream's socket (``stream.s``) is wrapped with
+  ``SSLContext.wrap_socket(..., do_handshake_on_connect=False)`` and put back; the next
+  read or write drives the handshake, so the handshake obeys the same time limits as
+  any other step. For implicit TLS, where the server speaks first, one non-blocking
+  read on the wrapped socket starts the handshake, because waiting for the socket to
+  become readable would wait forever.
+
+Time limits: every connect, write and reply wait is bounded by its own limit
+(``connect_timeout_ms``, ``reply_timeout_ms``) and by the deadline of the whole
+operation (``timeout_ms``). DNS resolution on MicroPython is a blocking call that no
+asyncio timeout can interrupt.
+"""
+
+import sys
+
+try:
+    import asyncio
+except ImportError:  # MicroPython before asyncio was renamed
+    import uasyncio as asyncio
+
+from . import session as _session
+from .errors import (
+    ClockNotSetError,
+    ConfigError,
+    ConnectionLost,
+    SecurityError,
+    SMTPError,
+    Timeout,
+)
+
+MICROPYTHON = sys.implementation.name == "micropython"
+
+if MICROPYTHON:
+    import time
+
+    def _now_ms():
+        return time.ticks_ms()
+
+    def _elapsed_ms(start):
+        return time.ticks_diff(time.ticks_ms(), start)
+
+else:
+    import time
+
+    def _now_ms():
+        return int(time.monotonic() * 1000)
+
+    def _elapsed_ms(start):
+        return _now_ms() - start
+
+
+DEFAULT_PORTS = {_session.STARTTLS: 587, _session.TLS: 465, _session.PLAINTEXT: 25}
+
+# Certificates are checked against the clock. A clock before this year means it was
+# never set (boards start in 2000 or 2021), and every verification would fail.
+MIN_CLOCK_YEAR = 2025
+
+_READ_SIZE = 1024
+
+
+def clock_is_set():
+    return time.gmtime()[0] >= MIN_CLOCK_YEAR
+
+
+def pem_to_der(pem):
+    """Return the DER bytes of every certificate in a PEM text (str or bytes)."""
+    import binascii
+
+    if isinstance(pem, bytes):
+        pem = pem.decode()
+    roots = []
+    body = None
+    for line in pem.splitlines():
+        line = line.strip()
+        if line == "-----BEGIN CERTIFICATE-----":
+            body = []
+        elif line == "-----END CERTIFICATE-----" and body is not None:
+            roots.append(binascii.a2b_base64("".join(body)))
+            body = None
+        elif body is not None:
+            body.append(line)
+    return roots
+
+
+def _der_roots(ca_roots):
+    if ca_roots is None:
+        return None
+    if isinstance(ca_roots, (bytes, bytearray, str)):
+        ca_roots = [ca_roots]
+    roots = []
+    for root in ca_roots:
+        if isinstance(root, str) or root.startswith(b"-----BEGIN"):
+            roots.extend(pem_to_der(root))
+        else:
+            roots.append(bytes(root))
+    if not roots:
+        raise ConfigError("ca_roots contains no certificate; pass DER bytes or PEM text of the server's root CA")
+    return roots
+
+
+def make_ssl_context(ca_roots=None):
+    """Create a client SSLContext that verifies the certificate chain and the hostname.
+
+    ``ca_roots`` is a list of DER certificates (or PEM text). Without it CPython uses the
+    system's trusted roots; MicroPython has no such store, so roots are required there.
+    """
+    import ssl
+
+    roots = _der_roots(ca_roots)
+    if MICROPYTHON:
+        if not roots:
+            raise ConfigError("no CA roots given; MicroPython has no system store, so pass ca_roots (DER bytes)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # MicroPython's default is CERT_NONE: without this line any certificate passes.
+        context.verify_mode = ssl.CERT_REQUIRED
+        for der in roots:
+            context.load_verify_locations(cadata=der)
+        return context
+    if not roots:
+        return ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for der in roots:
+        context.load_verify_locations(cadata=der)
+    return context
+
+
+class SMTP:
+    """One SMTP connection that can send several messages.
+
+    Use ``await smtp.connect()``, ``await smtp.send_message(msg)`` as often as needed,
+    then ``await smtp.quit()``; or ``async with SMTP(...) as smtp:``. Options are those
+    of ``send()``.
+    """
+
+    def __init__(
+        self,
+        host,
+        port=None,
+        security=_session.STARTTLS,
+        username=None,
+        password=None,
+        oauth2_token=None,
+        ca_roots=None,
+        server_hostname=None,
+        local_hostname=None,
+        timeout_ms=60000,
+        connect_timeout_ms=15000,
+        reply_timeout_ms=30000,
+        log=None,
+        ssl_context=None,
+    ):
+        if security not in _session.SECURITY_MODES:
+            raise ConfigError(
+                "security must be one of %s, not %s" % (", ".join(_session.SECURITY_MODES), repr(security))
+            )
+        if not host:
+            raise ConfigError("host is empty; set the SMTP server's name")
+        self.host = host
+        self.port = port or DEFAULT_PORTS[security]
+        self.security = security
+        self.server_hostname = server_hostname or host
+        self.local_hostname = local_hostname
+        self.timeout_ms = timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.reply_timeout_ms = reply_timeout_ms
+        self._credentials = (username, password, oauth2_token)
+        self._log = log
+        self._ca_roots = ca_roots
+        self._ssl_context = ssl_context
+        self._reader = None
+        self._writer = None
+        self._deadline_start = 0
+        self._deadline_ms = 0
+        self._handshaking = False
+        self._early = None
+        self._received_any = False
+        self._deadline_locked = False
+        self.session = None
+
+    # -- public API ------------------------------------------------------------------
+
+    async def connect(self):
+        """Connect, secure the connection, say EHLO and authenticate."""
+        self._start_deadline(self.timeout_ms)
+        context = None
+        if self.security != _session.PLAINTEXT:
+            if not clock_is_set():
+                raise ClockNotSetError(
+                    "clock not set (year %d): certificates cannot be checked; set the time (NTP) before sending"
+                    % time.gmtime()[0],
+                    stage="connect",
+                )
+            context = self._ssl_context or make_ssl_context(self._ca_roots)
+        self._context = context
+
+        await self._open(context)
+        username, password, token = self._credentials
+        try:
+            self.session = _session.Session(
+                self.local_hostname or self._default_local_name(),
+                self.security,
+                username,
+                password,
+                token,
+                self._log,
+            )
+        except BaseException:
+            await self.close()
+            raise
+        if self._early:
+            self.session.receive_data(self._early)
+            self._early = None
+        await self._run()
+
+    async def send_message(self, message):
+        """Send a Message; return the TransactionResult (per-recipient and final replies)."""
+        result = await self.send_raw(
+            message.sender_address,
+            message.recipients,
+            message.chunks(),
+            smtputf8=message.needs_smtputf8,
+        )
+        result.message_id = message.message_id
+        return result
+
+    async def send_raw(self, sender, recipients, content, size=None, smtputf8=False):
+        """Send content (bytes or an iterable of bytes) in one transaction."""
+        if self.session is None or self._writer is None:
+            raise ConnectionLost("not connected; call connect() first", stage="mail")
+        self._start_deadline(self.timeout_ms)
+        self.session.mail(sender, recipients, content, size, smtputf8)
+        await self._run()
+        return self.session.result
+
+    async def quit(self):
+        """Send QUIT and close the connection; errors while quitting are ignored."""
+        if self.session is not None and self._writer is not None:
+            self._start_deadline(self.reply_timeout_ms)
+            try:
+                self.session.quit()
+                await self._run()
+            except SMTPError:
+                pass
+        await self.close()
+
+    async def close(self):
+        """Close the connection without QUIT."""
+        writer = self._writer
+        self._writer = None
+        self._reader = None
+        if writer is None:
+            return
+        try:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 2)
+        except Exception:
+            # Closing a broken connection can raise OSError, a TLS error or a timeout
+            # (CPython waits for the TLS close_notify); the connection is gone either way.
+            pass
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            await self.quit()
+        else:
+            await self.close()
+
+    # -- event loop of the session -----------------------------------------------------
+
+    async def _run(self):
+        session = self.session
+        try:
+            while True:
+                event = session.next_event()
+                if event == _session.SEND:
+                    await self._write(session.data_to_send())
+                elif event == _session.NEED_DATA:
+                    session.receive_data(await self._read())
+                elif event == _session.START_TLS:
+                    await self._start_tls()
+                    session.tls_started()
+                elif event == _session.IDLE:
+                    return
+                else:
+                    await self.close()
+                    return
+        except SMTPError:
+            if not session.usable:
+                await self.close()
+            raise
+        except BaseException:
+            # Cancellation or an unexpected failure: the dialogue is in an unknown
+            # state, so the connection must not be reused.
+            await self.close()
+            raise
+
+    # -- I/O with time limits -----------------------------------------------------------
+
+    def _start_deadline(self, timeout_ms):
+        if self._deadline_locked:
+            return
+        self._deadline_start = _now_ms()
+        self._deadline_ms = timeout_ms
+
+    def _limit_s(self, stage_ms, stage):
+        remaining = self._deadline_ms - _elapsed_ms(self._deadline_start)
+        if remaining <= 0:
+            raise Timeout(
+                "the operation did not finish within timeout_ms=%d (during %s)" % (self._deadline_ms, stage),
+                stage=stage,
+            )
+        return min(stage_ms, remaining) / 1000
+
+    async def _with_limit(self, awaitable, stage_ms, stage, what):
+        limit_s = self._limit_s(stage_ms, stage)
+        try:
+            return await asyncio.wait_for(awaitable, limit_s)
+        except asyncio.TimeoutError:
+            if limit_s * 1000 < stage_ms:
+                cause = "the operation's timeout_ms=%d ran out" % self._deadline_ms
+            else:
+                cause = "no progress within %d ms" % stage_ms
+            raise Timeout(
+                "%s timed out during %s (%s); the server or network is too slow or down" % (what, stage, cause),
+                stage=stage,
+            )
+
+    async def _write(self, data):
+        stage = self.session.stage
+        try:
+            self._writer.write(data)
+            await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
+        except (OSError, ValueError) as exc:
+            await self.close()
+            raise self._transport_error(exc, stage)
+
+    async def _read(self):
+        stage = self.session.stage
+        try:
+            data = await self._with_limit(self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply")
+        except (OSError, ValueError) as exc:
+            await self.close()
+            raise self._transport_error(exc, stage)
+        if data is None:
+            data = b""
+        self._handshaking = False
+        self._received_any = True
+        return data
+
+    def _transport_error(self, exc, stage):
+        """Turn a socket or TLS exception into the matching SMTPError."""
+        # mbedTLS messages span several lines; one line reads better in logs.
+        detail = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
+        if self._handshaking:
+            # Certificate failures raise ValueError on both runtimes (CPython's
+            # SSLCertVerificationError is a ValueError too).
+            if isinstance(exc, ValueError):
+                return SecurityError(
+                    "TLS certificate verification failed for %s (%s); check ca_roots and server_hostname"
+                    % (self.server_hostname, detail),
+                    stage="tls",
+                )
+            if self._is_tls_error(exc):
+                return SecurityError("TLS handshake with %s failed (%s)" % (self.server_hostname, detail), stage="tls")
+        if stage == "greeting" and not self._received_any:
+            # MicroPython reports a refused connection only at the first read.
+            stage = "connect"
+        return ConnectionLost("connection to %s:%d failed during %s (%s)" % (self.host, self.port, stage, detail), stage=stage)
+
+    def _is_tls_error(self, exc):
+        if MICROPYTHON:
+            # mbedTLS errors arrive as OSError with a negative error number.
+            return bool(exc.args) and isinstance(exc.args[0], int) and exc.args[0] < 0
+        import ssl
+
+        return isinstance(exc, ssl.SSLError)
+
+    # -- connection setup ---------------------------------------------------------------
+
+    def _default_local_name(self):
+        # RFC 5321 section 4.1.4: a client without a meaningful name sends its address
+        # as a literal. MicroPython streams do not report it, so "localhost" stands in.
+        if not MICROPYTHON and self._writer is not None:
+            sockname = self._writer.get_extra_info("sockname")
+            if sockname:
+                address = sockname[0]
+                return "[IPv6:%s]" % address if ":" in address else "[%s]" % address
+        return "localhost"
+
+    async def _open(self, context):
+        implicit = self.security == _session.TLS
+        stage = "connect"
+        self._handshaking = implicit
+        try:
+            if MICROPYTHON:
+                opening = asyncio.open_connection(self.host, self.port)
+            elif implicit:
+                opening = asyncio.open_connection(
+                    self.host, self.port, ssl=context, server_hostname=self.server_hostname
+                )
+            else:
+                opening = asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await self._with_limit(
+                opening, self.connect_timeout_ms, stage, "connecting to %s:%d" % (self.host, self.port)
+            )
+        except (OSError, ValueError) as exc:
+            raise self._transport_error(exc, stage)
+        if MICROPYTHON and implicit:
+            await self._wrap_micropython(start=True)
+
+    async def _start_tls(self):
+        self._handshaking = True
+        if MICROPYTHON:
+            await self._wrap_micropython(start=False)
+            return
+        try:
+            await self._with_limit(
+                self._writer.start_tls(self._context, server_hostname=self.server_hostname),
+                self.connect_timeout_ms,
+                "tls",
+                "TLS handshake",
+            )
+        except (OSError, ValueError) as exc:
+            await self.close()
+            raise self._transport_error(exc, "tls")
+        # Plaintext that arrived before the upgrade sits in the reader's buffer and would
+        # be read as if it came through TLS (response injection). StreamReader has no
+        # public way to ask, so the private buffer is checked.
+        leftover = getattr(self._reader, "_buffer", b"")
+        if leftover:
+            await self.close()
+            raise SecurityError(
+                "the server sent %d plaintext octets after accepting STARTTLS; possible response injection"
+                % len(leftover),
+                stage="tls",
+            )
+
+    async def _wrap_micropython(self, start):
+        stream = self._writer
+        try:
+            stream.s = self._context.wrap_socket(
+                stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
+            )
+            if start:
+                # The server waits for our ClientHello before it says anything, so a
+                # first non-blocking read starts the handshake. It returns None while
+                # the handshake runs; any bytes it returns belong to the greeting.
+                early = stream.s.read(_READ_SIZE)
+                if early:
+                    self._early = early
+        except (OSError, ValueError) as exc:
+            await self.close()
+            raise self._transport_error(exc, "tls")
+
+
+async def send(message, host, **options):
+    """Send one Message over a new connection and return its TransactionResult.
+
+    Options are those of ``SMTP``: ``port``, ``security`` (``"starttls"``, ``"tls"`` or
+    ``"none"``), ``username``, ``password`` or ``oauth2_token``, ``ca_roots`` (DER
+    certificates), ``server_hostname``, ``local_hostname``, ``timeout_ms`` (deadline for
+    the whole send), ``connect_timeout_ms``, ``reply_timeout_ms`` and ``log``.
+    """
+    smtp = SMTP(host, **options)
+    smtp._start_deadline(smtp.timeout_ms)
+    smtp._deadline_locked = True
+    try:
+        await smtp.connect()
+        result = await smtp.send_message(message)
+    except BaseException:
+        await smtp.close()
+        raise
+    await smtp.quit()
+    return result

@@ -1,0 +1,233 @@
+"""End-to-end sending against real aiosmtpd servers over real TLS, from both runtimes.
+
+Every test runs once on CPython and once under the MicroPython unix port, through the
+same scenario code in tests/scenarios.py.
+"""
+
+import base64
+import json
+import os
+
+import pytest
+
+import scenarios
+import unix_port
+
+PASSWORD = "secret"
+DATE = [2026, 12, 4, 20, 10, 26, 4, 338]
+
+RUNTIMES = ["cpython", "micropython"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request):
+    return request.param
+
+
+def run_client(runtime, params, heap=unix_port.DEFAULT_HEAP):
+    """Run the "deliver" scenario on the given runtime and return its result dict."""
+    if runtime == "cpython":
+        return scenarios.run("deliver", params)
+    env = dict(os.environ)
+    env["MICROPYPATH"] = ".frozen:%s:%s" % (unix_port.FIRMWARE_DIR, unix_port.REPO_DIR / "tests")
+    process = unix_port.run_micropython(
+        [str(unix_port.REPO_DIR / "tests" / "scenarios.py"), "deliver"],
+        heap=heap,
+        env=env,
+        input=json.dumps(params),
+        timeout=60,
+    )
+    assert process.returncode == 0, unix_port.format_output(process)
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def params_for(server, certs, **overrides):
+    params = {
+        "host": server.host,
+        "port": server.port,
+        "security": server.mode,
+        "server_hostname": "localhost",
+        "ca_roots": [base64.b64encode(certs.ca_der).decode()],
+        "username": "alice",
+        "password": PASSWORD,
+        "local_hostname": "sensor.example",
+        "messages": [message_spec()],
+    }
+    params.update(overrides)
+    return params
+
+
+def message_spec(**overrides):
+    spec = {
+        "sender": "Freezer Monitor <board@example.com>",
+        "to": ["ops@example.com"],
+        "subject": "Temperature alert: freezer at -4.5 \u00b0C",
+        "text": "The freezer reached -4.5 \u00b0C (threshold -10 \u00b0C).\n.leading dot line\n",
+        "attachments": [
+            {
+                "filename": "readings.csv",
+                "data": base64.b64encode(b"time,value\r\n2026-12-04T20:00:00Z,-12.1\r\n").decode(),
+                "content_type": "text/csv",
+            }
+        ],
+        "date": DATE,
+        "message_id": "<alert-1@example.com>",
+    }
+    spec.update(overrides)
+    return spec
+
+
+def client_lines(server):
+    """All bytes the client sent, over every connection, as one bytes string."""
+    sent = b""
+    for connection in server.connections:
+        for side, data in connection.transcript:
+            if side == "C":
+                sent += data
+    return sent
+
+
+def only_outcome(result):
+    assert len(result["outcomes"]) == 1, result
+    return result["outcomes"][0]
+
+
+def test_starttls_delivery_byte_for_byte(runtime, smtp_server, certs):
+    server = smtp_server("starttls")
+    result = run_client(runtime, params_for(server, certs))
+    outcome = only_outcome(result)
+    assert outcome["ok"], outcome
+    assert outcome["accepted"] == ["ops@example.com"]
+    assert outcome["message_id"] == "<alert-1@example.com>"
+    delivered = server.wait_for_messages(1)[0]
+    assert delivered.content == base64.b64decode(outcome["content"])
+    assert delivered.mail_from == "board@example.com"
+    assert delivered.rcpt_tos == ["ops@example.com"]
+    assert delivered.user == "alice"
+    assert delivered.tls
+    assert delivered.helo_name == "sensor.example"
+    assert b"\r\n..leading dot line" not in delivered.content
+
+
+def test_implicit_tls_delivery(runtime, smtp_server, certs):
+    server = smtp_server("tls")
+    outcome = only_outcome(run_client(runtime, params_for(server, certs)))
+    assert outcome["ok"], outcome
+    delivered = server.wait_for_messages(1)[0]
+    assert delivered.content == base64.b64decode(outcome["content"])
+    assert delivered.tls
+
+
+def test_several_messages_one_connection(runtime, smtp_server, certs):
+    server = smtp_server("starttls")
+    specs = [message_spec(message_id="<m%d@example.com>" % i, subject="alert %d" % i) for i in range(3)]
+    result = run_client(runtime, params_for(server, certs, messages=specs))
+    assert [o["ok"] for o in result["outcomes"]] == [True, True, True], result
+    delivered = server.wait_for_messages(3)
+    assert len(server.connections) == 1
+    for outcome, message in zip(result["outcomes"], delivered):
+        assert message.content == base64.b64decode(outcome["content"])
+
+
+BAD_CERTIFICATES = {
+    "wrong_ca": ("wrong_ca_cert", "localhost"),
+    "wrong_host": ("server_cert", "mail.other.example"),
+    "expired": ("expired_cert", "localhost"),
+}
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+@pytest.mark.parametrize("case", sorted(BAD_CERTIFICATES))
+def test_bad_certificate_aborts_before_auth(runtime, smtp_server, certs, case, mode):
+    cert_name, hostname = BAD_CERTIFICATES[case]
+    server = smtp_server(mode, getattr(certs, cert_name))
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, server_hostname=hostname)))
+    assert not outcome["ok"]
+    assert outcome["error"] == "SecurityError", outcome
+    assert outcome["stage"] == "tls"
+    assert not outcome["transient"]
+    assert "certificate verification failed" in outcome["message"]
+    assert b"AUTH" not in client_lines(server)
+    assert server.messages == []
+
+
+def test_wrong_password_is_permanent(runtime, smtp_server, certs):
+    server = smtp_server("starttls")
+    result = run_client(runtime, params_for(server, certs, password="wrong-password"))
+    outcome = only_outcome(result)
+    assert outcome["error"] == "AuthError", outcome
+    assert outcome["code"] == 535
+    assert not outcome["transient"]
+    assert outcome["stage"] == "auth"
+    assert b"MAIL FROM" not in client_lines(server)
+    assert "wrong-password" not in json.dumps(result)
+
+
+def test_starttls_not_offered_aborts(runtime, smtp_server, certs):
+    server = smtp_server("starttls", advertise_starttls=False)
+    outcome = only_outcome(run_client(runtime, params_for(server, certs)))
+    assert outcome["error"] == "SecurityError", outcome
+    assert "STARTTLS" in outcome["message"]
+    assert b"AUTH" not in client_lines(server)
+    assert b"MAIL" not in client_lines(server)
+
+
+def test_plaintext_refuses_auth(runtime, smtp_server, certs):
+    server = smtp_server("plain")
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, security="none")))
+    assert outcome["error"] == "SecurityError", outcome
+    assert b"AUTH" not in client_lines(server)
+
+
+def test_plaintext_without_auth_delivers(runtime, smtp_server, certs):
+    server = smtp_server("plain")
+    params = params_for(server, certs, security="none")
+    del params["username"], params["password"]
+    outcome = only_outcome(run_client(runtime, params))
+    assert outcome["ok"], outcome
+    assert server.wait_for_messages(1)[0].content == base64.b64decode(outcome["content"])
+
+
+def test_partly_refused_recipients(runtime, smtp_server, certs):
+    server = smtp_server("starttls", rcpt_replies={"nobody@example.com": "550 5.1.1 no such user"})
+    spec = message_spec(to=["ops@example.com", "nobody@example.com"])
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=[spec])))
+    assert outcome["ok"], outcome
+    assert outcome["accepted"] == ["ops@example.com"]
+    assert outcome["refused"] == {"nobody@example.com": 550}
+    assert server.wait_for_messages(1)[0].rcpt_tos == ["ops@example.com"]
+
+
+def test_transcript_redacts_credentials(runtime, smtp_server, certs):
+    server = smtp_server("starttls")
+    result = run_client(runtime, params_for(server, certs))
+    transcript = "\n".join(result["transcript"])
+    assert "--> AUTH PLAIN <redacted>" in transcript
+    secret_forms = [PASSWORD, base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()]
+    for secret in secret_forms:
+        assert secret not in transcript
+    assert "--> STARTTLS" in transcript
+    assert "<-- 221" in transcript
+
+
+def test_connection_refused_is_transient(runtime, certs):
+    import socket
+
+    # Bind a port and keep it closed to connections: nothing listens there.
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    port = reserved.getsockname()[1]
+    try:
+        params = {
+            "host": "127.0.0.1",
+            "port": port,
+            "server_hostname": "localhost",
+            "ca_roots": [base64.b64encode(certs.ca_der).decode()],
+            "messages": [message_spec()],
+        }
+        outcome = only_outcome(run_client(runtime, params))
+    finally:
+        reserved.close()
+    assert outcome["error"] == "ConnectionLost", outcome
+    assert outcome["transient"]
+    assert outcome["stage"] == "connect"

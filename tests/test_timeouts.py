@@ -1,0 +1,141 @@
+"""Time limits, clock checks and misbehaving servers, from both runtimes."""
+
+import base64
+
+import pytest
+
+from raw_server import RawServer
+from test_integration import message_spec, run_client
+
+EHLO_REPLY = b"250-mx.example\r\n250 STARTTLS\r\n"
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def runtime(request):
+    return request.param
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(handler):
+        server = RawServer(handler)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def params_for(server, certs, **overrides):
+    params = {
+        "host": server.host,
+        "port": server.port,
+        "server_hostname": "localhost",
+        "ca_roots": [base64.b64encode(certs.ca_der).decode()],
+        "messages": [message_spec()],
+        "timeout_ms": 1500,
+    }
+    params.update(overrides)
+    return params
+
+
+def outcome_of(runtime, params):
+    result = run_client(runtime, params)
+    assert len(result["outcomes"]) == 1, result
+    return result["outcomes"][0]
+
+
+def test_silent_server_times_out(runtime, raw_server, certs):
+    server = raw_server(lambda conn: conn.stall())
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] == "Timeout", outcome
+    assert outcome["stage"] == "greeting"
+    assert outcome["transient"]
+    assert "timeout_ms=1500" in outcome["message"]
+
+
+def test_stall_after_starttls_times_out(runtime, raw_server, certs):
+    def handler(conn):
+        conn.send(b"220 mx.example ESMTP\r\n")
+        conn.read_line()
+        conn.send(EHLO_REPLY)
+        conn.read_line()
+        conn.send(b"220 go ahead\r\n")
+        # Accepts STARTTLS but never answers the TLS handshake.
+        conn.stall()
+
+    server = raw_server(handler)
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] == "Timeout", outcome
+    assert outcome["transient"]
+
+
+def test_drip_feed_hits_overall_deadline(runtime, raw_server, certs):
+    import time
+
+    def handler(conn):
+        # One byte every 200 ms: each read succeeds, but the whole greeting would take
+        # far longer than the 1.5 s deadline.
+        for byte in b"220-" + b"x" * 200 + b"\r\n220 done\r\n":
+            conn.send(bytes([byte]))
+            time.sleep(0.2)
+
+    server = raw_server(handler)
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] == "Timeout", outcome
+    assert "timeout_ms" in outcome["message"]
+
+
+def test_garbage_greeting_is_protocol_error(runtime, raw_server, certs):
+    def handler(conn):
+        conn.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.stall(5)
+
+    server = raw_server(handler)
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] == "ProtocolError", outcome
+    assert outcome["stage"] == "greeting"
+
+
+def test_close_after_greeting_is_connection_lost(runtime, raw_server, certs):
+    def handler(conn):
+        conn.send(b"220 mx.example ESMTP\r\n")
+        conn.read_line()
+
+    server = raw_server(handler)
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] == "ConnectionLost", outcome
+    assert outcome["stage"] == "ehlo"
+    assert outcome["transient"]
+
+
+def test_injection_after_starttls_reply(runtime, raw_server, certs):
+    def handler(conn):
+        conn.send(b"220 mx.example ESMTP\r\n")
+        conn.read_line()
+        conn.send(EHLO_REPLY)
+        conn.read_line()
+        conn.send(b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n")
+        conn.stall(5)
+
+    server = raw_server(handler)
+    outcome = outcome_of(runtime, params_for(server, certs))
+    assert outcome["error"] in ("ProtocolError", "SecurityError"), outcome
+    assert "injection" in outcome["message"]
+    assert not any(line.startswith(b"AUTH") for line in server.received)
+
+
+def test_unset_clock_stops_before_connecting(monkeypatch, raw_server, certs):
+    import scenarios
+    from microsmtp import client
+
+    server = raw_server(lambda conn: conn.send(b"220 hi\r\n"))
+    monkeypatch.setattr(client, "clock_is_set", lambda: False)
+    outcome = scenarios.run("deliver", params_for(server, certs))["outcomes"][0]
+    assert outcome["error"] == "ClockNotSetError", outcome
+    assert "clock not set" in outcome["message"]
+    assert outcome["transient"]
+    assert server.received == []
