@@ -1,0 +1,1 @@
+"""Host-side tools for microsmtp: the ``microsmtp`` command and its helpers."""
