@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microsmtp.session import DataEncoder
+from microsmtp.transaction import DataEncoder
 
 # Bytes rich in the characters that matter on the wire.
 content = st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b" ", b"\r\n", b"\r\n.", b".\r\n"]), max_size=60).map(

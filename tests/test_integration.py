@@ -92,8 +92,18 @@ def only_outcome(result):
     return result["outcomes"][0]
 
 
-def test_starttls_delivery_byte_for_byte(runtime, smtp_server, certs):
-    server = smtp_server("starttls")
+# aiosmtpd reads commands one by one from its stream, so it serves pipelined clients
+# correctly once it advertises the extension.
+SERVER_EXTENSIONS = {"lock-step": (), "pipelining": ("PIPELINING",)}
+
+
+@pytest.fixture(params=sorted(SERVER_EXTENSIONS))
+def extensions(request):
+    return SERVER_EXTENSIONS[request.param]
+
+
+def test_starttls_delivery_byte_for_byte(runtime, smtp_server, certs, extensions):
+    server = smtp_server("starttls", ehlo_extra=extensions)
     result = run_client(runtime, params_for(server, certs))
     outcome = only_outcome(result)
     assert outcome["ok"], outcome
@@ -118,8 +128,8 @@ def test_implicit_tls_delivery(runtime, smtp_server, certs):
     assert delivered.tls
 
 
-def test_several_messages_one_connection(runtime, smtp_server, certs):
-    server = smtp_server("starttls")
+def test_several_messages_one_connection(runtime, smtp_server, certs, extensions):
+    server = smtp_server("starttls", ehlo_extra=extensions)
     specs = [message_spec(message_id="<m%d@example.com>" % i, subject="alert %d" % i) for i in range(3)]
     result = run_client(runtime, params_for(server, certs, messages=specs))
     assert [o["ok"] for o in result["outcomes"]] == [True, True, True], result
@@ -151,15 +161,22 @@ def test_bad_certificate_aborts_before_auth(runtime, smtp_server, certs, case, m
     assert server.messages == []
 
 
-def test_wrong_password_is_permanent(runtime, smtp_server, certs):
-    server = smtp_server("starttls")
+def test_wrong_password_is_permanent(runtime, smtp_server, certs, extensions):
+    server = smtp_server("starttls", ehlo_extra=extensions)
     result = run_client(runtime, params_for(server, certs, password="wrong-password"))
     outcome = only_outcome(result)
     assert outcome["error"] == "AuthError", outcome
     assert outcome["code"] == 535
     assert not outcome["transient"]
     assert outcome["stage"] == "auth"
-    assert b"MAIL FROM" not in client_lines(server)
+    sent = client_lines(server)
+    if extensions:
+        # AUTH PLAIN shares its group with MAIL, RCPT and DATA, but the content waits
+        # for the 354, which never comes: nothing that completes a transaction.
+        assert sent.endswith(b"DATA\r\n"), sent
+    else:
+        assert b"MAIL FROM" not in sent
+    assert server.messages == []
     assert "wrong-password" not in json.dumps(result)
 
 
@@ -188,8 +205,10 @@ def test_plaintext_without_auth_delivers(runtime, smtp_server, certs):
     assert server.wait_for_messages(1)[0].content == base64.b64decode(outcome["content"])
 
 
-def test_partly_refused_recipients(runtime, smtp_server, certs):
-    server = smtp_server("starttls", rcpt_replies={"nobody@example.com": "550 5.1.1 no such user"})
+def test_partly_refused_recipients(runtime, smtp_server, certs, extensions):
+    server = smtp_server(
+        "starttls", rcpt_replies={"nobody@example.com": "550 5.1.1 no such user"}, ehlo_extra=extensions
+    )
     spec = message_spec(to=["ops@example.com", "nobody@example.com"])
     outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=[spec])))
     assert outcome["ok"], outcome

@@ -221,24 +221,58 @@ class SMTP:
         await self._run()
 
     async def send_message(self, message):
-        """Send a Message; return the TransactionResult (per-recipient and final replies)."""
-        result = await self.send_raw(
-            message.sender_address,
-            message.recipients,
-            message.chunks(),
-            smtputf8=message.needs_smtputf8,
-        )
-        result.message_id = message.message_id
-        return result
+        """Send a Message; return its Transaction (per-recipient and final replies).
+
+        Raises the SMTPError that stopped the message, such as RecipientsRefused when
+        no recipient was accepted.
+        """
+        self._check_connected()
+        self._start_deadline(self.timeout_ms)
+        transaction = self._queue_message(message)
+        await self._run()
+        return _outcome(transaction)
+
+    async def send_messages(self, messages):
+        """Send several Messages, pipelined where the server allows; return their Transactions.
+
+        Failures do not raise: each Transaction has ``error`` set (an SMTPError) or
+        ``reply`` (the final 250). A failure of the connection sets ``error`` on every
+        message not yet accepted, which can then be tried again on a new connection.
+        """
+        self._check_connected()
+        self._start_deadline(self.timeout_ms)
+        transactions = [self._queue_message(message) for message in messages]
+        try:
+            await self._run()
+        except SMTPError:
+            pass
+        return transactions
 
     async def send_raw(self, sender, recipients, content, size=None, smtputf8=False):
-        """Send content (bytes or an iterable of bytes) in one transaction."""
-        if self.session is None or self._writer is None:
-            raise ConnectionLost("not connected; call connect() first", stage="mail")
+        """Send content (bytes, a list of bytes chunks, or an object with chunks()) as one message."""
+        self._check_connected()
         self._start_deadline(self.timeout_ms)
-        self.session.mail(sender, recipients, content, size, smtputf8)
+        transaction = self.session.mail(sender, recipients, content, size, smtputf8)
         await self._run()
-        return self.session.result
+        return _outcome(transaction)
+
+    def _check_connected(self):
+        if self.session is None or self._writer is None or not self.session.usable:
+            raise ConnectionLost("not connected; call connect() first", stage="mail")
+
+    def _queue_message(self, message):
+        # The size is announced only to servers that have a SIZE limit; measuring it
+        # costs one pass over the encoded message, but no memory.
+        size = None
+        if "SIZE" in self.session.extensions:
+            size = 0
+            for chunk in message.chunks():
+                size += len(chunk)
+        transaction = self.session.mail(
+            message.sender_address, message.recipients, message, size, message.needs_smtputf8
+        )
+        transaction.message_id = message.message_id
+        return transaction
 
     async def quit(self):
         """Send QUIT and close the connection; errors while quitting are ignored."""
@@ -464,8 +498,16 @@ class SMTP:
             raise self._transport_error(exc, "tls")
 
 
+def _outcome(transaction):
+    if transaction.error is not None:
+        raise transaction.error
+    if not transaction.done:
+        raise ConnectionLost("the connection ended before the server confirmed the message", stage="message")
+    return transaction
+
+
 async def send(message, host, **options):
-    """Send one Message over a new connection and return its TransactionResult.
+    """Send one Message over a new connection and return its Transaction.
 
     Options are those of ``SMTP``: ``port``, ``security`` (``"starttls"``, ``"tls"`` or
     ``"none"``), ``username``, ``password`` or ``oauth2_token``, ``ca_roots`` (DER
@@ -477,9 +519,16 @@ async def send(message, host, **options):
     smtp._deadline_locked = True
     try:
         await smtp.connect()
-        result = await smtp.send_message(message)
-    except BaseException:
+        transaction = smtp._queue_message(message)
+        # QUIT goes in the same group as the content where the server allows it.
+        smtp.session.quit()
+        try:
+            await smtp._run()
+        except SMTPError:
+            if transaction.error is None:
+                # The message was accepted before the connection failed.
+                if not transaction.done:
+                    raise
+        return _outcome(transaction)
+    finally:
         await smtp.close()
-        raise
-    await smtp.quit()
-    return result

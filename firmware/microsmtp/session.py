@@ -1,4 +1,5 @@
-"""Sans-IO SMTP client session (RFC 5321, with STARTTLS RFC 3207 and AUTH RFC 4954).
+"""Sans-IO SMTP client session (RFC 5321, with STARTTLS RFC 3207, AUTH RFC 4954,
+PIPELINING RFC 2920 and CHUNKING RFC 3030).
 
 Theory of operation
 -------------------
@@ -10,18 +11,29 @@ decision, but never touches a socket or a clock. A driver runs it in a loop:
 3. on ``NEED_DATA``, read from the connection and pass the bytes to ``receive_data()``
    (``b""`` when the peer closed);
 4. on ``START_TLS``, wrap the connection in TLS and call ``tls_started()``;
-5. on ``IDLE``, the session waits for the caller: ``mail()`` starts a transaction,
-   ``quit()`` ends the session; ``result`` holds the last transaction's outcome;
+5. on ``IDLE``, the session waits for the caller: ``mail()`` queues a transaction,
+   ``quit()`` ends the session;
 6. on ``CLOSED``, close the connection.
 
-``next_event()`` raises the typed errors of ``errors.py``. An error that concerns one
-message (MAIL, RCPT, DATA or the final reply refused) leaves the session usable, and the
-next ``mail()`` first resets the transaction with RSET. Any other error is final: the
-same error is raised again by every later call, and the driver closes the connection.
+Commands wait in a queue and go out in groups. Without PIPELINING each group is one
+command, sent after the reply to the previous one (lock-step). With PIPELINING a group
+runs up to the next command whose reply decides what to send next: DATA (the content
+waits for 354), STARTTLS, EHLO and a multi-step AUTH. Replies are matched to commands
+in order through a FIFO of expected replies.
 
-Each command sent pushes the name of its expected reply onto a FIFO. Replies are
-matched to commands in that order, which is what lets several commands share one
-round trip where the server allows it.
+Round trips saved with PIPELINING, following RFC 4954 section 4: AUTH PLAIN with its
+initial response completes in one step, so it is held back after EHLO and sent in the
+same group as the first MAIL, RCPT and DATA. If AUTH fails, the session stops before any
+content is sent: the server holds at most an unfinished transaction, which it discards
+when the driver closes the connection. With CHUNKING as well, later transactions send
+their content with BDAT, so a whole queue of messages travels in one group.
+
+Errors: ``next_event()`` raises the typed errors of ``errors.py`` for anything that
+ends the session (a 421, a lost connection, a malformed reply, failed AUTH or TLS).
+The same error is then raised by every later call, and the driver closes the
+connection. An error that concerns one message (MAIL, RCPT, DATA or the final reply
+refused) is stored on that message's ``Transaction`` instead, and the session goes on
+with the next one after an RSET.
 """
 
 from . import auth as _auth
@@ -30,11 +42,11 @@ from .errors import (
     ConnectionLost,
     InvalidInputError,
     ProtocolError,
-    RecipientsRefused,
     ReplyError,
     SecurityError,
 )
 from .reply import ReplyParser
+from .transaction import DataEncoder, Transaction, content_chunks
 
 try:
     from micropython import const
@@ -63,11 +75,13 @@ SECURITY_MODES = (STARTTLS, TLS, PLAINTEXT)
 _CONNECTED = const(0)  # waiting for the greeting
 _NEGOTIATING = const(1)  # EHLO, STARTTLS and AUTH under way
 _TLS_HANDSHAKE = const(2)  # the driver is upgrading the connection
-_READY = const(3)  # idle between transactions
-_TRANSACTION = const(4)  # MAIL .. final reply
-_SENDING_CONTENT = const(5)  # message content being handed to the driver
-_QUITTING = const(6)
-_CLOSED = const(7)
+_READY = const(3)  # transactions can be queued
+_QUITTING = const(4)
+_CLOSED = const(5)
+
+# A BDAT chunk smaller than this is joined with the next one, so that small pieces
+# from the message builder do not each cost a command line and a reply.
+_MIN_BDAT_CHUNK = const(1024)
 
 
 def check_line_argument(value, what):
@@ -88,69 +102,6 @@ def _check_address(value, what):
         if byte in (32, 9, 60, 62):  # space, tab, "<", ">"
             raise InvalidInputError("%s must be a bare address without spaces or angle brackets: %s" % (what, repr(value)))
     return value
-
-
-class DataEncoder:
-    """Convert message content to the DATA wire form, one chunk at a time.
-
-    Every bare CR or LF becomes CRLF, a line starting with "." gets a second "."
-    (RFC 5321 section 4.5.2), and NUL raises InvalidInputError. So no byte sequence in
-    the content can end the DATA early or smuggle a second message.
-    """
-
-    def __init__(self):
-        self.line_start = True
-        self._pending_cr = False
-        self.size = 0
-
-    def encode(self, chunk):
-        if b"\0" in chunk:
-            raise InvalidInputError("message content contains a NUL byte")
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            # The LF that would complete this CRLF may start the next chunk.
-            self._pending_cr = True
-            chunk = chunk[:-1]
-        if not chunk:
-            return b""
-        chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        chunk = chunk.replace(b"\r\n.", b"\r\n..")
-        if self.line_start and chunk.startswith(b"."):
-            chunk = b"." + chunk
-        self.line_start = chunk.endswith(b"\n")
-        self.size += len(chunk)
-        return chunk
-
-    def finish(self):
-        """Return the bytes that end the content: a pending CRLF if needed, then ".\\r\\n"."""
-        tail = b""
-        if self._pending_cr:
-            self._pending_cr = False
-            tail = b"\r\n"
-            self.line_start = True
-        if not self.line_start:
-            tail += b"\r\n"
-        self.size += len(tail)
-        return tail + b".\r\n"
-
-
-class TransactionResult:
-    """Outcome of one accepted message.
-
-    ``accepted`` and ``refused`` map each recipient to the server's reply; ``reply`` is
-    the final reply to the message content; ``message_id`` is set for a Message.
-    """
-
-    def __init__(self):
-        self.accepted = {}
-        self.refused = {}
-        self.reply = None
-        self.message_id = None
-
-    def __repr__(self):
-        return "TransactionResult(%d accepted, %d refused, %s)" % (len(self.accepted), len(self.refused), repr(self.reply))
 
 
 def parse_extensions(reply):
@@ -179,7 +130,9 @@ class Session:
     does not offer it), ``"tls"`` (the driver connects with TLS from the start) or
     ``"none"`` (plaintext, only when explicitly chosen; AUTH is then refused). ``log`` is
     an optional callable that receives transcript lines (``"--> EHLO x"``, ``"<-- 250 ok"``)
-    with every AUTH payload replaced by ``"<redacted>"``.
+    with every AUTH payload replaced by ``"<redacted>"``. ``pipelining`` and
+    ``chunking`` set False keep the session from using those extensions even when the
+    server offers them.
     """
 
     def __init__(
@@ -192,6 +145,8 @@ class Session:
         log=None,
         max_line=None,
         max_reply=None,
+        pipelining=True,
+        chunking=True,
     ):
         if security not in SECURITY_MODES:
             raise InvalidInputError("security must be one of %s, not %s" % (", ".join(SECURITY_MODES), repr(security)))
@@ -209,6 +164,8 @@ class Session:
         self._password = password
         self._oauth2_token = oauth2_token
         self._log = log
+        self._allow_pipelining = pipelining
+        self._allow_chunking = chunking
         parser_args = {}
         if max_line:
             parser_args["max_line"] = max_line
@@ -222,20 +179,21 @@ class Session:
         self.esmtp = True
         self.authenticated = False
         self.greeting = None
-        self.result = None
         self.stage = "greeting"
 
         self._state = _CONNECTED
-        self._expected = ["greeting"]
+        # FIFO of (kind, transaction, argument) for the replies still to come.
+        self._expected = [("greeting", None, None)]
+        # Commands not sent yet, as (kind, transaction, argument).
         self._queued = []
         self._out = []
         self._eof = False
         self._error = None
-        self._needs_reset = False
         self._mechanism = None
-        self._transaction = None
+        self._auth_line = None
+        self._transactions = 0
+        self._needs_reset = False
         self._content = None
-        self._encoder = None
         self._start_tls_requested = False
 
     # -- driver interface -------------------------------------------------------------
@@ -273,15 +231,11 @@ class Session:
             raise self._error
         try:
             return self._next_event()
-        except ReplyError as exc:
-            if self._state not in (_READY, _CLOSED):
-                self._error = exc
-            raise
         except Exception as exc:
             # The reply parser does not know the dialogue, so its errors get the stage here.
             if getattr(exc, "stage", 0) is None:
                 exc.stage = self.stage
-            self._error = exc
+            self._fail_all(exc)
             raise
 
     def _next_event(self):
@@ -295,38 +249,65 @@ class Session:
                 return START_TLS
             if self._state == _TLS_HANDSHAKE:
                 raise ProtocolError("next_event() called before tls_started() finished the STARTTLS upgrade")
+            if self._content is not None:
+                self._send_content()
+                continue
+            if self._queued and self._may_send(self._queued[0][0]):
+                self._send_queued()
+                continue
             if self._expected:
                 # The stage is the command whose reply is awaited, so that an error or a
                 # timeout names the step that failed.
-                self.stage = self._expected[0]
+                self.stage = self._expected[0][0]
                 reply = self._parser.next_reply()
                 if reply is None:
                     if self._eof:
                         self._connection_lost()
                     return NEED_DATA
                 self._log_reply(reply)
-                self._handle(self._expected.pop(0), reply)
-                continue
-            if self._state == _SENDING_CONTENT:
-                self._send_content_chunk()
-                continue
-            if self._queued:
-                line, expected = self._queued.pop(0)
-                self._command(line, expected)
+                kind, transaction, argument = self._expected.pop(0)
+                self._handle(kind, transaction, argument, reply)
                 continue
             return IDLE
 
     # -- caller interface -------------------------------------------------------------
 
-    def mail(self, sender, recipients, content, size=None, smtputf8=False):
-        """Start a transaction: MAIL FROM, one RCPT TO per recipient, DATA, the content.
+    @property
+    def usable(self):
+        """True when the connection can carry another transaction."""
+        return self._error is None and self._state == _READY
 
-        ``content`` is bytes or an iterable of bytes chunks; it is converted to the DATA
-        form on the fly. ``size`` (octets) is announced with the SIZE extension and
-        checked against the server's limit before anything is sent.
+    @property
+    def pipelining(self):
+        return self._allow_pipelining and "PIPELINING" in self.extensions
+
+    @property
+    def chunking(self):
+        # BDAT without PIPELINING would cost a round trip per chunk, so it is used only
+        # together with PIPELINING.
+        return self._allow_chunking and self.pipelining and "CHUNKING" in self.extensions
+
+    @property
+    def max_size(self):
+        """The server's SIZE limit in octets, or 0 when it announced none."""
+        value = self.extensions.get("SIZE", "")
+        return int(value) if value.isdigit() else 0
+
+    @property
+    def auth_mechanisms(self):
+        return self.extensions.get("AUTH", "").upper().split()
+
+    def mail(self, sender, recipients, content, size=None, smtputf8=False):
+        """Queue a transaction and return its ``Transaction``.
+
+        ``content`` is bytes, a list of bytes chunks or an object with ``chunks()`` (a
+        Message); it is converted to the wire form on the fly. ``size`` (octets) is
+        announced with the SIZE extension and checked against the server's limit
+        before anything is sent. Input errors raise InvalidInputError at once and queue
+        nothing; server refusals end up in the Transaction's ``error``.
         """
-        if self._state != _READY:
-            raise ProtocolError("mail() called while the session is not ready (state %d)" % self._state)
+        if self._state != _READY or self._error is not None:
+            raise ProtocolError("mail() called while the session cannot send (state %d)" % self._state)
         sender = _check_address(sender, "sender address")
         if isinstance(recipients, (str, bytes)):
             recipients = [recipients]
@@ -344,67 +325,89 @@ class Session:
                 "an address is not ASCII and the server does not offer SMTPUTF8; use ASCII addresses", stage="mail"
             )
         self._check_unsolicited()
-
-        if isinstance(content, (bytes, bytearray)):
-            content = [bytes(content)]
-        self._content = iter(content)
-        self._encoder = DataEncoder()
-        self._transaction = TransactionResult()
-        self._rcpts = rcpts
-        self.result = None
-        self._state = _TRANSACTION
-        self.stage = "mail"
-
-        if self._needs_reset:
-            self._needs_reset = False
-            self._queue(b"RSET", "rset")
-        params = b""
-        if size is not None and "SIZE" in self.extensions:
-            params += b" SIZE=%d" % size
-        if smtputf8:
-            params += b" SMTPUTF8"
-        self._queue(b"MAIL FROM:<" + sender + b">" + params, "mail")
-        for rcpt in rcpts:
-            self._queue(b"RCPT TO:<" + rcpt + b">", "rcpt")
-        self._queue(b"DATA", "data")
+        transaction = Transaction(sender, rcpts, content, size, smtputf8)
+        self._queue_transaction(transaction)
+        return transaction
 
     def quit(self):
-        """End the session politely; the driver then sees CLOSED."""
-        if self._state == _CLOSED:
+        """Queue QUIT; the driver sees CLOSED once the server answered or hung up."""
+        if self._state == _CLOSED or self._state == _QUITTING:
             return
-        if self._parser.buffered or self._eof:
+        if not self._expected and not self._queued and (self._parser.buffered or self._eof):
             # The server already said something unasked (usually a 421) or hung up:
             # there is nobody left to say goodbye to.
             self._state = _CLOSED
             return
         self._state = _QUITTING
-        self._command(b"QUIT", "quit")
-
-    @property
-    def usable(self):
-        """True when the connection can carry another transaction."""
-        return self._error is None and self._state == _READY
-
-    @property
-    def max_size(self):
-        """The server's SIZE limit in octets, or 0 when it announced none."""
-        value = self.extensions.get("SIZE", "")
-        return int(value) if value.isdigit() else 0
-
-    @property
-    def auth_mechanisms(self):
-        return self.extensions.get("AUTH", "").upper().split()
+        self._queued.append(("quit", None, None))
 
     # -- sending ---------------------------------------------------------------------
 
-    def _queue(self, line, expected):
-        # Queued commands go out one at a time, each after the reply to the previous one
-        # (lock-step), so the reply handlers can still cancel the rest.
-        self._queued.append((line, expected))
+    def _queue_transaction(self, transaction):
+        queue = self._queued
+        first = self._transactions == 0
+        self._transactions += 1
+        if not first:
+            queue.append(("reset", transaction, None))
+        if self._auth_line is not None:
+            queue.append(("auth", None, self._auth_line))
+        queue.append(("mail", transaction, None))
+        for rcpt in transaction.batch:
+            queue.append(("rcpt", transaction, rcpt))
+        # AUTH still unanswered in the same group means its content must wait for the
+        # server's verdict, which DATA provides through its 354.
+        if self.chunking and self._auth_line is None:
+            queue.append(("bdat", transaction, None))
+        else:
+            queue.append(("data", transaction, None))
+        self._auth_line = None
 
-    def _command(self, line, expected, redacted=None):
+    def _may_send(self, kind):
+        if not self._expected:
+            return True
+        if not self.pipelining:
+            return False
+        for expected, transaction, _ in self._expected:
+            # Nothing may follow DATA before its 354, because the content comes next
+            # (RFC 2920 section 3.1). QUIT waits for the RCPT replies, because a 452
+            # "too many recipients" means another transaction on this connection.
+            if expected == "data":
+                return False
+            if kind == "quit" and (expected == "rcpt" or (transaction is not None and transaction.deferred)):
+                return False
+        return True
+
+    def _send_queued(self):
+        kind, transaction, argument = self._queued.pop(0)
+        if transaction is not None and transaction.done:
+            return
+        if kind == "reset":
+            # With PIPELINING the previous outcome is not known yet, so RSET always goes
+            # (a 250 either way); in lock-step it goes only after a failure.
+            if self.pipelining or self._needs_reset:
+                self._needs_reset = False
+                self._command(b"RSET", "rset", transaction)
+        elif kind == "auth":
+            self._command(argument, "auth", None, None, "AUTH %s <redacted>" % self._mechanism.name)
+        elif kind == "mail":
+            params = b""
+            if transaction.size is not None and "SIZE" in self.extensions:
+                params += b" SIZE=%d" % transaction.size
+            if transaction.smtputf8:
+                params += b" SMTPUTF8"
+            self._command(b"MAIL FROM:<" + transaction.sender + b">" + params, "mail", transaction)
+        elif kind == "rcpt":
+            self._command(b"RCPT TO:<" + argument + b">", "rcpt", transaction, argument)
+        elif kind == "data":
+            self._command(b"DATA", "data", transaction)
+        elif kind == "bdat":
+            self._start_content(transaction, False)
+        elif kind == "quit":
+            self._command(b"QUIT", "quit")
+
+    def _command(self, line, kind, transaction=None, argument=None, redacted=None):
         self._out.append(line + b"\r\n")
-        self._expected.append(expected)
+        self._expected.append((kind, transaction, argument))
         if self._log is not None:
             self._log("--> " + (redacted if redacted is not None else line.decode()))
 
@@ -412,19 +415,55 @@ class Session:
         self.stage = "ehlo"
         self._command(b"EHLO " + self.local_name, "ehlo")
 
-    def _send_content_chunk(self):
-        for chunk in self._content:
-            data = self._encoder.encode(chunk)
-            if data:
-                self._out.append(data)
+    def _start_content(self, transaction, dot_stuff):
+        self._content = (transaction, content_chunks(transaction.content), DataEncoder(dot_stuff))
+        self._pending_chunk = b""
+        self.stage = "message"
+
+    def _send_content(self):
+        transaction, chunks, encoder = self._content
+        if transaction.done and transaction.error is not None and not encoder.dot_stuff:
+            # RFC 3030 section 3: after a failed BDAT no further chunk may be sent.
+            self._content = None
+            return
+        if encoder.dot_stuff:
+            for chunk in chunks:
+                data = encoder.encode(chunk)
+                if data:
+                    self._out.append(data)
+                    return
+            self._out.append(encoder.finish())
+            self._content = None
+            self._expect_final(transaction, "message", "--> (message content, %d octets)" % encoder.size, "--> .")
+            return
+
+        # BDAT: collect at least _MIN_BDAT_CHUNK octets, and look one chunk ahead to
+        # know which BDAT is the LAST.
+        pending = self._pending_chunk
+        for chunk in chunks:
+            pending += encoder.encode(chunk)
+            if len(pending) >= _MIN_BDAT_CHUNK:
+                self._pending_chunk = b""
+                self._bdat(transaction, pending, False)
                 return
-        self._out.append(self._encoder.finish())
-        self._expected.append("message")
-        self._state = _TRANSACTION
+        pending += encoder.flush()
+        self._pending_chunk = b""
         self._content = None
+        self._bdat(transaction, pending, True)
+
+    def _bdat(self, transaction, data, last):
+        line = b"BDAT %d%s" % (len(data), b" LAST" if last else b"")
+        self._out.append(line + b"\r\n")
+        self._out.append(data)
+        self._expect_final(
+            transaction, "message" if last else "bdat", "--> " + line.decode(), "--> (%d octets)" % len(data)
+        )
+
+    def _expect_final(self, transaction, kind, *log_lines):
+        self._expected.append((kind, transaction, None))
         if self._log is not None:
-            self._log("--> (message content, %d octets)" % self._encoder.size)
-            self._log("--> .")
+            for line in log_lines:
+                self._log(line)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -446,6 +485,8 @@ class Session:
     def _check_unsolicited(self):
         # A server may announce its shutdown (421) while the session is idle. Anything
         # else that arrives unasked means the two sides disagree about the dialogue.
+        if self._expected:
+            return
         reply = self._parser.next_reply()
         if reply is None:
             if self._eof:
@@ -454,50 +495,79 @@ class Session:
         self._log_reply(reply)
         self._state = _CLOSED
         if reply.code == 421:
-            raise ReplyError(self._describe("the server is closing the connection", reply), reply.code, reply.enhanced, reply.text, self.stage)
-        raise ProtocolError("unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage)
+            error = ReplyError(self._describe("the server is closing the connection", reply), reply.code, reply.enhanced, reply.text, self.stage)
+        else:
+            error = ProtocolError("unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage)
+        self._error = error
+        raise error
 
     def _describe(self, what, reply):
         return "%s: %s" % (what, reply.describe())
 
-    def _fail(self, what, reply, error=ReplyError):
-        # 421 means the server is closing the connection (RFC 5321 section 3.8), so no
-        # further command, not even QUIT, may be sent.
-        if reply.code == 421:
-            self._state = _CLOSED
-        raise error(self._describe(what, reply), reply.code, reply.enhanced, reply.text, self.stage)
+    def _reply_error(self, what, reply, error=ReplyError, stage=None):
+        return error(self._describe(what, reply), reply.code, reply.enhanced, reply.text, stage or self.stage)
 
-    def _handle(self, expected, reply):
-        if expected == "greeting":
+    def _fatal(self, what, reply, error=ReplyError):
+        # 421 means the server is closing the connection (RFC 5321 section 3.8), so no
+        # further command, not even QUIT, may be sent. Other fatal replies leave the
+        # dialogue in a state that only closing the connection clears.
+        self._state = _CLOSED
+        raise self._reply_error(what, reply, error)
+
+    def _fail_all(self, error):
+        """End the session with error; every unfinished transaction gets it too."""
+        self._error = error
+        if self._state != _CLOSED:
+            self._state = _CLOSED
+        for _, transaction, _ in self._expected + self._queued:
+            if transaction is not None and not transaction.done:
+                transaction.fail(error)
+                transaction.done = True
+        if self._content is not None:
+            transaction = self._content[0]
+            transaction.fail(error)
+            transaction.done = True
+            self._content = None
+        self._expected = []
+        self._queued = []
+
+    def _handle(self, kind, transaction, argument, reply):
+        if reply.code == 421 and kind != "quit":
+            self._fatal("the server is closing the connection", reply)
+        if kind == "greeting":
             self._on_greeting(reply)
-        elif expected == "ehlo":
+        elif kind == "ehlo":
             self._on_ehlo(reply)
-        elif expected == "helo":
+        elif kind == "helo":
             self._on_helo(reply)
-        elif expected == "starttls":
+        elif kind == "starttls":
             self._on_starttls(reply)
-        elif expected == "auth":
+        elif kind == "auth":
             self._on_auth(reply)
-        elif expected == "rset":
-            self._on_rset(reply)
-        elif expected == "mail":
-            self._on_mail(reply)
-        elif expected == "rcpt":
-            self._on_rcpt(reply)
-        elif expected == "data":
-            self._on_data(reply)
-        elif expected == "message":
-            self._on_message(reply)
-        elif expected == "quit":
+        elif kind == "rset":
+            if reply.code != 250:
+                self._fatal("RSET failed", reply)
+        elif kind == "mail":
+            self._on_mail(transaction, reply)
+        elif kind == "rcpt":
+            self._on_rcpt(transaction, argument, reply)
+        elif kind == "data":
+            self._on_data(transaction, reply)
+        elif kind == "bdat":
+            self._on_bdat(transaction, reply)
+        elif kind == "message":
+            self._on_message(transaction, reply)
+        elif kind == "quit":
             self._state = _CLOSED
         else:
-            raise ProtocolError("internal error: unknown expected reply %s" % expected)
+            raise ProtocolError("internal error: unknown expected reply %s" % kind)
+
+    # -- negotiation -------------------------------------------------------------------
 
     def _on_greeting(self, reply):
         self.greeting = reply
         if reply.code != 220:
-            self._state = _CLOSED
-            self._fail("the server refused the connection", reply)
+            self._fatal("the server refused the connection", reply)
         self._state = _NEGOTIATING
         self._send_ehlo()
 
@@ -508,13 +578,13 @@ class Session:
             self._after_hello()
             return
         if reply.transient:
-            self._fail("EHLO failed", reply)
+            self._fatal("EHLO failed", reply)
         # HELO carries no extensions, so no STARTTLS and no AUTH: fall back only when
         # plaintext was explicitly allowed or TLS is already up.
         if self.tls_active or self.security == PLAINTEXT:
             self._command(b"HELO " + self.local_name, "helo")
             return
-        self._fail(
+        self._fatal(
             "the server rejected EHLO, so it cannot offer STARTTLS; use security 'tls' on the "
             "server's implicit TLS port, or 'none' only on a trusted network",
             reply,
@@ -523,7 +593,7 @@ class Session:
 
     def _on_helo(self, reply):
         if reply.code != 250:
-            self._fail("HELO failed", reply)
+            self._fatal("HELO failed", reply)
         self.esmtp = False
         self.extensions = {}
         self._after_hello()
@@ -532,7 +602,6 @@ class Session:
         # 1. STARTTLS first when required: nothing else may happen in plaintext.
         if self.security == STARTTLS and not self.tls_active:
             if "STARTTLS" not in self.extensions:
-                self._state = _CLOSED
                 raise SecurityError(
                     "the server does not offer STARTTLS, and security 'starttls' requires it; "
                     "check the port (587 for STARTTLS, 465 for implicit TLS)",
@@ -556,10 +625,15 @@ class Session:
             line = b"AUTH " + self._mechanism.name.encode()
             if initial is not None:
                 line += b" " + initial
-                redacted = "AUTH %s <redacted>" % self._mechanism.name
-            else:
-                redacted = None
-            self._command(line, "auth", redacted)
+            if self.pipelining and self._mechanism.name == "PLAIN":
+                # One step with an initial response: it may lead a pipelined group
+                # (RFC 4954 section 4), so it waits for the first transaction.
+                self._auth_line = line
+                self._state = _READY
+                self.stage = "ready"
+                return
+            redacted = "AUTH %s <redacted>" % self._mechanism.name if initial is not None else None
+            self._command(line, "auth", None, None, redacted)
             return
 
         # 3. Ready for transactions.
@@ -568,20 +642,14 @@ class Session:
 
     def _on_starttls(self, reply):
         if reply.code != 220:
-            self._state = _CLOSED
-            error = SecurityError(
-                "STARTTLS was refused, so the connection cannot be secured: %s" % reply.describe(),
-                reply.code,
-                reply.enhanced,
-                reply.text,
-                "starttls",
+            error = self._reply_error(
+                "STARTTLS was refused, so the connection cannot be secured", reply, SecurityError, "starttls"
             )
             error.transient = reply.transient
             raise error
         # RFC 3207 section 4: the server sends nothing more in plaintext. Bytes already
         # received would be read as if they came through TLS (response injection).
         if self._parser.buffered:
-            self._state = _CLOSED
             raise ProtocolError(
                 "the server sent %d unexpected octets after its STARTTLS reply; possible response injection"
                 % self._parser.buffered,
@@ -596,74 +664,107 @@ class Session:
         if reply.code == 235:
             self.authenticated = True
             self._mechanism = None
-            self._after_hello()
+            if self._state == _NEGOTIATING:
+                self._after_hello()
             return
-        if reply.code == 334:
+        if reply.code == 334 and self._state == _NEGOTIATING:
             challenge = reply.lines[0].encode()
             answer = mechanism.respond(challenge)
             if answer is None:
                 # "*" cancels the exchange (RFC 4954 section 4); the server answers 501.
                 self._command(b"*", "auth")
             else:
-                self._command(answer, "auth", "<redacted>")
+                self._command(answer, "auth", None, None, "<redacted>")
             return
-        self._state = _CLOSED
         what = "authentication failed"
         if reply.code == 503:
             what = "the server rejected AUTH as out of sequence (503)"
+        elif reply.code == 334:
+            what = "the server asked for more AUTH data after a one-step PLAIN exchange"
         status = getattr(mechanism, "error_status", None)
         if status:
             what += " (XOAUTH2 status %s)" % status
-        self._fail(what, reply, AuthError)
+        self._fatal(what, reply, AuthError)
 
-    def _end_transaction(self, what, reply):
-        # The transaction failed but the connection is fine: the next mail() sends RSET.
-        self._needs_reset = True
-        self._content = None
-        self._queued = []
-        self._state = _READY
-        self._fail(what, reply)
+    # -- transactions --------------------------------------------------------------------
 
-    def _on_rset(self, reply):
+    def _fail_transaction(self, transaction, error):
+        """Record that one transaction failed; the session goes on with the next one."""
+        transaction.fail(error)
+        transaction.done = True
+        if transaction.mail_accepted:
+            self._needs_reset = True
+        # Commands of this transaction not sent yet are dropped; replies to those
+        # already sent (pipelined) are still read and ignored.
+        self._queued = [item for item in self._queued if item[1] is not transaction]
+
+    def _on_mail(self, transaction, reply):
+        if transaction.done:
+            return
         if reply.code != 250:
-            self._state = _CLOSED
-            self._fail("RSET failed", reply)
+            self._fail_transaction(transaction, self._reply_error("the sender was refused (MAIL FROM)", reply))
+            return
+        transaction.mail_accepted = True
 
-    def _on_mail(self, reply):
-        if reply.code != 250:
-            self._end_transaction("the sender was refused (MAIL FROM)", reply)
-
-    def _on_rcpt(self, reply):
-        transaction = self._transaction
-        rcpt = self._rcpts[len(transaction.accepted) + len(transaction.refused)].decode()
+    def _on_rcpt(self, transaction, rcpt, reply):
+        if transaction.done:
+            return
+        address = rcpt.decode()
         if reply.code in (250, 251):
-            transaction.accepted[rcpt] = reply
+            transaction.accepted[address] = reply
+        elif reply.code == 452 and transaction.accepted and transaction.content_reusable:
+            # RFC 5321 section 4.5.3.1.10: "too many recipients" asks for the rest to
+            # come in a later transaction.
+            transaction.deferred.append(rcpt)
         else:
-            if reply.code == 421:
-                self._fail("the server is closing the connection", reply)
-            transaction.refused[rcpt] = reply
-        if len(transaction.accepted) + len(transaction.refused) < len(self._rcpts):
+            transaction.refused[address] = reply
+        if len(transaction.accepted) + len(transaction.refused) + len(transaction.deferred) < len(transaction.batch):
             return
         if not transaction.accepted:
-            self._needs_reset = True
-            self._queued = []
-            self._state = _READY
-            raise RecipientsRefused(
-                "every recipient was refused: %s"
-                % "; ".join("%s: %s" % (addr, r.describe()) for addr, r in transaction.refused.items()),
-                transaction.refused,
-            )
+            # With PIPELINING, DATA is already on its way; its reply is read and, if the
+            # server accepts it anyway, answered with an empty message that fails.
+            self._fail_transaction(transaction, transaction.all_refused_error())
 
-    def _on_data(self, reply):
+    def _on_data(self, transaction, reply):
+        if transaction.done:
+            if reply.code == 354:
+                # RFC 2920 section 3.1: a server that accepts DATA without a valid
+                # recipient gets an empty message, which it must reject.
+                self._out.append(b".\r\n")
+                self._expected.append(("message", transaction, None))
+                if self._log is not None:
+                    self._log("--> .")
+            return
         if reply.code != 354:
-            self._end_transaction("the server refused DATA", reply)
-        self._state = _SENDING_CONTENT
-        self.stage = "message"
+            self._fail_transaction(transaction, self._reply_error("the server refused DATA", reply))
+            return
+        self._start_content(transaction, True)
 
-    def _on_message(self, reply):
-        self._state = _READY
+    def _on_bdat(self, transaction, reply):
+        if transaction.done:
+            return
         if reply.code != 250:
-            self._fail("the server refused the message", reply)
-        self._transaction.reply = reply
-        self.result = self._transaction
-        self._transaction = None
+            self._fail_transaction(transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data"))
+
+    def _on_message(self, transaction, reply):
+        if transaction.done:
+            return
+        if reply.code != 250:
+            self._fail_transaction(transaction, self._reply_error("the server refused the message", reply))
+            return
+        transaction.reply = reply
+        transaction.mail_accepted = False
+        if transaction.deferred:
+            # Send the same content again to the recipients the server deferred.
+            transaction.batch = transaction.deferred
+            transaction.deferred = []
+            self._queue_retry(transaction)
+            return
+        transaction.done = True
+
+    def _queue_retry(self, transaction):
+        queue = [("reset", transaction, None), ("mail", transaction, None)]
+        for rcpt in transaction.batch:
+            queue.append(("rcpt", transaction, rcpt))
+        queue.append(("bdat" if self.chunking else "data", transaction, None))
+        self._queued = queue + self._queued

@@ -12,7 +12,8 @@ from microsmtp.errors import (
     ReplyError,
     SecurityError,
 )
-from microsmtp.session import IDLE, NEED_DATA, SEND, START_TLS, CLOSED, DataEncoder, Session
+from microsmtp.session import CLOSED, IDLE, NEED_DATA, SEND, START_TLS, Session
+from microsmtp.transaction import DataEncoder
 
 GREETING = b"220 mx.example.com ESMTP\r\n"
 EHLO_PLAIN = b"250-mx.example.com\r\n250-SIZE 1000\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
@@ -182,8 +183,10 @@ def test_auth_wrong_password_is_permanent_and_final():
     assert error.enhanced == "5.7.8"
     assert not error.transient
     assert error.stage == "auth"
-    # No second mechanism is tried: the session sends nothing more.
-    assert pump(session) == (b"", CLOSED)
+    # No second mechanism is tried: the same error again, and nothing more is sent.
+    again = raises(AuthError, session.next_event)
+    assert again is error
+    assert session.data_to_send() == b""
 
 
 def test_auth_503_is_not_success():
@@ -247,78 +250,101 @@ def ready_session(log=None):
 
 def test_transaction_with_partial_refusal():
     session = ready_session()
-    session.mail("a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi\r\n", size=20)
+    transaction = session.mail("a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi\r\n", size=20)
     step(session, b"MAIL FROM:<a@example.com> SIZE=20\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<b@example.com>\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<c@example.com>\r\n", b"550 5.1.1 no such user\r\n")
     step(session, b"DATA\r\n", b"354 go\r\n")
     step(session, b"Subject: x\r\n\r\nhi\r\n.\r\n", b"250 2.0.0 queued as X\r\n")
     assert pump(session) == (b"", IDLE)
-    result = session.result
-    assert list(result.accepted) == ["b@example.com"]
-    assert result.refused["c@example.com"].enhanced == "5.1.1"
-    assert result.reply.text == "queued as X"
+    assert transaction.ok
+    assert list(transaction.accepted) == ["b@example.com"]
+    assert transaction.refused["c@example.com"].enhanced == "5.1.1"
+    assert transaction.reply.text == "queued as X"
 
 
 def test_all_recipients_refused_then_rset():
     session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    first = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
     step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<b@x.org>\r\n", b"554 5.7.1 relay denied\r\n")
-    error = raises(RecipientsRefused, pump, session)
-    assert error.refused["b@x.org"].code == 554
-    assert not error.transient
+    # Lock-step: DATA is never sent once no recipient is left.
+    assert pump(session) == (b"", IDLE)
+    assert isinstance(first.error, RecipientsRefused)
+    assert first.error.refused["b@x.org"].code == 554
+    assert not first.error.transient
     assert session.usable
     # The next transaction starts with RSET.
-    session.mail("a@x.org", ["c@x.org"], b"hi\r\n")
+    second = session.mail("a@x.org", ["c@x.org"], b"hi\r\n")
     step(session, b"RSET\r\n", b"250 ok\r\n")
     step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<c@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"hi\r\n.\r\n", b"250 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert second.ok
 
 
-def test_mail_refused_transient():
-    session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
-    step(session, b"MAIL FROM:<a@x.org>\r\n", b"451 4.3.0 later\r\n")
-    error = raises(ReplyError, pump, session)
-    assert error.transient
-    assert error.stage == "mail"
-    assert session.usable
-
-
-def test_data_refused():
-    session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
-    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
-    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
-    step(session, b"DATA\r\n", b"554 no\r\n")
-    error = raises(ReplyError, pump, session)
-    assert error.stage == "data"
-    assert not error.transient
-
-
-def test_final_reply_refused():
+def test_no_rset_after_success():
     session = ready_session()
     session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
     step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
     step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"hi\r\n.\r\n", b"250 ok\r\n")
+    pump(session)
+    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+
+
+def test_mail_refused_transient():
+    session = ready_session()
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"451 4.3.0 later\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert isinstance(transaction.error, ReplyError)
+    assert transaction.error.transient
+    assert transaction.error.stage == "mail"
+    assert session.usable
+
+
+def test_data_refused():
+    session = ready_session()
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"554 no\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert transaction.error.stage == "data"
+    assert not transaction.error.transient
+
+
+def test_final_reply_refused():
+    session = ready_session()
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
     step(session, b"hi\r\n.\r\n", b"552 5.3.4 too big\r\n")
-    error = raises(ReplyError, pump, session)
-    assert error.stage == "message"
-    assert error.enhanced == "5.3.4"
+    assert pump(session) == (b"", IDLE)
+    assert transaction.error.stage == "message"
+    assert transaction.error.enhanced == "5.3.4"
     assert session.usable
 
 
 def test_421_closes_without_quit():
     session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
     step(session, b"MAIL FROM:<a@x.org>\r\n", b"421 4.4.2 closing\r\n")
     error = raises(ReplyError, pump, session)
     assert error.transient
+    assert error.code == 421
+    assert transaction.error is error
     assert not session.usable
-    assert pump(session) == (b"", CLOSED)
+    # Nothing more is sent, not even QUIT.
     session.quit()
-    assert pump(session) == (b"", CLOSED)
+    raises(ReplyError, session.next_event)
+    assert session.data_to_send() == b""
 
 
 def test_unsolicited_421_while_idle():
@@ -326,16 +352,18 @@ def test_unsolicited_421_while_idle():
     session.receive_data(b"421 idle timeout\r\n")
     error = raises(ReplyError, session.mail, "a@x.org", ["b@x.org"], b"hi")
     assert error.code == 421
+    assert not session.usable
 
 
 def test_connection_closed_mid_reply():
     session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
     step(session, b"MAIL FROM:<a@x.org>\r\n", b"250-partial\r\n")
     session.receive_data(b"")
     error = raises(ConnectionLost, pump, session)
     assert error.transient
     assert error.stage == "mail"
+    assert transaction.error is error
 
 
 def test_quit_dialogue():
@@ -343,6 +371,29 @@ def test_quit_dialogue():
     session.quit()
     step(session, b"QUIT\r\n", b"221 bye\r\n")
     assert pump(session) == (b"", CLOSED)
+
+
+def test_mail_after_quit_refused():
+    session = ready_session()
+    session.quit()
+    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi")
+
+
+def test_transactions_queue_in_order():
+    session = ready_session()
+    first = session.mail("a@x.org", ["b@x.org"], b"one\r\n")
+    second = session.mail("a@x.org", ["c@x.org"], b"two\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"one\r\n.\r\n", b"250 ok\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<c@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"two\r\n.\r\n", b"250 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert first.ok
+    assert second.ok
 
 
 def test_size_over_server_limit_refused_before_sending():
@@ -392,12 +443,6 @@ def test_no_recipients_refused():
 
 def test_unknown_security_refused():
     raises(InvalidInputError, Session, "c", "ssl")
-
-
-def test_mail_while_busy_refused():
-    session = ready_session()
-    session.mail("a@x.org", ["b@x.org"], b"hi")
-    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi")
 
 
 def test_greeting_554_refused():

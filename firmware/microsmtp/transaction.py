@@ -1,0 +1,124 @@
+"""One mail transaction: envelope, content source and outcome, plus the content encoders.
+
+A ``Transaction`` is what ``Session.mail()`` returns. The session fills in the server's
+replies as they arrive; when ``done`` is True, either ``error`` is set or ``reply``
+holds the final 250 and ``accepted`` lists the recipients that will get the message.
+"""
+
+from .errors import InvalidInputError, RecipientsRefused
+
+
+def normalise_line_ends(chunk):
+    return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+class DataEncoder:
+    """Convert message content to its wire form, one chunk at a time.
+
+    Every bare CR or LF becomes CRLF and NUL raises InvalidInputError. With
+    ``dot_stuff`` (DATA), a line starting with "." gets a second "." (RFC 5321 section
+    4.5.2), so no byte sequence in the content can end the DATA early or smuggle a
+    second message. BDAT (RFC 3030) sends octet counts and needs no stuffing.
+    """
+
+    def __init__(self, dot_stuff=True):
+        self.dot_stuff = dot_stuff
+        self.line_start = True
+        self._pending_cr = False
+        self.size = 0
+
+    def encode(self, chunk):
+        if b"\0" in chunk:
+            raise InvalidInputError("message content contains a NUL byte")
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            # The LF that would complete this CRLF may start the next chunk.
+            self._pending_cr = True
+            chunk = chunk[:-1]
+        if not chunk:
+            return b""
+        chunk = normalise_line_ends(chunk)
+        if self.dot_stuff:
+            chunk = chunk.replace(b"\r\n.", b"\r\n..")
+            if self.line_start and chunk.startswith(b"."):
+                chunk = b"." + chunk
+        self.line_start = chunk.endswith(b"\n")
+        self.size += len(chunk)
+        return chunk
+
+    def flush(self):
+        """Return what completes the content: a CRLF unless it already ends with one."""
+        tail = b""
+        if self._pending_cr or not self.line_start:
+            tail = b"\r\n"
+        self._pending_cr = False
+        self.line_start = True
+        self.size += len(tail)
+        return tail
+
+    def finish(self):
+        """Return the bytes that end DATA content: ``flush()`` and then ".\\r\\n"."""
+        return self.flush() + b".\r\n"
+
+
+def content_chunks(content):
+    """Return a fresh iterator over content: bytes, a list of bytes, or a Message."""
+    if isinstance(content, (bytes, bytearray)):
+        return iter((bytes(content),))
+    if hasattr(content, "chunks"):
+        return content.chunks()
+    return iter(content)
+
+
+class Transaction:
+    """Envelope, content and outcome of one message.
+
+    ``accepted`` and ``refused`` map each recipient to the server's reply; ``reply`` is
+    the final reply to the content; ``message_id`` is set for a Message; ``error`` is
+    the SMTPError that ended the transaction, if any. ``content`` must be re-readable
+    (bytes, a list, or an object with ``chunks()``) for the rest of the recipients to
+    be sent in a second transaction after a 452 "too many recipients".
+    """
+
+    def __init__(self, sender, recipients, content, size=None, smtputf8=False):
+        self.sender = sender
+        self.recipients = recipients
+        self.content = content
+        self.size = size
+        self.smtputf8 = smtputf8
+        self.accepted = {}
+        self.refused = {}
+        self.deferred = []
+        self.reply = None
+        self.error = None
+        self.done = False
+        self.message_id = None
+        # Wire state: the recipients of the current attempt, and whether the server
+        # holds a MAIL FROM that must be reset before the next transaction.
+        self.batch = recipients
+        self.mail_accepted = False
+
+    def __repr__(self):
+        return "Transaction(%d accepted, %d refused, %s)" % (len(self.accepted), len(self.refused), repr(self.reply))
+
+    @property
+    def content_reusable(self):
+        content = self.content
+        return isinstance(content, (bytes, bytearray, list, tuple)) or hasattr(content, "chunks")
+
+    @property
+    def ok(self):
+        return self.done and self.error is None
+
+    def fail(self, error):
+        if self.error is None:
+            self.error = error
+
+    def all_refused_error(self):
+        return RecipientsRefused(
+            "every recipient was refused: %s"
+            % "; ".join("%s: %s" % (addr, reply.describe()) for addr, reply in self.refused.items()),
+            self.refused,
+        )

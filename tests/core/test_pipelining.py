@@ -1,0 +1,193 @@
+"""PIPELINING, AUTH in the pipeline, CHUNKING and queue flushes, against a sans-IO server."""
+
+from fake_server import FakeServer, converse
+from helpers import raises
+
+from microsmtp.errors import AuthError, RecipientsRefused
+from microsmtp.session import Session
+
+PIPELINED = ("PIPELINING", "SIZE 100000", "8BITMIME", "CHUNKING", "AUTH PLAIN LOGIN")
+PLAIN_ONLY = ("SIZE 100000", "8BITMIME", "AUTH PLAIN LOGIN")
+
+
+def starttls_server(tls_extensions, replies=None):
+    return FakeServer(extensions=("STARTTLS",) + tuple(tls_extensions), tls_extensions=tls_extensions, replies=replies)
+
+
+def connect(server, **options):
+    options.setdefault("username", "alice")
+    options.setdefault("password", "secret")
+    session = Session("sensor.example", **options)
+    turns = converse(session, server)
+    return session, turns
+
+
+def body(n):
+    return ("Subject: alert %d\r\n\r\nvalue %d \u00b0C\r\n.dot line\r\n" % (n, n)).encode("utf-8")
+
+
+def test_one_alert_pipelined_turns():
+    server = starttls_server(PIPELINED)
+    session, turns = connect(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], body(1))
+    session.quit()
+    turns += converse(session, server)
+    assert transaction.ok
+    # EHLO, STARTTLS, EHLO, then AUTH+MAIL+RCPT+DATA, then content+QUIT. TLS 1.2 adds
+    # two handshake round trips on a real connection.
+    assert turns == 5
+    assert server.messages == [body(1)]
+    assert b"AUTH PLAIN AGFsaWNlAHNlY3JldA==" in server.commands
+
+
+def test_one_alert_lock_step_turns():
+    server = starttls_server(PLAIN_ONLY)
+    session, turns = connect(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], body(1))
+    session.quit()
+    turns += converse(session, server)
+    assert transaction.ok
+    # EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA, content, QUIT: one command a turn.
+    assert turns == 9
+    assert server.messages == [body(1)]
+
+
+def test_implicit_tls_pipelined_turns():
+    server = FakeServer(extensions=PIPELINED)
+    session, turns = connect(server, security="tls")
+    session.mail("a@x.org", ["b@x.org"], body(1))
+    session.quit()
+    turns += converse(session, server)
+    assert turns == 3
+
+
+def test_flush_of_twenty_in_few_turns():
+    server = starttls_server(PIPELINED)
+    session, turns = connect(server)
+    transactions = [session.mail("a@x.org", ["b@x.org"], body(n)) for n in range(20)]
+    session.quit()
+    turns += converse(session, server)
+    assert [t.ok for t in transactions] == [True] * 20
+    assert server.messages == [body(n) for n in range(20)]
+    # The first message uses DATA because AUTH shares its group; the other 19 travel
+    # with BDAT in one group, and QUIT follows once the RCPT replies are in.
+    assert turns == 6
+    assert sum(1 for c in server.commands if c.startswith(b"BDAT")) == 19
+
+
+def test_flush_without_chunking_uses_one_turn_per_message():
+    server = starttls_server(("PIPELINING", "AUTH PLAIN"))
+    session, turns = connect(server)
+    transactions = [session.mail("a@x.org", ["b@x.org"], body(n)) for n in range(5)]
+    session.quit()
+    turns += converse(session, server)
+    assert [t.ok for t in transactions] == [True] * 5
+    assert server.messages == [body(n) for n in range(5)]
+    assert turns == 3 + 5 + 1
+
+
+def test_bdat_counts_exact_octets():
+    server = FakeServer(extensions=PIPELINED)
+    session, _ = connect(server, security="tls")
+    session.mail("a@x.org", ["b@x.org"], b"warm-up\r\n")
+    text = "\u00e9\u00e8 \U0001f321 line\rbare cr\nbare lf\r\n.dot\r\n" * 200
+    transaction = session.mail("a@x.org", ["b@x.org"], [piece.encode("utf-8") for piece in text.split(" ")])
+    converse(session, server)
+    assert transaction.ok
+    expected = "".join(text.split(" ")).encode("utf-8")
+    expected = expected.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert server.messages[1] == expected
+    bdat = [c for c in server.commands if c.startswith(b"BDAT")]
+    assert bdat[-1].endswith(b" LAST")
+    assert sum(int(c.split(b" ")[1]) for c in bdat) == len(expected)
+
+
+def test_failed_auth_in_pipeline_sends_no_content():
+    server = starttls_server(PIPELINED, replies={"AUTH": b"535 5.7.8 bad credentials", "DATA": b"354 go"})
+    session, _ = connect(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], body(1))
+    session.quit()
+    error = raises(AuthError, converse, session, server)
+    assert error.code == 535
+    assert transaction.error is error
+    assert server.messages == []
+    assert server.commands[-1] == b"DATA"
+    assert b"QUIT" not in server.commands
+    raises(AuthError, session.next_event)
+
+
+def test_data_accepted_without_recipient_gets_lone_dot():
+    server = FakeServer(
+        extensions=PIPELINED, replies={"RCPT": b"550 5.1.1 no", "DATA": b"354 go", "DOT": b"554 5.5.1 no valid recipients"}
+    )
+    session, _ = connect(server, security="tls", chunking=False)
+    transaction = session.mail("a@x.org", ["b@x.org"], body(1))
+    converse(session, server)
+    assert isinstance(transaction.error, RecipientsRefused)
+    assert server.messages == [b""]
+
+
+def test_too_many_recipients_split():
+    for extensions in (PIPELINED, PLAIN_ONLY):
+        replies = {"RCPT": [b"250 ok", b"452 4.5.3 too many recipients", b"452 4.5.3 too many recipients"]}
+        server = FakeServer(extensions=extensions, replies=replies)
+        session, _ = connect(server, security="tls")
+        transaction = session.mail("a@x.org", ["b@x.org", "c@x.org", "d@x.org"], body(1))
+        session.quit()
+        converse(session, server)
+        assert transaction.ok, transaction.error
+        assert sorted(transaction.accepted) == ["b@x.org", "c@x.org", "d@x.org"]
+        assert server.messages == [body(1), body(1)]
+        rcpts = [c for c in server.commands if c.startswith(b"RCPT")]
+        assert rcpts == [b"RCPT TO:<b@x.org>", b"RCPT TO:<c@x.org>", b"RCPT TO:<d@x.org>", b"RCPT TO:<c@x.org>", b"RCPT TO:<d@x.org>"]
+
+
+def outcome(transaction):
+    error = transaction.error
+    return (
+        transaction.ok,
+        sorted(transaction.accepted),
+        sorted((addr, reply.code) for addr, reply in transaction.refused.items()),
+        type(error).__name__ if error else None,
+        error.code if error else None,
+        error.stage if error else None,
+        error.transient if error else None,
+    )
+
+
+FAULTS = (
+    {},
+    {"MAIL": [b"451 4.3.0 try later"]},
+    {"MAIL": [b"550 5.7.1 sender rejected"]},
+    {"RCPT c@x.org": [b"550 5.1.1 no such user"]},
+    {"RCPT": [b"550 5.1.1 no", b"550 5.1.1 no"]},
+    {"RCPT": [b"452 4.5.3 full", b"452 4.5.3 full"]},
+    {"DATA": [b"554 5.5.1 no"]},
+    {"DATA": [b"451 4.3.0 later"]},
+    {"DOT": [b"552 5.3.4 too big"]},
+    {"DOT": [b"451 4.3.0 later"]},
+    {"BDAT": [b"552 5.3.4 too big"]},
+)
+
+
+def run_flush(extensions, replies):
+    server = FakeServer(extensions=extensions, replies=dict((k, list(v)) for k, v in replies.items()))
+    session, _ = connect(server, security="tls")
+    first = session.mail("a@x.org", ["b@x.org", "c@x.org"], body(1))
+    second = session.mail("a@x.org", ["b@x.org", "c@x.org"], body(2))
+    session.quit()
+    converse(session, server)
+    return [outcome(first), outcome(second)], server.messages
+
+
+def test_pipelined_and_lock_step_agree():
+    for replies in FAULTS:
+        pipelined, delivered_pipelined = run_flush(PIPELINED, replies)
+        lock_step, delivered_lock_step = run_flush(PLAIN_ONLY, replies)
+        if "BDAT" in replies:
+            # Lock-step uses DATA, so a BDAT fault does not apply; the fault must still
+            # hit the pipelined path only and leave the other message alone.
+            assert pipelined[0][0] or pipelined[1][0], replies
+            continue
+        assert pipelined == lock_step, (replies, pipelined, lock_step)
+        assert delivered_pipelined == delivered_lock_step, replies
