@@ -424,7 +424,7 @@ class SMTP:
 
     def _default_local_name(self):
         # RFC 5321 section 4.1.4: a client without a meaningful name sends its address
-        # as a literal. MicroPython streams do not report it, so "localhost" stands in.
+        # as a literal. MicroPython streams do not report it, so "localhost" is used there.
         if not MICROPYTHON and self._writer is not None:
             sockname = self._writer.get_extra_info("sockname")
             if sockname:
@@ -487,7 +487,7 @@ class SMTP:
                 stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
             )
             if start:
-                # The server waits for our ClientHello before it says anything, so a
+                # The server waits for our ClientHello before it sends anything, so a
                 # first non-blocking read starts the handshake. It returns None while
                 # the handshake runs; any bytes it returns belong to the greeting.
                 early = stream.s.read(_READ_SIZE)

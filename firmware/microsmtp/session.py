@@ -24,8 +24,8 @@ in order through a FIFO of expected replies.
 Round trips saved with PIPELINING, following RFC 4954 section 4: AUTH PLAIN with its
 initial response completes in one step, so it is held back after EHLO and sent in the
 same group as the first MAIL, RCPT and DATA. If AUTH fails, the session stops before any
-content is sent: the server holds at most an unfinished transaction, which it discards
-when the driver closes the connection. With CHUNKING as well, later transactions send
+content is sent. At most an unfinished transaction remains on the server, and the
+server discards it when the driver closes the connection. With CHUNKING as well, later transactions send
 their content with BDAT, so a whole queue of messages travels in one group.
 
 Errors: ``next_event()`` raises the typed errors of ``errors.py`` for anything that
@@ -330,12 +330,12 @@ class Session:
         return transaction
 
     def quit(self):
-        """Queue QUIT; the driver sees CLOSED once the server answered or hung up."""
+        """Queue QUIT; next_event() returns CLOSED once the server replied or hung up."""
         if self._state == _CLOSED or self._state == _QUITTING:
             return
         if not self._expected and not self._queued and (self._parser.buffered or self._eof):
-            # The server already said something unasked (usually a 421) or hung up:
-            # there is nobody left to say goodbye to.
+            # The server already sent an unsolicited reply (usually a 421) or hung up,
+            # so QUIT would reach nobody.
             self._state = _CLOSED
             return
         self._state = _QUITTING

@@ -1,8 +1,8 @@
 """One mail transaction: envelope, content source and outcome, plus the content encoders.
 
 A ``Transaction`` is what ``Session.mail()`` returns. The session fills in the server's
-replies as they arrive; when ``done`` is True, either ``error`` is set or ``reply``
-holds the final 250 and ``accepted`` lists the recipients that will get the message.
+replies as they arrive. Once ``done`` is True, either ``error`` is set, or ``reply`` is
+the final 250 and ``accepted`` lists the recipients that will get the message.
 """
 
 from .errors import InvalidInputError, RecipientsRefused
