@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from microsmtp_tools import cli
+from microsmtp_tools import cli, send_micropython
 from microsmtp_tools import send as send_command
 
 PASSWORD = "s3cr3t-Pa55word"
@@ -538,7 +538,7 @@ def fake_micropython(tmp_path, monkeypatch, script):
     path = tmp_path / "micropython"
     path.write_text("#!/bin/sh\n" + script)
     path.chmod(0o755)
-    monkeypatch.setattr(send_command, "find_micropython", lambda: str(path))
+    monkeypatch.setattr(send_micropython, "find_micropython", lambda: str(path))
 
 
 def micropython_argv(certs, *extra):
@@ -546,7 +546,7 @@ def micropython_argv(certs, *extra):
 
 
 def test_micropython_missing_is_config_error(certs, capsys, monkeypatch):
-    monkeypatch.setattr(send_command, "find_micropython", lambda: None)
+    monkeypatch.setattr(send_micropython, "find_micropython", lambda: None)
 
     status = cli.main(micropython_argv(certs))
 
@@ -556,7 +556,7 @@ def test_micropython_missing_is_config_error(certs, capsys, monkeypatch):
 
 def test_micropython_hang_is_stopped(certs, capsys, monkeypatch, tmp_path):
     fake_micropython(tmp_path, monkeypatch, "exec sleep 60\n")
-    monkeypatch.setattr(send_command, "CHILD_MARGIN_S", 0.5)
+    monkeypatch.setattr(send_micropython, "CHILD_MARGIN_S", 0.5)
 
     status = cli.main(micropython_argv(certs, "--timeout", "200"))
 
