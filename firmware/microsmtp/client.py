@@ -370,8 +370,12 @@ class SMTP:
                 stage=stage,
             )
 
+    def _stage(self):
+        # Until the first read through TLS succeeds, a failure belongs to the handshake.
+        return "tls" if self._handshaking else self.session.stage
+
     async def _write(self, data):
-        stage = self.session.stage
+        stage = self._stage()
         try:
             self._writer.write(data)
             await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
@@ -380,7 +384,7 @@ class SMTP:
             raise self._transport_error(exc, stage)
 
     async def _read(self):
-        stage = self.session.stage
+        stage = self._stage()
         try:
             data = await self._with_limit(self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply")
         except (OSError, ValueError) as exc:
@@ -397,6 +401,7 @@ class SMTP:
         # mbedTLS messages span several lines; one line reads better in logs.
         detail = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
         if self._handshaking:
+            stage = "tls"
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
@@ -450,6 +455,9 @@ class SMTP:
             )
         except (OSError, ValueError) as exc:
             raise self._transport_error(exc, stage)
+        if not MICROPYTHON:
+            # CPython finished the handshake inside open_connection().
+            self._handshaking = False
         if MICROPYTHON and implicit:
             await self._wrap_micropython(start=True)
 
@@ -468,6 +476,7 @@ class SMTP:
         except (OSError, ValueError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls")
+        self._handshaking = False
         # Plaintext that arrived before the upgrade sits in the reader's buffer and would
         # be read as if it came through TLS (response injection). StreamReader has no
         # public way to ask, so the private buffer is checked.

@@ -405,17 +405,30 @@ class Session:
         elif kind == "quit":
             self._command(b"QUIT", "quit")
 
+    def _check_nothing_unsolicited(self):
+        # When every expected reply has been read, any further byte is a reply to no
+        # command. Taking it as the reply to the next command would shift every reply
+        # after it by one, so the session stops here instead.
+        if not self._expected and self._parser.buffered:
+            raise ProtocolError(
+                "the server sent %d octets that answer no command; it is broken, or something on the path "
+                "inserts data" % self._parser.buffered,
+                stage=self.stage,
+            )
+
     def _command(self, line, kind, transaction=None, argument=None, redacted=None):
+        self._check_nothing_unsolicited()
         self._out.append(line + b"\r\n")
         self._expected.append((kind, transaction, argument))
         if self._log is not None:
             self._log("--> " + (redacted if redacted is not None else line.decode()))
 
     def _send_ehlo(self):
-        self.stage = "ehlo"
         self._command(b"EHLO " + self.local_name, "ehlo")
+        self.stage = "ehlo"
 
     def _start_content(self, transaction, dot_stuff):
+        self._check_nothing_unsolicited()
         self._content = (transaction, content_chunks(transaction.content), DataEncoder(dot_stuff))
         self._pending_chunk = b""
         self.stage = "message"
