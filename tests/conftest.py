@@ -26,6 +26,8 @@ for directory in (TESTS_DIR, TESTS_DIR / "core", REPO_DIR / "firmware"):
 import servers  # noqa: E402
 import unix_port  # noqa: E402
 
+pytest_plugins = ["conftest_mta"]
+
 # Run time per example varies with machine load, so examples have no deadline.
 settings.register_profile("dev", deadline=None)
 settings.register_profile(

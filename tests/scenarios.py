@@ -5,7 +5,10 @@ pytest calls ``run(name, params)`` directly on CPython, and runs this file under
 of plain JSON values, so both runtimes can be checked with the same assertions.
 Binary values travel as base64 text.
 
-Usage under MicroPython: ``micropython tests/scenarios.py NAME < params.json``
+Usage under MicroPython: ``micropython tests/scenarios.py NAME < params.json``, or
+``micropython tests/scenarios.py batch < cases.jsonl`` to run several scenarios in one
+process: one {"scenario": NAME, "params": {...}} per input line, one result per output
+line.
 """
 
 import binascii
@@ -113,15 +116,136 @@ async def deliver(params):
     return {"outcomes": outcomes, "transcript": transcript}
 
 
+def raw_outcome(result):
+    return {
+        "ok": True,
+        "accepted": sorted(result.accepted),
+        "refused": dict((addr, reply.code) for addr, reply in result.refused.items()),
+        "reply_code": result.reply.code,
+    }
+
+
+async def send_raw(params):
+    """Send params["content"] (base64, split at params["chunk_size"]) with SMTP.send_raw()."""
+    transcript = []
+    options = connection_options(params, transcript.append)
+    content = unb64(params["content"])
+    chunk_size = params.get("chunk_size") or len(content) or 1
+    chunks = [content[start : start + chunk_size] for start in range(0, len(content), chunk_size)]
+    smtp = SMTP(params["host"], **options)
+    try:
+        await smtp.connect()
+        result = await smtp.send_raw(params["sender"], params["recipients"], chunks, params.get("size"))
+        outcome = raw_outcome(result)
+        await smtp.quit()
+    except SMTPError as exc:
+        outcome = error_outcome(exc)
+        await smtp.close()
+    return {"outcomes": [outcome], "transcript": transcript}
+
+
+async def retry(params):
+    """Send one Message object twice with send(): a failed attempt, then a retry.
+
+    The retry connects to params["retry_port"] (default: the same port).
+    """
+    transcript = []
+    message = build_message(params["messages"][0])
+    outcomes = []
+    for port in (params["port"], params.get("retry_port", params["port"])):
+        options = connection_options(params, transcript.append)
+        options["port"] = port
+        try:
+            result = await send(message, params["host"], **options)
+            outcomes.append(result_outcome(result, message))
+        except SMTPError as exc:
+            outcome = error_outcome(exc)
+            outcome["message_id"] = message.message_id
+            outcomes.append(outcome)
+    return {"outcomes": outcomes, "transcript": transcript}
+
+
+def build_any_message(spec):
+    """Build a Message like build_message, also with "bcc", "reply_to" and "headers"."""
+    attachments = []
+    for item in spec.get("attachments", []):
+        attachments.append(Attachment(item["filename"], unb64(item["data"]), item.get("content_type", "text/csv")))
+    return Message(
+        spec["sender"],
+        spec["to"],
+        spec.get("subject", ""),
+        spec.get("text", ""),
+        cc=spec.get("cc", ()),
+        bcc=spec.get("bcc", ()),
+        reply_to=spec.get("reply_to"),
+        attachments=attachments,
+        date=tuple(spec["date"]) if "date" in spec else None,
+        message_id=spec.get("message_id"),
+        headers=[tuple(pair) for pair in spec.get("headers", [])],
+    )
+
+
+async def check_input(params):
+    """Build a Message from params["messages"][0] and send it, or report the error.
+
+    Reports InvalidInputError raised while building (stage None) the same way as
+    errors raised while sending, so the caller sees where the input was rejected.
+    """
+    transcript = []
+    try:
+        message = build_any_message(params["messages"][0])
+    except SMTPError as exc:
+        outcome = error_outcome(exc)
+        outcome["built"] = False
+        return {"outcomes": [outcome], "transcript": transcript}
+    try:
+        result = await send(message, params["host"], **connection_options(params, transcript.append))
+        outcome = result_outcome(result, message)
+    except SMTPError as exc:
+        outcome = error_outcome(exc)
+    outcome["built"] = True
+    return {"outcomes": [outcome], "transcript": transcript}
+
+
 def run(name, params):
     scenario = SCENARIOS[name]
     return asyncio.run(scenario(params))
 
 
-SCENARIOS = {"deliver": deliver}
+def run_case(case):
+    """Run one {"scenario": NAME, "params": {...}} case of a batch; return its result.
+
+    An exception that is not an SMTPError becomes {"crash": text}, so one broken case
+    does not hide the results of the others.
+    """
+    try:
+        return run(case["scenario"], case["params"])
+    except Exception as exc:  # noqa: BLE001 - reported per case, checked by the caller
+        return {"crash": "%s: %s" % (type(exc).__name__, exc)}
+
+
+def run_batch(cases):
+    """Run several cases one after the other in this process; return their results."""
+    return [run_case(case) for case in cases]
+
+
+SCENARIOS = {"deliver": deliver, "send_raw": send_raw, "retry": retry, "check_input": check_input}
 
 
 def main():
+    if sys.argv[1] == "batch":
+        # One case per input line and one result per output line, so that a board-sized
+        # heap never holds the whole batch.
+        import gc
+
+        while True:
+            line = sys.stdin.readline()
+            if not line.strip():
+                break
+            print(json.dumps(run_case(json.loads(line))))
+            line = None
+            gc.collect()
+        return
     params = json.loads(sys.stdin.read())
     print(json.dumps(run(sys.argv[1], params)))
 
