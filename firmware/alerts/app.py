@@ -1,0 +1,320 @@
+"""The alert application: sensor tasks, rules, the sender, LED and watchdog under asyncio.
+
+``main()`` loads config.json and runs forever (or, in deep-sleep mode, once per wake).
+Every alert goes to the outbox on flash before any attempt to send it.
+"""
+
+import gc
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from . import clock, log
+from .sensors import SensorError
+
+# Real seconds a sensor loop may go without progress before the watchdog stops feeding.
+_SENSOR_SLACK_S = 30
+# The sender may block in DNS and TLS steps; it reports progress around them.
+_SENDER_SLACK_S = 120
+
+
+class _Broken:
+    """Stands in for a sensor whose driver could not be created, so failures are reported."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def read(self):
+        raise SensorError(str(self.error))
+
+
+class App:
+    def __init__(self, config):
+        from . import board
+        from .outbox import Outbox
+        from .rules import Rules
+
+        self.config = config
+        outbox_config = config["outbox"]
+        sender_address = config["smtp"]["from"]
+        domain = sender_address[sender_address.rfind("@") + 1 :].rstrip(">") or "localhost"
+        self.outbox = Outbox(outbox_config["dir"], outbox_config["max_entries"], outbox_config["max_aside"], domain)
+        removed = self.outbox.recover()
+        if removed:
+            log.error("outbox: %d unreadable entries removed (counted as dropped)" % removed)
+        self.rules = Rules(config)
+        board_config = config["board"]
+        self.led = board.Led(board_config["led"], board_config["led_active_high"])
+        self.watchdog = board.Watchdog(board_config["watchdog_ms"])
+        self.wake = asyncio.Event()
+        self.drivers = {}
+        self.sender = None
+        self.last_ntp = None
+        self.network_failures = 0
+        self._tasks = []
+
+    # -- setup --------------------------------------------------------------------------
+
+    def create_sensors(self):
+        from . import sensors
+
+        for spec in self.config["sensors"]:
+            try:
+                self.drivers[spec["name"]] = sensors.create(spec)
+            except SensorError as exc:
+                log.error("sensor %s unavailable: %s" % (spec["name"], exc))
+                self.drivers[spec["name"]] = _Broken(exc)
+
+    def create_sender(self):
+        # Import the SMTP client now, while the heap is not yet fragmented by the tasks.
+        import microsmtp.client  # noqa: F401
+        import microsmtp.message  # noqa: F401
+
+        from .sender import Sender, SenderConfigError, load_ca_roots
+
+        gc.collect()
+
+        try:
+            roots = load_ca_roots(self.config) if self.config["smtp"]["security"] != "none" else None
+        except SenderConfigError as exc:
+            log.error(str(exc))
+            return None
+        self.sender = Sender(self.config, self.outbox, roots)
+        return self.sender
+
+    # -- alerts -------------------------------------------------------------------------
+
+    def queue(self, records):
+        from .outbox import OutboxError
+
+        for record in records:
+            try:
+                name = self.outbox.put(record, clock.now())
+            except OutboxError as exc:
+                log.error("alert %s %s lost: %s" % (record["kind"], record.get("rule") or record.get("sensor"), exc))
+                continue
+            log.info(
+                "queued %s %s %s value=%s as %s"
+                % (record["kind"], record.get("rule") or "-", record.get("sensor") or "-", record.get("value"), name)
+            )
+        if records:
+            self.wake.set()
+        self.update_led()
+
+    def update_led(self):
+        from . import board
+
+        if self.sender is None:
+            self.led.pattern = board.ERROR
+        elif self.rules.active():
+            self.led.pattern = board.ALERT
+        elif self.outbox.pending():
+            self.led.pattern = board.QUEUED
+        else:
+            self.led.pattern = board.OK
+
+    async def read_sensor(self, name):
+        from .sensors import read
+
+        try:
+            value = await read(self.drivers[name])
+            error = None
+        except SensorError as exc:
+            value = None
+            error = exc
+            log.warning("sensor %s read failed: %s" % (name, exc))
+        self.queue(self.rules.process(name, value, clock.now(), error))
+        return value
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def sensor_task(self, spec):
+        name = spec["name"]
+        driver = self.drivers[name]
+        interval = spec["interval_s"]
+        gap = clock.real_seconds(interval) + _SENSOR_SLACK_S
+        while True:
+            await self.read_sensor(name)
+            self.watchdog.alive(name, gap)
+            if hasattr(driver, "changed"):
+                # Digital inputs: the interrupt sets .changed; look at it every 100 ms.
+                waited = 0
+                while waited < interval and not driver.changed:
+                    await clock.sleep_real(0.1)
+                    waited += 0.1 * clock.speed()
+            else:
+                await clock.sleep(interval)
+            gc.collect()
+
+    async def tick_task(self):
+        while True:
+            self.queue(self.rules.tick(clock.now()))
+            self.watchdog.alive("ticker", clock.real_seconds(60) + _SENSOR_SLACK_S)
+            await clock.sleep(60)
+
+    async def _wait_wake(self, seconds):
+        if seconds is None:
+            await self.wake.wait()
+        else:
+            try:
+                await asyncio.wait_for(self.wake.wait(), clock.real_seconds(seconds))
+            except asyncio.TimeoutError:
+                pass
+        self.wake.clear()
+
+    async def _network(self):
+        """Bring up WiFi and the clock; return seconds to wait on failure, or 0."""
+        from . import net
+        from .outbox import backoff, random_fraction
+
+        need_ntp = (
+            not clock.is_set()
+            or self.last_ntp is None
+            or (clock.now() - self.last_ntp >= self.config["ntp"]["resync_h"] * 3600)
+        )
+        try:
+            await net.connect_wifi(self.config)
+            if need_ntp:
+                await net.sync_time(self.config)
+                self.last_ntp = clock.now()
+        except net.NetworkError as exc:
+            self.network_failures += 1
+            outbox = self.config["outbox"]
+            delay = backoff(self.network_failures, outbox["retry_min_s"], outbox["retry_max_s"], random_fraction())
+            log.error("%s; retry in %d s" % (exc, delay))
+            return delay
+        self.network_failures = 0
+        return 0
+
+    async def sender_task(self):
+        from microsmtp.errors import SMTPError
+
+        delay = None if not self.outbox.pending() else 0
+        while True:
+            self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
+            if delay is None or delay > 0:
+                await self._wait_wake(delay)
+            self.watchdog.alive("sender", _SENDER_SLACK_S)
+            if not self.outbox.pending():
+                delay = None
+                continue
+            delay = await self._network()
+            if delay:
+                continue
+            try:
+                delay = await self.sender.run_session()
+            except SMTPError as exc:
+                # The SMTP constructor rejects options (ConfigError) before connecting.
+                log.error("sending impossible: %s; check config.json" % exc)
+                delay = self.config["outbox"]["retry_max_s"]
+            self.update_led()
+            gc.collect()
+
+    def start(self, coroutine):
+        task = asyncio.create_task(coroutine)
+        self._tasks.append(task)
+        return task
+
+    async def run(self):
+        log.info("starting: " + describe(self.config))
+        self.create_sensors()
+        if self.create_sender() is not None:
+            pending = len(self.outbox.pending())
+            if pending:
+                log.info("outbox holds %d alert(s) from before the restart" % pending)
+        self.update_led()
+        if not clock.is_set():
+            await self._network()
+        for spec in self.config["sensors"]:
+            self.start(self.sensor_task(spec))
+        self.start(self.tick_task())
+        self.start(self.led.run())
+        self.start(self.watchdog.run())
+        if self.sender is not None:
+            await self.sender_task()
+        else:
+            # Without CA roots nothing can be sent; alerts still reach the outbox.
+            while True:
+                await clock.sleep(3600)
+
+    # -- deep sleep ---------------------------------------------------------------------
+
+    async def run_once(self):
+        """Wake, read each sensor once, decide, send or queue, then deep sleep."""
+        from . import board, sleepstate
+
+        state = sleepstate.load()
+        if state.get("time") and state.get("slept"):
+            clock.estimate(state["time"] + state["slept"])
+        if state.get("rules"):
+            self.rules.restore(state["rules"])
+        self.last_ntp = state.get("ntp")
+        self.network_failures = state.get("network_failures", 0)
+        self.create_sensors()
+        self.create_sender()
+        for spec in self.config["sensors"]:
+            await self.read_sensor(spec["name"])
+        self.queue(self.rules.tick(clock.now()))
+        wait = self.outbox.due(clock.now())
+        if self.sender is not None and wait == 0:
+            if await self._network() == 0:
+                await self.sender.run_session()
+        interval = self.config["deep_sleep"]["interval_s"]
+        sleepstate.save(
+            {
+                "time": clock.now(),
+                "slept": interval,
+                "ntp": self.last_ntp,
+                "network_failures": self.network_failures,
+                "rules": self.rules.state(),
+            }
+        )
+        log.info("deep sleep for %d s (%d alert(s) queued)" % (interval, len(self.outbox.pending())))
+        board.deep_sleep(interval)
+
+
+def describe(config):
+    from .config import describe as describe_config
+
+    return describe_config(config)
+
+
+def main(config_path="config.json"):
+    """Run the application; on an unexpected error, log it and reset the board after 10 s."""
+    from . import board
+    from .config import ConfigError, load
+
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        log.error(str(exc))
+        _halt(board)
+        return
+    app = App(config)
+    try:
+        if config["deep_sleep"]["enabled"]:
+            asyncio.run(app.run_once())
+        else:
+            asyncio.run(app.run())
+    except KeyboardInterrupt:
+        log.info("stopped (KeyboardInterrupt)")
+        raise
+    except Exception as exc:
+        import sys
+
+        log.error("unexpected %s: %s; resetting in 10 s" % (type(exc).__name__, exc))
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(exc)
+        import time
+
+        time.sleep(10 / clock.speed())
+        board.reset()
+
+
+def _halt(board):
+    """Show the error pattern and wait for a fixed config.json (the REPL stays usable via Ctrl-C)."""
+    led = board.Led(None)
+    led.pattern = board.ERROR
+    log.error("configuration invalid; fix config.json and reset the board")

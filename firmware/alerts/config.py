@@ -1,0 +1,418 @@
+"""Load and validate config.json: every check names the key and the expected form.
+
+``load(path)`` returns a plain dict with defaults filled in and raises ConfigError on
+the first problem. Values of secret keys (passwords, tokens) never appear in a message.
+"""
+
+SECRET_KEYS = ("password", "oauth2_token")
+
+SECURITY_MODES = ("starttls", "tls", "none")
+SENSOR_TYPES = ("mcu_temperature", "adc", "digital", "dht11", "dht22", "ds18b20", "simulated")
+_REQUIRED = object()
+
+
+class ConfigError(Exception):
+    """An invalid or missing configuration value; ``key`` is its dotted path."""
+
+    def __init__(self, key, message):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def _describe(key, value):
+    if key.split(".")[-1] in SECRET_KEYS:
+        return "a value that is not shown because it is secret"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return text
+
+
+def _fail(key, expected, value):
+    raise ConfigError(key, "config.json: %s is invalid: expected %s, got %s" % (key, expected, _describe(key, value)))
+
+
+def _check_keys(section, allowed, prefix):
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(
+                prefix + key,
+                "config.json: unknown key %s%s; allowed keys here: %s" % (prefix, key, ", ".join(allowed)),
+            )
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field(section, prefix, key, kind, default=_REQUIRED, minimum=None, maximum=None, choices=None):
+    path = prefix + key
+    if key not in section or section[key] is None:
+        if default is _REQUIRED:
+            raise ConfigError(
+                path, "config.json: %s is missing: expected %s" % (path, _expected(kind, minimum, maximum, choices))
+            )
+        section[key] = default
+        return default
+    value = section[key]
+    ok = True
+    if kind == "str":
+        ok = isinstance(value, str) and value != "" and "\r" not in value and "\n" not in value and "\x00" not in value
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "number":
+        ok = _is_number(value)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "pin":
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+            isinstance(value, str) and value != ""
+        )
+    if ok and choices is not None:
+        ok = value in choices
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        _fail(path, _expected(kind, minimum, maximum, choices), value)
+    return value
+
+
+def _expected(kind, minimum, maximum, choices):
+    if choices is not None:
+        return "one of " + ", ".join([str(choice) for choice in choices])
+    text = {
+        "str": "a non-empty string on one line",
+        "int": "an integer",
+        "number": "a number",
+        "bool": "true or false",
+        "pin": 'a pin number or name such as 4 or "LED"',
+    }[kind]
+    if minimum is not None and maximum is not None:
+        text += " from %s to %s" % (minimum, maximum)
+    elif minimum is not None:
+        text += " of at least %s" % minimum
+    return text
+
+
+def _section(config, key, required=True):
+    value = config.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(key, "config.json: section %s is missing: expected an object {...}" % key)
+        value = {}
+        config[key] = value
+    if not isinstance(value, dict):
+        _fail(key, "an object {...}", value)
+    return value
+
+
+def _address(section, prefix, key):
+    value = _field(section, prefix, key, "str")
+    at = value.rfind("@")
+    if at <= 0 or at == len(value) - 1 or " " in value.strip():
+        if "<" not in value:
+            _fail(prefix + key, "an email address such as alerts@example.com", value)
+    return value
+
+
+def _validate_wifi(config):
+    wifi = _section(config, "wifi")
+    _check_keys(wifi, ("ssid", "password", "timeout_s", "retries"), "wifi.")
+    _field(wifi, "wifi.", "ssid", "str")
+    if "password" in wifi and wifi["password"] is not None and not isinstance(wifi["password"], str):
+        _fail("wifi.password", "a string (empty for an open network)", wifi["password"])
+    wifi.setdefault("password", "")
+    _field(wifi, "wifi.", "timeout_s", "number", 20, 1, 300)
+    _field(wifi, "wifi.", "retries", "int", 3, 1, 100)
+
+
+def _validate_smtp(config):
+    smtp = _section(config, "smtp")
+    _check_keys(
+        smtp,
+        (
+            "host",
+            "port",
+            "security",
+            "user",
+            "password",
+            "oauth2_token",
+            "from",
+            "to",
+            "ca_file",
+            "server_name",
+            "timeout_s",
+            "transcript",
+        ),
+        "smtp.",
+    )
+    _field(smtp, "smtp.", "host", "str")
+    security = _field(smtp, "smtp.", "security", "str", "starttls", choices=SECURITY_MODES)
+    default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+    _field(smtp, "smtp.", "port", "int", default_port, 1, 65535)
+    user = smtp.get("user")
+    if user is not None:
+        _field(smtp, "smtp.", "user", "str")
+    password = smtp.get("password")
+    token = smtp.get("oauth2_token")
+    for key, value in (("password", password), ("oauth2_token", token)):
+        if value is not None and not (isinstance(value, str) and value):
+            _fail("smtp." + key, "a non-empty string", value)
+    if password is not None and token is not None:
+        raise ConfigError(
+            "smtp.oauth2_token", "config.json: smtp.password and smtp.oauth2_token are both set; keep one"
+        )
+    if user is not None and password is None and token is None:
+        raise ConfigError(
+            "smtp.password", "config.json: smtp.password is missing: smtp.user needs a password or an oauth2_token"
+        )
+    if user is None and (password is not None or token is not None):
+        raise ConfigError("smtp.user", "config.json: smtp.user is missing: a password or token needs the user name")
+    if user is not None and security == "none":
+        raise ConfigError(
+            "smtp.security",
+            "config.json: smtp.security is none, which would send the password in plaintext; use starttls or tls",
+        )
+    for key in ("user", "password", "oauth2_token"):
+        smtp.setdefault(key, None)
+    _address(smtp, "smtp.", "from")
+    recipients = smtp.get("to")
+    if isinstance(recipients, str):
+        recipients = [recipients]
+        smtp["to"] = recipients
+    if not isinstance(recipients, list) or not recipients:
+        _fail("smtp.to", "an address or a non-empty list of addresses", recipients)
+    for index in range(len(recipients)):
+        value = recipients[index]
+        if not isinstance(value, str) or "@" not in value or "\n" in value or "\r" in value:
+            _fail("smtp.to[%d]" % index, "an email address such as you@example.com", value)
+    _field(smtp, "smtp.", "ca_file", "str", None)
+    _field(smtp, "smtp.", "server_name", "str", None)
+    _field(smtp, "smtp.", "timeout_s", "number", 60, 5, 600)
+    _field(smtp, "smtp.", "transcript", "bool", False)
+
+
+def _validate_ntp(config):
+    ntp = _section(config, "ntp")
+    _check_keys(ntp, ("host", "retries", "resync_h"), "ntp.")
+    _field(ntp, "ntp.", "host", "str")
+    _field(ntp, "ntp.", "retries", "int", 3, 1, 100)
+    _field(ntp, "ntp.", "resync_h", "number", 24, 1)
+
+
+_SENSOR_KEYS = {
+    "mcu_temperature": (),
+    "adc": ("pin", "scale", "offset"),
+    "digital": ("pin", "pull", "invert"),
+    "dht11": ("pin", "measure"),
+    "dht22": ("pin", "measure"),
+    "ds18b20": ("pin", "index"),
+    "simulated": ("values", "failures"),
+}
+
+
+def _validate_sensors(config):
+    sensors = config.get("sensors")
+    if not isinstance(sensors, list) or not sensors:
+        _fail("sensors", "a non-empty list of sensor objects", sensors)
+    names = []
+    for index in range(len(sensors)):
+        prefix = "sensors[%d]." % index
+        sensor = sensors[index]
+        if not isinstance(sensor, dict):
+            _fail(prefix[:-1], "an object {...}", sensor)
+        kind = _field(sensor, prefix, "type", "str", choices=SENSOR_TYPES)
+        _check_keys(sensor, ("name", "type", "unit", "interval_s") + _SENSOR_KEYS[kind], prefix)
+        name = _field(sensor, prefix, "name", "str")
+        if name in names:
+            raise ConfigError(
+                prefix + "name",
+                "config.json: %sname %s is used twice; sensor names must be unique" % (prefix, repr(name)),
+            )
+        names.append(name)
+        _field(sensor, prefix, "unit", "str", "")
+        _field(sensor, prefix, "interval_s", "number", 1 if kind == "digital" else 60, 0.1, 86400)
+        if kind in ("adc", "digital", "dht11", "dht22", "ds18b20"):
+            _field(sensor, prefix, "pin", "pin")
+        if kind == "adc":
+            _field(sensor, prefix, "scale", "number", 1)
+            _field(sensor, prefix, "offset", "number", 0)
+        elif kind == "digital":
+            _field(sensor, prefix, "pull", "str", "none", choices=("up", "down", "none"))
+            _field(sensor, prefix, "invert", "bool", False)
+        elif kind in ("dht11", "dht22"):
+            _field(sensor, prefix, "measure", "str", "temperature", choices=("temperature", "humidity"))
+        elif kind == "ds18b20":
+            _field(sensor, prefix, "index", "int", 0, 0)
+        elif kind == "simulated":
+            _validate_timeline(sensor, prefix, "values", True)
+            _validate_timeline(sensor, prefix, "failures", False)
+    return names
+
+
+def _validate_timeline(sensor, prefix, key, required):
+    values = sensor.get(key)
+    if values is None and not required:
+        sensor[key] = []
+        return
+    expected = "a list of [seconds, value] pairs with increasing seconds"
+    if not isinstance(values, list) or (required and not values):
+        _fail(prefix + key, expected, values)
+    last = -1
+    for item in values:
+        if not isinstance(item, list) or len(item) != 2 or not _is_number(item[0]) or item[0] <= last:
+            _fail(prefix + key, expected, item)
+        if key == "values" and not _is_number(item[1]):
+            _fail(prefix + key, expected + " (numbers)", item)
+        last = item[0]
+
+
+def _validate_rules(config, sensor_names):
+    rules = config.get("rules")
+    if rules is None:
+        rules = []
+        config["rules"] = rules
+    if not isinstance(rules, list):
+        _fail("rules", "a list of rule objects", rules)
+    names = []
+    for index in range(len(rules)):
+        prefix = "rules[%d]." % index
+        rule = rules[index]
+        if not isinstance(rule, dict):
+            _fail(prefix[:-1], "an object {...}", rule)
+        _check_keys(
+            rule, ("name", "sensor", "above", "below", "hysteresis", "state", "on_change", "min_interval_s"), prefix
+        )
+        name = _field(rule, prefix, "name", "str")
+        if name in names:
+            raise ConfigError(
+                prefix + "name",
+                "config.json: %sname %s is used twice; rule names must be unique" % (prefix, repr(name)),
+            )
+        names.append(name)
+        _field(rule, prefix, "sensor", "str", choices=sensor_names)
+        conditions = [key for key in ("above", "below", "state", "on_change") if rule.get(key) is not None]
+        if len(conditions) != 1:
+            raise ConfigError(
+                prefix + "above",
+                "config.json: %s needs exactly one of above, below, state or on_change, got %s"
+                % (prefix[:-1], ", ".join(conditions) or "none"),
+            )
+        if conditions[0] in ("above", "below"):
+            _field(rule, prefix, conditions[0], "number")
+        elif conditions[0] == "state":
+            _field(rule, prefix, "state", "int", choices=(0, 1))
+        else:
+            _field(rule, prefix, "on_change", "bool")
+        _field(rule, prefix, "hysteresis", "number", 0, 0)
+        _field(rule, prefix, "min_interval_s", "number", 0, 0)
+
+
+def _validate_rest(config):
+    alerts = _section(config, "alerts", required=False)
+    _check_keys(alerts, ("max_per_hour", "heartbeat_h", "history", "sensor_failures"), "alerts.")
+    _field(alerts, "alerts.", "max_per_hour", "int", 10, 1, 1000)
+    _field(alerts, "alerts.", "heartbeat_h", "number", 0, 0)
+    _field(alerts, "alerts.", "history", "int", 30, 0, 500)
+    _field(alerts, "alerts.", "sensor_failures", "int", 3, 1, 1000)
+
+    outbox = _section(config, "outbox", required=False)
+    _check_keys(outbox, ("dir", "max_entries", "max_aside", "retry_min_s", "retry_max_s"), "outbox.")
+    _field(outbox, "outbox.", "dir", "str", "outbox")
+    _field(outbox, "outbox.", "max_entries", "int", 50, 1, 10000)
+    _field(outbox, "outbox.", "max_aside", "int", 10, 1, 1000)
+    retry_min = _field(outbox, "outbox.", "retry_min_s", "number", 30, 1)
+    _field(outbox, "outbox.", "retry_max_s", "number", 3600, retry_min)
+
+    sleep = _section(config, "deep_sleep", required=False)
+    _check_keys(sleep, ("enabled", "interval_s"), "deep_sleep.")
+    _field(sleep, "deep_sleep.", "enabled", "bool", False)
+    _field(sleep, "deep_sleep.", "interval_s", "number", 600, 10)
+
+    board = _section(config, "board", required=False)
+    _check_keys(board, ("led", "led_active_high", "watchdog_ms"), "board.")
+    _field(board, "board.", "led", "pin", None)
+    _field(board, "board.", "led_active_high", "bool", True)
+    _field(board, "board.", "watchdog_ms", "int", 0, 0, 3600000)
+
+
+def validate(config):
+    """Check a parsed config, fill in defaults in place and return it."""
+    if not isinstance(config, dict):
+        raise ConfigError("", "config.json must contain one JSON object {...}")
+    _check_keys(
+        config,
+        ("device", "wifi", "smtp", "ntp", "sensors", "rules", "alerts", "outbox", "deep_sleep", "board"),
+        "",
+    )
+    _field(config, "", "device", "str")
+    _validate_wifi(config)
+    _validate_smtp(config)
+    _validate_ntp(config)
+    names = _validate_sensors(config)
+    _validate_rules(config, names)
+    _validate_rest(config)
+    return config
+
+
+def merge_board_defaults(config, board):
+    """Fill board.* keys missing from config with a board.json's "defaults"."""
+    defaults = board.get("defaults") if isinstance(board, dict) else None
+    if not isinstance(defaults, dict):
+        return config
+    section = config.get("board")
+    if section is None:
+        section = {}
+        config["board"] = section
+    if isinstance(section, dict):
+        for key in ("led", "led_active_high", "watchdog_ms"):
+            if key in defaults and section.get(key) is None:
+                section[key] = defaults[key]
+    return config
+
+
+def load(path="config.json", board_path="board.json"):
+    """Read, merge board defaults into, and validate the config file; return the dict."""
+    import json
+
+    try:
+        with open(path) as file:
+            text = file.read()
+    except OSError:
+        raise ConfigError(
+            "", "%s not found: copy config.example.json to the board as %s and edit it" % (path, path)
+        ) from None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise ConfigError("", "%s is not valid JSON: check commas, quotes and brackets" % path) from None
+    text = None
+    try:
+        with open(board_path) as file:
+            board = json.loads(file.read())
+    except (OSError, ValueError):
+        board = None
+    if board is not None:
+        merge_board_defaults(config, board)
+    return validate(config)
+
+
+def describe(config):
+    """Return a one-line summary of a validated config without secrets, for the log."""
+    smtp = config["smtp"]
+    return "device %s, SMTP %s:%d (%s) as %s, %d sensors, %d rules%s" % (
+        config["device"],
+        smtp["host"],
+        smtp["port"],
+        smtp["security"],
+        smtp["user"] or "no AUTH",
+        len(config["sensors"]),
+        len(config["rules"]),
+        ", deep sleep" if config["deep_sleep"]["enabled"] else "",
+    )

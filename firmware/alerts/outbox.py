@@ -1,0 +1,304 @@
+"""Durable outbox: alerts on flash until the server accepted them.
+
+Each pending alert is a small JSON file ``NNNNNNNN.json`` (zero-padded sequence number,
+so names sort in queue order) holding the alert record, its Message-ID and the number
+of attempts. Files are written to ``NAME.tmp`` first and then renamed over the final
+name; rename is atomic on LittleFS and POSIX, so after a power loss a file is either
+absent, the old version or the new one, never half written. ``recover()`` finishes or
+discards what a power loss left behind.
+
+Set-aside entries (permanent failures, kept with the server's reply) live in
+``aside/``; ``state.json`` counts entries dropped because the outbox was full. Both are
+reported in the next email that is sent.
+"""
+
+import json
+import os
+
+_DIR_MODE = 0x4000  # S_IFDIR in os.stat()[0]
+_STATE = "state.json"
+_ASIDE = "aside"
+
+
+class OutboxError(Exception):
+    """The outbox directory cannot be read or written (flash full, read-only, missing)."""
+
+
+def backoff(attempts, base, cap, fraction):
+    """Return the delay before retry number ``attempts`` (1 for the first retry).
+
+    The delay doubles with each attempt from ``base`` up to ``cap`` seconds, and
+    ``fraction`` (0 to 1, random) picks a point in its upper half ("equal jitter"), so
+    boards that lost the same server do not all retry at the same moment.
+    """
+    if attempts < 1:
+        attempts = 1
+    delay = base
+    for _ in range(attempts - 1):
+        delay *= 2
+        if delay >= cap:
+            break
+    if delay > cap:
+        delay = cap
+    return delay / 2 + delay / 2 * fraction
+
+
+def random_fraction():
+    import random
+
+    try:
+        return random.random()
+    except AttributeError:  # ports built without the extra random functions
+        return random.getrandbits(16) / 65536
+
+
+def _random_hex(size):
+    import binascii
+
+    try:
+        data = os.urandom(size)
+    except (AttributeError, OSError):
+        import random
+
+        data = bytes([random.getrandbits(8) for _ in range(size)])
+    return binascii.hexlify(data).decode()
+
+
+def _join(directory, name):
+    return directory + "/" + name
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _is_dir(path):
+    try:
+        return os.stat(path)[0] & _DIR_MODE != 0
+    except OSError:
+        return False
+
+
+def _listdir(directory):
+    if hasattr(os, "ilistdir"):
+        return [entry[0] for entry in os.ilistdir(directory)]
+    return os.listdir(directory)
+
+
+def _makedirs(path):
+    built = ""
+    for part in path.split("/"):
+        built = built + "/" + part if built or path.startswith("/") else part
+        if part and not _is_dir(built):
+            os.mkdir(built)
+
+
+def write_atomic(path, data):
+    """Write data (str) to path through path.tmp and a rename over the old file.
+
+    os.rename replaces an existing file on LittleFS and POSIX. FAT (used by some
+    ESP32 builds) raises instead; then the old file is removed first, and recover()
+    completes the rename if power fails in between.
+    """
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        file.write(data)
+    try:
+        os.rename(temporary, path)
+    except OSError:
+        if not _exists(path):
+            raise
+        os.remove(path)
+        os.rename(temporary, path)
+
+
+def _read_json(path):
+    """Return the parsed JSON object in path, or None if it is missing or not valid."""
+    try:
+        with open(path) as file:
+            data = json.loads(file.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_entry(data):
+    return data is not None and "alert" in data and "id" in data and "seq" in data
+
+
+class Outbox:
+    """The queue of alerts in ``directory``; see the module docstring for the layout.
+
+    ``max_entries`` bounds the pending alerts (the oldest is dropped and counted),
+    ``max_aside`` the set-aside ones. ``domain`` is the right side of new Message-IDs.
+    """
+
+    def __init__(self, directory, max_entries=50, max_aside=10, domain="localhost"):
+        self.directory = directory.rstrip("/") or "/"
+        self.aside_directory = _join(self.directory, _ASIDE)
+        self.max_entries = max_entries
+        self.max_aside = max_aside
+        self.domain = domain
+        self._next_seq = None
+        self.dropped = 0
+        self.state_path = _join(self.directory, _STATE)
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def recover(self):
+        """Create the directories, finish or discard interrupted writes, load the drop count.
+
+        Returns the number of entries that were found unreadable and removed.
+        """
+        try:
+            _makedirs(self.aside_directory)
+        except OSError as exc:
+            raise OutboxError(
+                "cannot create the outbox directory %s (%s); check the filesystem" % (self.directory, exc)
+            ) from None
+        removed = 0
+        for directory in (self.directory, self.aside_directory):
+            for name in _listdir(directory):
+                path = _join(directory, name)
+                if name.endswith(".tmp"):
+                    self._recover_temporary(path)
+                elif name.endswith(".json") and name != _STATE and not _is_entry(_read_json(path)):
+                    # Rename makes this unreachable, short of flash corruption.
+                    os.remove(path)
+                    removed += 1
+        state = _read_json(self.state_path) or {}
+        self.dropped = state.get("dropped", 0) + removed
+        if removed:
+            self._save_state()
+        return removed
+
+    def _recover_temporary(self, temporary):
+        final = temporary[:-4]
+        data = _read_json(temporary)
+        complete = data is not None and (_is_entry(data) or final.endswith(_STATE))
+        if complete and not _exists(final):
+            # The write finished but the rename did not: the file is the newest version.
+            os.rename(temporary, final)
+        else:
+            os.remove(temporary)
+
+    # -- queue --------------------------------------------------------------------------
+
+    def pending(self):
+        """Return the names of pending entries, oldest first."""
+        names = [name for name in _listdir(self.directory) if name.endswith(".json") and name != _STATE]
+        names.sort()
+        return names
+
+    def aside(self):
+        names = [name for name in _listdir(self.aside_directory) if name.endswith(".json")]
+        names.sort()
+        return names
+
+    def _sequence(self):
+        if self._next_seq is None:
+            highest = 0
+            for name in self.pending() + self.aside():
+                try:
+                    highest = max(highest, int(name[:-5]))
+                except ValueError:
+                    pass
+            self._next_seq = highest + 1
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def put(self, alert, now=0):
+        """Write an alert to flash and return its entry name; the oldest is dropped when full."""
+        names = self.pending()
+        while len(names) >= self.max_entries:
+            self.remove(names.pop(0))
+            self.dropped += 1
+            self._save_state()
+        seq = self._sequence()
+        entry = {
+            "seq": seq,
+            "id": "<%s.%d@%s>" % (_random_hex(8), seq, self.domain),
+            "attempts": 0,
+            "next": 0,
+            "created": now,
+            "alert": alert,
+        }
+        name = "%08d.json" % seq
+        try:
+            write_atomic(_join(self.directory, name), json.dumps(entry))
+        except OSError as exc:
+            raise OutboxError("cannot write %s to the outbox (%s); the flash may be full" % (name, exc)) from None
+        return name
+
+    def load(self, name):
+        """Return the entry dict of a pending name, or None if it is gone."""
+        entry = _read_json(_join(self.directory, name))
+        return entry if _is_entry(entry) else None
+
+    def remove(self, name):
+        try:
+            os.remove(_join(self.directory, name))
+        except OSError:
+            # Already removed: the entry was dropped while it was being sent.
+            pass
+
+    def retry_later(self, name, entry, now, delay):
+        """Count a failed attempt and store the earliest time for the next one."""
+        entry["attempts"] = entry.get("attempts", 0) + 1
+        entry["next"] = now + delay
+        if _exists(_join(self.directory, name)):
+            write_atomic(_join(self.directory, name), json.dumps(entry))
+
+    def due(self, now):
+        """Return the seconds until the oldest entry may be tried (0 if due), or None if empty."""
+        names = self.pending()
+        if not names:
+            return None
+        entry = self.load(names[0])
+        if entry is None:
+            return 0
+        wait = entry.get("next", 0) - now
+        return wait if wait > 0 else 0
+
+    # -- permanent failures and drops ------------------------------------------------------
+
+    def set_aside(self, name, entry, reply):
+        """Move an entry the server rejected for good to aside/, with the server's reply."""
+        entry["reply"] = reply[:300]
+        existing = self.aside()
+        while len(existing) >= self.max_aside:
+            os.remove(_join(self.aside_directory, existing.pop(0)))
+            self.dropped += 1
+            self._save_state()
+        write_atomic(_join(self.aside_directory, name), json.dumps(entry))
+        self.remove(name)
+
+    def report(self):
+        """Return what the next email must report: (aside names, aside entries, dropped count)."""
+        names = self.aside()
+        entries = []
+        for name in names:
+            entry = _read_json(_join(self.aside_directory, name))
+            if entry is not None:
+                entries.append(entry)
+        return names, entries, self.dropped
+
+    def reported(self, report):
+        """Forget what report() returned, once an email carrying it was accepted."""
+        names, _, dropped = report
+        for name in names:
+            try:
+                os.remove(_join(self.aside_directory, name))
+            except OSError:
+                pass
+        if dropped:
+            self.dropped = max(0, self.dropped - dropped)
+            self._save_state()
+
+    def _save_state(self):
+        write_atomic(self.state_path, json.dumps({"dropped": self.dropped}))

@@ -1,0 +1,189 @@
+"""Send the outbox in order over one SMTP connection per session.
+
+An entry is removed only after the server's final 250 for its message. A transient
+error (timeout, lost connection, 4xx) stops the session and schedules a retry with
+exponential backoff; a permanent rejection of one message (5xx to MAIL, RCPT or the
+message) sets that entry aside with the reply, and the session goes on. A permanent
+error of the whole session (rejected credentials, failed certificate check) keeps
+every entry queued and retries after the maximum delay, because the entries are fine
+and only the configuration or the server must change.
+"""
+
+from . import clock, log
+from .outbox import backoff, random_fraction
+
+_MESSAGE_STAGES = ("mail", "rcpt", "data", "message")
+
+
+def load_ca_roots(config):
+    """Return the trusted roots as a list of DER bytes: from smtp.ca_file or module ca_roots."""
+    path = config["smtp"].get("ca_file")
+    if path:
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:
+            raise SenderConfigError("smtp.ca_file %s cannot be read; copy the CA file to the board" % path) from None
+        if data.startswith(b"-----BEGIN"):
+            from microsmtp.client import pem_to_der
+
+            roots = pem_to_der(data)
+        else:
+            roots = [data]
+        if not roots:
+            raise SenderConfigError("smtp.ca_file %s contains no certificate" % path)
+        return roots
+    try:
+        import ca_roots
+    except ImportError:
+        raise SenderConfigError(
+            "no CA roots: set smtp.ca_file in config.json or put ca_roots.py (ROOTS = (DER bytes, ...)) on the board"
+        ) from None
+    return list(ca_roots.ROOTS)
+
+
+class SenderConfigError(Exception):
+    """The trusted CA roots cannot be loaded."""
+
+
+class Sender:
+    """Delivers outbox entries; ``run_session()`` returns the seconds until the next try."""
+
+    def __init__(self, config, outbox, ca_roots):
+        self.config = config
+        self.outbox = outbox
+        self.ca_roots = ca_roots
+        outbox_config = config["outbox"]
+        self.retry_min = outbox_config["retry_min_s"]
+        self.retry_max = outbox_config["retry_max_s"]
+        self.failures = 0
+        self.delivered = 0
+        self.last_error = None
+
+    def _options(self):
+        smtp = self.config["smtp"]
+        options = {
+            "port": smtp["port"],
+            "security": smtp["security"],
+            "username": smtp["user"],
+            "password": smtp["password"],
+            "oauth2_token": smtp["oauth2_token"],
+            "server_hostname": smtp["server_name"],
+            "local_hostname": self.config["device"],
+            "timeout_ms": int(smtp["timeout_s"] * 1000),
+        }
+        if smtp["security"] != "none":
+            options["ca_roots"] = self.ca_roots
+        if smtp["transcript"]:
+            options["log"] = _transcript
+        return options
+
+    def _retry_delay(self, permanent=False):
+        self.failures += 1
+        if permanent:
+            return self.retry_max
+        return backoff(self.failures, self.retry_min, self.retry_max, random_fraction())
+
+    async def run_session(self):
+        """Send every pending entry that is due; return seconds until the next session (None: empty)."""
+        from microsmtp.client import SMTP
+        from microsmtp.errors import SMTPError
+
+        now = clock.now()
+        wait = self.outbox.due(now)
+        if wait is None or wait > 0:
+            return wait
+        names = self.outbox.pending()
+        smtp = SMTP(self.config["smtp"]["host"], **self._options())
+        log.info("sending %d queued alert(s) to %s:%d" % (len(names), smtp.host, smtp.port))
+        try:
+            await smtp.connect()
+        except SMTPError as exc:
+            await smtp.close()
+            return self._session_failed(names[0], exc)
+        try:
+            delay = await self._send_all(smtp, names)
+        except BaseException:
+            await smtp.close()
+            raise
+        await smtp.quit()
+        return delay
+
+    async def _send_all(self, smtp, names):
+        from microsmtp.errors import SMTPError
+
+        report = self.outbox.report()
+        if not report[0] and not report[2]:
+            report = None
+        for name in names:
+            entry = self.outbox.load(name)
+            if entry is None:
+                continue
+            try:
+                message = _build(entry, self.config, report)
+            except ValueError as exc:
+                self.outbox.set_aside(name, entry, "the message could not be built: %s" % exc)
+                log.error("alert %s set aside: the message could not be built: %s" % (name, exc))
+                continue
+            try:
+                result = await smtp.send_message(message)
+            except SMTPError as exc:
+                message = None
+                if exc.transient or exc.stage not in _MESSAGE_STAGES:
+                    return self._session_failed(name, exc)
+                reply = exc.message
+                self.outbox.set_aside(name, entry, reply)
+                log.error("alert %s %s set aside: %s" % (name, entry["id"], reply))
+                if smtp.session is None or not smtp.session.usable:
+                    return self._retry_delay()
+                continue
+            message = None
+            self.outbox.remove(name)
+            self.delivered += 1
+            self.failures = 0
+            self.last_error = None
+            alert = entry["alert"]
+            log.info(
+                "sent %s %s %s %s: %s"
+                % (
+                    name,
+                    alert["kind"],
+                    alert.get("rule") or "-",
+                    entry["id"],
+                    result.reply.describe() if result.reply else "250",
+                )
+            )
+            for address in result.refused:
+                log.warning("recipient %s refused: %s" % (address, result.refused[address].describe()))
+            if report is not None:
+                self.outbox.reported(report)
+                report = None
+        return self.outbox.due(clock.now())
+
+    def _session_failed(self, name, exc):
+        permanent = not exc.transient
+        delay = self._retry_delay(permanent)
+        self.last_error = str(exc)
+        entry = self.outbox.load(name)
+        if entry is not None:
+            self.outbox.retry_later(name, entry, clock.now(), delay)
+        log.warning(
+            "sending failed (%s, %s): %s; %s kept, retry in %d s"
+            % (exc.stage, "transient" if exc.transient else "permanent", exc, name, delay)
+        )
+        return delay
+
+
+def _build(entry, config, report):
+    from microsmtp.errors import InvalidInputError
+
+    from .mailer import build_message
+
+    try:
+        return build_message(entry, config, report)
+    except InvalidInputError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _transcript(line):
+    print(line)

@@ -1,0 +1,5 @@
+"""Board entry point: run the alert application from config.json."""
+
+import alerts.app
+
+alerts.app.main()

@@ -1,0 +1,165 @@
+"""config.json validation: defaults, and an error naming each bad key without secrets."""
+
+import json
+
+from alerts.config import ConfigError, validate
+
+from helpers import raises
+
+
+def good_config():
+    return {
+        "device": "greenhouse-1",
+        "wifi": {"ssid": "home", "password": "wifi-secret"},
+        "smtp": {
+            "host": "smtp.example.com",
+            "user": "alerts@example.com",
+            "password": "smtp-secret",
+            "from": "Greenhouse <alerts@example.com>",
+            "to": ["you@example.com"],
+        },
+        "ntp": {"host": "pool.ntp.org"},
+        "sensors": [
+            {"name": "board", "type": "mcu_temperature", "unit": "C"},
+            {"name": "door", "type": "digital", "pin": 14, "pull": "up"},
+            {"name": "sim", "type": "simulated", "values": [[0, 20], [60, 35]]},
+        ],
+        "rules": [
+            {"name": "hot", "sensor": "board", "above": 60, "hysteresis": 3},
+            {"name": "door-open", "sensor": "door", "state": 1},
+        ],
+    }
+
+
+def error_for(change):
+    config = json.loads(json.dumps(good_config()))
+    change(config)
+    return raises(ConfigError, validate, config)
+
+
+def test_good_config_gets_defaults():
+    config = validate(good_config())
+    assert config["smtp"]["port"] == 587
+    assert config["smtp"]["security"] == "starttls"
+    assert config["wifi"]["timeout_s"] == 20
+    assert config["outbox"]["max_entries"] == 50
+    assert config["alerts"]["max_per_hour"] == 10
+    assert config["deep_sleep"]["enabled"] is False
+    assert config["sensors"][0]["interval_s"] == 60
+    assert config["sensors"][1]["interval_s"] == 1
+    assert config["rules"][0]["min_interval_s"] == 0
+
+
+def test_port_default_follows_security():
+    config = good_config()
+    config["smtp"]["security"] = "tls"
+    assert validate(config)["smtp"]["port"] == 465
+
+
+def test_example_config_is_valid():
+    # The repository's config.example.json, read relative to this file.
+    import sys
+
+    path = __file__.replace("\\", "/")
+    root = "/".join(path.split("/")[:-3]) or "."
+    with open(root + "/config.example.json") as file:
+        validate(json.loads(file.read()))
+    assert sys is not None
+
+
+def set_value(path, value):
+    def change(config):
+        target = config
+        parts = path.split(".")
+        for part in parts[:-1]:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        last = parts[-1]
+        if isinstance(target, list):
+            target[int(last)] = value
+        elif value is None:
+            del target[last]
+        else:
+            target[last] = value
+
+    return change
+
+
+CASES = (
+    ("device", None, "device is missing"),
+    ("device", 5, "device is invalid: expected a non-empty string"),
+    ("wifi.ssid", "", "wifi.ssid is invalid"),
+    ("wifi.timeout_s", 0, "wifi.timeout_s is invalid: expected a number from 1 to 300"),
+    ("wifi.retries", "3", "wifi.retries is invalid: expected an integer"),
+    ("smtp.host", None, "smtp.host is missing"),
+    ("smtp.port", 70000, "smtp.port is invalid: expected an integer from 1 to 65535"),
+    ("smtp.security", "ssl", "smtp.security is invalid: expected one of starttls, tls, none"),
+    ("smtp.from", "not-an-address", "smtp.from is invalid: expected an email address"),
+    ("smtp.to", [], "smtp.to is invalid"),
+    ("smtp.to.0", "nobody", "smtp.to[0] is invalid"),
+    ("smtp.password", None, "smtp.password is missing"),
+    ("smtp.pasword", "x", "unknown key smtp.pasword"),
+    ("smtp.timeout_s", 1, "smtp.timeout_s is invalid"),
+    ("ntp.host", None, "ntp.host is missing"),
+    ("sensors", [], "sensors is invalid: expected a non-empty list"),
+    ("sensors.0.type", "thermometer", "sensors[0].type is invalid: expected one of mcu_temperature"),
+    ("sensors.1.pin", None, "sensors[1].pin is missing"),
+    ("sensors.1.pull", "sideways", "sensors[1].pull is invalid: expected one of up, down, none"),
+    ("sensors.2.values", [[10, 1], [5, 2]], "sensors[2].values is invalid: expected a list of [seconds, value] pairs"),
+    ("sensors.0.colour", "red", "unknown key sensors[0].colour"),
+    ("rules.0.sensor", "nothing", "rules[0].sensor is invalid: expected one of board, door, sim"),
+    ("rules.0.above", None, "rules[0] needs exactly one of above, below, state or on_change, got none"),
+    ("rules.0.below", 5, "rules[0] needs exactly one of above, below, state or on_change, got above, below"),
+    ("rules.0.hysteresis", -1, "rules[0].hysteresis is invalid: expected a number of at least 0"),
+    ("rules.1.state", 2, "rules[1].state is invalid: expected one of 0, 1"),
+    ("alerts", {"max_per_hour": 0}, "alerts.max_per_hour is invalid"),
+    (
+        "outbox",
+        {"retry_min_s": 60, "retry_max_s": 30},
+        "outbox.retry_max_s is invalid: expected a number of at least 60",
+    ),
+    ("deep_sleep", {"enabled": "yes"}, "deep_sleep.enabled is invalid: expected true or false"),
+)
+
+
+def test_each_bad_key_is_named():
+    for path, value, expected in CASES:
+        error = error_for(set_value(path, value))
+        assert expected in str(error), (path, str(error))
+        assert str(error).startswith("config.json: "), str(error)
+
+
+def test_duplicate_sensor_name():
+    def change(config):
+        config["sensors"][1]["name"] = "board"
+
+    error = error_for(change)
+    assert "sensors[1].name 'board' is used twice" in str(error)
+    assert error.key == "sensors[1].name"
+
+
+def test_secrets_never_in_messages():
+    for path in ("smtp.password", "wifi.password", "smtp.oauth2_token"):
+        error = error_for(set_value(path, 12345))
+        assert path in str(error)
+        assert "12345" not in str(error)
+        assert "not shown" in str(error)
+
+
+def test_password_and_token_together_rejected():
+    def change(config):
+        config["smtp"]["oauth2_token"] = "token-secret"
+
+    error = error_for(change)
+    assert "both set" in str(error)
+    assert "token-secret" not in str(error)
+    assert "smtp-secret" not in str(error)
+
+
+def test_auth_over_plaintext_rejected():
+    error = error_for(set_value("smtp.security", "none"))
+    assert "smtp.security is none" in str(error)
+
+
+def test_top_level_must_be_object():
+    error = raises(ConfigError, validate, [1, 2])
+    assert "one JSON object" in str(error)

@@ -1,0 +1,682 @@
+"""The ``microsmtp sim`` command: run the alert firmware on a virtual board.
+
+A local SMTP server (aiosmtpd in this process, STARTTLS and AUTH, certificate from a
+fresh trustme CA) receives the alerts. The firmware (firmware/main.py and
+firmware/alerts/) runs under the MicroPython unix port in a temporary board directory
+with config.json, ca_roots.py (the test CA as DER) and the stand-in hardware modules of
+sim_board/ first on MICROPYPATH. A scenario (scenarios/*.json) sets the simulated
+sensors, the rules, the time speed-up, periods when the server is down and the emails
+that must arrive. Exit status 0 when they arrived, 1 when not, 78 for invalid input.
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+EX_OK = 0
+EX_FAILED = 1
+EX_CONFIG = 78
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCENARIO_DIR = PACKAGE_DIR / "scenarios"
+SIM_BOARD_DIR = PACKAGE_DIR / "sim_board"
+DEFAULT_SCENARIO = SCENARIO_DIR / "default.json"
+DEFAULT_OUTPUT = Path("build") / "sim"
+PASSWORD_VARIABLE = "SMTP_PASSWORD"
+SIM_USER = "sim-board"
+SIM_WIFI = {"ssid": "sim-network", "password": "sim-wifi-password"}
+RESET_STATUS = 3
+DEEPSLEEP_STATUS = 4
+# Real seconds given to the board after the scenario's end to empty its outbox.
+DRAIN_S = 20.0
+_SLEEP_PATTERN = re.compile(r"\[machine\] deepsleep (\d+)")
+_SCENARIO_KEYS = (
+    "description",
+    "speed",
+    "duration_s",
+    "start",
+    "sensors",
+    "rules",
+    "alerts",
+    "outbox",
+    "deep_sleep",
+    "server_down",
+    "ntp_down",
+    "expect",
+    "exact",
+)
+
+
+class SimError(Exception):
+    """Invalid options or scenario, or a missing tool; the message says what to fix."""
+
+
+def find_firmware():
+    """Return the firmware/ directory of this checkout (main.py, alerts/, microsmtp/)."""
+    candidates = [PACKAGE_DIR.parent.parent / "firmware"]
+    try:
+        import microsmtp
+
+        candidates.append(Path(microsmtp.__file__).resolve().parent.parent)
+    except ImportError:
+        pass
+    for directory in candidates:
+        if (directory / "main.py").is_file() and (directory / "alerts").is_dir():
+            return directory
+    raise SimError(
+        "firmware/main.py and firmware/alerts/ not found; run microsmtp sim from a checkout of the repository"
+    )
+
+
+def find_micropython():
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("micropython")
+    if found is None:
+        raise SimError("the MicroPython unix port `micropython` was not found; run `make setup`")
+    return found
+
+
+# -- scenario ---------------------------------------------------------------------------
+
+
+def load_scenario(path):
+    try:
+        scenario = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SimError("cannot read scenario %s: %s" % (path, exc.strerror or exc)) from exc
+    except ValueError as exc:
+        raise SimError("scenario %s is not valid JSON: %s" % (path, exc)) from exc
+    if not isinstance(scenario, dict):
+        raise SimError("scenario %s must contain a JSON object" % path)
+    unknown = sorted(set(scenario) - set(_SCENARIO_KEYS))
+    if unknown:
+        raise SimError(
+            "scenario %s: unknown key(s) %s; allowed: %s" % (path, ", ".join(unknown), ", ".join(_SCENARIO_KEYS))
+        )
+    for key in ("sensors", "expect"):
+        if not isinstance(scenario.get(key), list):
+            raise SimError("scenario %s: %s must be a list" % (path, key))
+    speed = scenario.get("speed", 60)
+    duration = scenario.get("duration_s")
+    if not isinstance(speed, (int, float)) or speed <= 0:
+        raise SimError("scenario %s: speed must be a positive number (simulated seconds per real second)" % path)
+    if not isinstance(duration, (int, float)) or duration <= 0:
+        raise SimError("scenario %s: duration_s must be a positive number of simulated seconds" % path)
+    for item in scenario["expect"]:
+        if not isinstance(item, dict) or not set(item) <= {"kind", "rule", "subject"}:
+            raise SimError('scenario %s: each expect item is {"kind": ..., "rule": ..., "subject": ...}' % path)
+    scenario.setdefault("speed", speed)
+    scenario["name"] = Path(path).stem
+    return scenario
+
+
+# -- local SMTP server ----------------------------------------------------------------------
+
+
+class LocalServer:
+    """aiosmtpd with STARTTLS and AUTH on 127.0.0.1; can be stopped and restarted on its port."""
+
+    def __init__(self, users):
+        import ssl
+
+        import trustme
+
+        self.ca = trustme.CA(organization_name="microsmtp sim CA")
+        self.ca_der = ssl.PEM_cert_to_DER_cert(self.ca.cert_pem.bytes().decode("ascii"))
+        self.cert = self.ca.issue_cert("localhost", "127.0.0.1")
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(self.context)
+        self.users = users
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.messages = []
+        self.controller = None
+
+    def _handler(self):
+        from aiosmtpd.smtp import AuthResult
+
+        server = self
+
+        class Handler:
+            def authenticate(self, smtp, session, envelope, mechanism, auth_data):
+                login = auth_data.login.decode("utf-8", "replace")
+                password = auth_data.password.decode("utf-8", "replace")
+                if server.users.get(login) == password:
+                    return AuthResult(success=True, auth_data=login)
+                return AuthResult(success=False, handled=False)
+
+            async def handle_DATA(self, smtp, session, envelope):
+                server.messages.append(
+                    {
+                        "mail_from": envelope.mail_from,
+                        "rcpt_tos": list(envelope.rcpt_tos),
+                        "content": bytes(envelope.original_content),
+                        "user": session.auth_data if session.authenticated else None,
+                        "tls": smtp._tls_protocol is not None,
+                    }
+                )
+                return "250 2.0.0 OK queued as %d" % len(server.messages)
+
+        return Handler()
+
+    def start(self):
+        import warnings
+
+        from aiosmtpd.controller import Controller
+
+        # aiosmtpd 1.4 warns about its own use of Session.login_data.
+        warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+
+        handler = self._handler()
+        controller = Controller(
+            handler,
+            hostname=self.host,
+            port=self.port,
+            server_hostname="localhost",
+            tls_context=self.context,
+            require_starttls=True,
+            auth_required=True,
+            auth_require_tls=True,
+            authenticator=handler.authenticate,
+            decode_data=False,
+        )
+        if self.port == 0:
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind((self.host, 0))
+                self.port = probe.getsockname()[1]
+            controller.port = self.port
+        controller.start()
+        self.controller = controller
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def running(self):
+        return self.controller is not None
+
+
+# -- board directory --------------------------------------------------------------------------
+
+
+def write_ca_module(path, roots):
+    """Write ca_roots.py: ROOTS = (DER bytes, ...)."""
+    lines = [
+        '"""Trusted root certificates (DER), generated by microsmtp sim; never edit or commit."""',
+        "",
+        "ROOTS = (",
+    ]
+    for der in roots:
+        lines.append("    %r," % bytes(der))
+    lines.append(")")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def compile_firmware(firmware, target):
+    """Compile alerts/ and microsmtp/ to .mpy with mpy-cross, as a firmware build freezes them.
+
+    Bytecode needs no compiler memory at import time, so the heap a scenario needs is
+    closer to a board's. Returns target.
+    """
+    compiler = Path(sys.executable).parent / "mpy-cross"
+    if not compiler.is_file():
+        found = shutil.which("mpy-cross")
+        if found is None:
+            raise SimError("mpy-cross not found; run `make setup`, or use --source to run the firmware from source")
+        compiler = Path(found)
+    for package in ("alerts", "microsmtp"):
+        for source in sorted((firmware / package).glob("*.py")):
+            output = target / package / (source.stem + ".mpy")
+            output.parent.mkdir(parents=True, exist_ok=True)
+            process = subprocess.run(
+                [str(compiler), "-o", str(output), "-s", "%s/%s" % (package, source.name), str(source)],
+                capture_output=True,
+                text=True,
+            )
+            if process.returncode != 0:
+                raise SimError("mpy-cross failed on %s: %s" % (source, process.stderr.strip()))
+    return target
+
+
+def board_config(scenario, smtp):
+    config = {
+        "device": "sim-board",
+        "wifi": dict(SIM_WIFI, timeout_s=10, retries=3),
+        "smtp": smtp,
+        # The virtual board's ntptime never sends a packet; this name is only recorded.
+        "ntp": {"host": "ntp.sim.invalid", "retries": 2},
+        "sensors": scenario["sensors"],
+        "rules": scenario.get("rules", []),
+        "alerts": scenario.get("alerts", {}),
+        "outbox": dict({"retry_min_s": 20, "retry_max_s": 300}, **scenario.get("outbox", {})),
+        "deep_sleep": scenario.get("deep_sleep", {"enabled": False}),
+        "board": {"led": "LED", "watchdog_ms": 8000},
+    }
+    return config
+
+
+class Redactor:
+    def __init__(self, secrets_list):
+        import base64
+
+        self.forms = []
+        for secret in secrets_list:
+            if secret:
+                self.forms += [secret, base64.b64encode(secret.encode()).decode()]
+        self.forms.sort(key=len, reverse=True)
+
+    def __call__(self, text):
+        for form in self.forms:
+            text = text.replace(form, "<redacted>")
+        return text
+
+
+class Board:
+    """The firmware running under micropython, restarted after reset() and deepsleep()."""
+
+    def __init__(self, executable, directory, firmware, heap, redactor, echo):
+        self.executable = executable
+        self.directory = directory
+        self.firmware = firmware
+        self.heap = heap
+        self.redactor = redactor
+        self.echo = echo
+        self.process = None
+        self.lines = []
+        self.sent = []  # (kind, rule) of every alert the board logged as sent
+        self.restarts = 0
+        self.memory_error = False
+        self._reader = None
+
+    def start(self):
+        command = [self.executable]
+        if self.heap:
+            command += ["-X", "heapsize=%s" % self.heap]
+        # main.py runs from the board directory, as from a board's root, so the
+        # interpreter does not put firmware/ (the source) first on the path.
+        command.append("main.py")
+        environment = {key: value for key, value in os.environ.items() if key != PASSWORD_VARIABLE}
+        environment["HOME"] = str(self.directory / "home")
+        # ".frozen" first keeps the unix port's frozen asyncio importable.
+        environment["MICROPYPATH"] = ":".join([".frozen", str(SIM_BOARD_DIR), str(self.firmware), str(self.directory)])
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.directory,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+
+    def _read(self, process):
+        for raw in process.stdout:
+            line = self.redactor(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            self.lines.append(line)
+            if "MemoryError" in line:
+                self.memory_error = True
+            match = re.search(r" INFO sent \S+ (\S+) (\S+) ", line)
+            if match:
+                self.sent.append((match.group(1), match.group(2)))
+            if self.echo:
+                print("board | " + "".join(ch if ch.isprintable() else "?" for ch in line), flush=True)
+
+    def poll(self):
+        return self.process.poll()
+
+    def wait_output(self):
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self.wait_output()
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def simulated_elapsed(settings):
+    return (time.time_ns() - settings["wall_start_ns"]) * settings["speed"] / 1e9
+
+
+def in_periods(elapsed, periods):
+    return any(start <= elapsed < end for start, end in periods or ())
+
+
+def header(content, name):
+    from email import message_from_bytes, policy
+
+    message = message_from_bytes(content, policy=policy.default)
+    value = message.get(name)
+    return str(value) if value is not None else ""
+
+
+def check_expectations(scenario, delivered):
+    """Return a list of problems comparing delivered (kind, rule, subject) triples with expect."""
+    problems = []
+    expected = scenario["expect"]
+    index = 0
+    for item in expected:
+        while index < len(delivered) and not _matches(item, delivered[index]):
+            if scenario.get("exact", True):
+                problems.append("unexpected email: %s" % (delivered[index][2] or delivered[index][:2],))
+            index += 1
+        if index >= len(delivered):
+            problems.append("expected email did not arrive: %s" % json.dumps(item))
+            continue
+        index += 1
+    if scenario.get("exact", True):
+        for extra in delivered[index:]:
+            problems.append("unexpected email: %s" % (extra[2] or extra[:2],))
+    return problems
+
+
+def _matches(item, triple):
+    kind, rule, subject = triple
+    if "kind" in item and item["kind"] != kind:
+        return False
+    if "rule" in item and item["rule"] != rule:
+        return False
+    if "subject" in item and subject is not None and item["subject"] not in subject:
+        return False
+    return True
+
+
+def run(args):
+    scenario = load_scenario(args.scenario)
+    firmware = find_firmware()
+    executable = find_micropython()
+    real = args.server is not None
+    password = None
+    server = None
+    if real:
+        host, _, port = args.server.rpartition(":")
+        if not host or not port.isdigit():
+            raise SimError("--server must be HOST:PORT, e.g. smtp.gmail.com:587")
+        if args.password_file:
+            try:
+                password = Path(args.password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise SimError("cannot read --password-file %s: %s" % (args.password_file, exc.strerror)) from exc
+        else:
+            password = os.environ.get(PASSWORD_VARIABLE) or None
+        if args.user and not password:
+            raise SimError("--user needs a password: set %s or use --password-file" % PASSWORD_VARIABLE)
+        if not args.sender or not args.to:
+            raise SimError("--server needs --from and --to")
+        smtp = {
+            "host": host,
+            "port": int(port),
+            "security": args.security,
+            "user": args.user,
+            "password": password,
+            "from": args.sender,
+            "to": args.to,
+            "transcript": True,
+        }
+        if args.server_name:
+            smtp["server_name"] = args.server_name
+        roots = []
+        for path in args.ca or ():
+            roots += read_certificates(path)
+        if not roots and args.security != "none":
+            raise SimError("--ca FILE is required with --server: a board has no store of trusted roots")
+    else:
+        password = secrets.token_urlsafe(12)
+        server = LocalServer({SIM_USER: password})
+        roots = [server.ca_der]
+        server.start()
+        smtp = {
+            "host": server.host,
+            "port": server.port,
+            "security": "starttls",
+            "server_name": "localhost",
+            "user": SIM_USER,
+            "password": password,
+            "from": "Sim board <sim-board@example.com>",
+            "to": ["operator@example.com"],
+            "transcript": True,
+            "timeout_s": 20,
+        }
+    redactor = Redactor([password, SIM_WIFI["password"]])
+    directory = Path(tempfile.mkdtemp(prefix="microsmtp-sim-"))
+    try:
+        return _run_board(args, scenario, server, smtp, roots, directory, firmware, executable, redactor, real)
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            print("board directory kept: %s" % directory)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def read_certificates(path):
+    import ssl
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SimError("cannot read --ca %s: %s" % (path, exc.strerror)) from exc
+    if b"-----BEGIN" not in data:
+        return [data]
+    text = data.decode("ascii", "replace")
+    found = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
+    if not found:
+        raise SimError("--ca %s contains no certificate" % path)
+    return [ssl.PEM_cert_to_DER_cert(pem) for pem in found]
+
+
+def _run_board(args, scenario, server, smtp, roots, directory, firmware, executable, redactor, real):
+    (directory / "home").mkdir()
+    config = board_config(scenario, smtp)
+    config_path = directory / "config.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    config_path.chmod(0o600)
+    write_ca_module(directory / "ca_roots.py", roots)
+    shutil.copyfile(firmware / "main.py", directory / "main.py")
+    library = firmware
+    if not args.source:
+        library = compile_firmware(firmware, directory / "lib")
+    speed = args.speed or scenario["speed"]
+    settings = {
+        "speed": speed,
+        "start_epoch": scenario.get("start", int(time.time())),
+        "wifi": SIM_WIFI,
+        "ntp_down": scenario.get("ntp_down", []),
+    }
+    duration = scenario["duration_s"]
+    print(
+        "scenario %s: %s (%d simulated s at %gx, about %.0f s)"
+        % (scenario["name"], scenario.get("description", ""), duration, speed, duration / speed),
+        flush=True,
+    )
+    if not real:
+        print("local SMTP server 127.0.0.1:%d (STARTTLS, AUTH, test CA from trustme)" % server.port, flush=True)
+    board = Board(executable, directory, library, args.heap, redactor, not args.quiet)
+    settings["wall_start_ns"] = time.time_ns()
+    (directory / "sim.json").write_text(json.dumps(settings))
+    board.start()
+    problems = []
+    sleep_until = None
+    drain_deadline = None
+    expected_count = len(scenario["expect"])
+    try:
+        while True:
+            time.sleep(0.02)
+            elapsed = simulated_elapsed(settings)
+            if server is not None:
+                down = in_periods(elapsed, scenario.get("server_down"))
+                if down and server.running:
+                    print("sim   | t=%ds: SMTP server down" % elapsed, flush=True)
+                    server.stop()
+                elif not down and not server.running:
+                    print("sim   | t=%ds: SMTP server up again" % elapsed, flush=True)
+                    server.start()
+            if sleep_until is not None:
+                if time.monotonic() >= sleep_until:
+                    sleep_until = None
+                    board.restarts += 1
+                    board.start()
+                continue
+            status = board.poll()
+            if status is not None:
+                board.wait_output()
+                if status == DEEPSLEEP_STATUS:
+                    sleep_ms = 0
+                    for line in reversed(board.lines):
+                        match = _SLEEP_PATTERN.search(line)
+                        if match:
+                            sleep_ms = int(match.group(1))
+                            break
+                    sleep_until = time.monotonic() + sleep_ms / 1000
+                    continue
+                if status == RESET_STATUS:
+                    board.restarts += 1
+                    board.start()
+                    continue
+                problems.append("the board stopped with exit status %d" % status)
+                break
+            if elapsed >= duration:
+                arrived = len(board.sent) if real else len(server.messages)
+                if drain_deadline is None:
+                    drain_deadline = time.monotonic() + DRAIN_S
+                if arrived >= expected_count or time.monotonic() >= drain_deadline:
+                    break
+    finally:
+        board.stop()
+    if board.memory_error:
+        problems.append("the board ran out of memory (MemoryError) with --heap %s" % (args.heap or "default"))
+    return report(args, scenario, server, board, problems, real)
+
+
+def report(args, scenario, server, board, problems, real):
+    delivered = []
+    if real:
+        delivered = [(kind, rule if rule != "-" else None, None) for kind, rule in board.sent]
+    else:
+        output = Path(args.output)
+        output.mkdir(parents=True, exist_ok=True)
+        for old in output.glob("%s-*.eml" % scenario["name"]):
+            old.unlink()
+        seen = set()
+        for number, message in enumerate(server.messages, 1):
+            content = message["content"]
+            path = output / ("%s-%02d.eml" % (scenario["name"], number))
+            path.write_bytes(content)
+            message_id = header(content, "Message-ID")
+            subject = header(content, "Subject")
+            kind = header(content, "X-Alert-Kind")
+            duplicate = message_id in seen
+            seen.add(message_id)
+            print(
+                "delivered %s %s%s (TLS %s, AUTH %s) -> %s"
+                % (
+                    message_id,
+                    subject,
+                    " [duplicate]" if duplicate else "",
+                    "yes" if message["tls"] else "NO",
+                    message["user"] or "none",
+                    path,
+                )
+            )
+            if not message["tls"] or message["user"] != SIM_USER:
+                problems.append("message %s arrived without TLS or AUTH" % message_id)
+            if not duplicate:
+                delivered.append((kind, None, subject))
+    problems += check_expectations(scenario, delivered)
+    print(
+        "summary: %d email(s) %s, %d expected, %d board restart(s)"
+        % (len(delivered), "accepted by the server" if real else "delivered", len(scenario["expect"]), board.restarts)
+    )
+    for problem in problems:
+        print("FAILED: " + problem)
+    if not problems:
+        print("OK: every expected email arrived")
+    return EX_FAILED if problems else EX_OK
+
+
+def run_sim(args):
+    try:
+        return run(args)
+    except SimError as exc:
+        print("microsmtp sim: error: %s" % exc, file=sys.stderr)
+        return EX_CONFIG
+
+
+def add_parser(subcommands):
+    """Add the ``sim`` subcommand."""
+    parser = subcommands.add_parser(
+        "sim",
+        help="run the alert firmware on a virtual board against a local SMTP server",
+        description=(
+            "Run firmware/main.py under the MicroPython unix port as a virtual board with simulated "
+            "sensors from a scenario, deliver its alerts through verified TLS to a local SMTP server "
+            "(or a real one with --server), save them as .eml files and check that the scenario's "
+            "expected emails arrived. The password for --server comes from %s or --password-file." % PASSWORD_VARIABLE
+        ),
+        epilog="exit status: 0 every expected email arrived, 1 not, 78 invalid options or scenario",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--scenario",
+        default=str(DEFAULT_SCENARIO),
+        metavar="FILE",
+        help="scenario JSON file (default: %s)" % DEFAULT_SCENARIO.name,
+    )
+    parser.add_argument("--heap", metavar="SIZE", help="GC heap of the board, e.g. 192K (default: the unix port's)")
+    parser.add_argument(
+        "--speed", type=float, metavar="N", help="simulated seconds per real second (default: the scenario's speed)"
+    )
+    parser.add_argument(
+        "--output",
+        default=str(DEFAULT_OUTPUT),
+        metavar="DIR",
+        help="directory for the delivered .eml files (default: build/sim)",
+    )
+    parser.add_argument(
+        "--source", action="store_true", help="run the firmware from source instead of compiling it to .mpy first"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary board directory and print its path")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary, not the board's log")
+    real = parser.add_argument_group("real server (instead of the local one)")
+    real.add_argument("--server", metavar="HOST:PORT", help="SMTP server to send through, e.g. smtp.gmail.com:587")
+    real.add_argument(
+        "--security",
+        choices=("starttls", "tls", "none"),
+        default="starttls",
+        help="connection security with --server (default: starttls)",
+    )
+    real.add_argument("--user", metavar="NAME", help="user name for AUTH")
+    real.add_argument(
+        "--password-file", metavar="FILE", help="file containing the password (default: $%s)" % PASSWORD_VARIABLE
+    )
+    real.add_argument("--ca", action="append", metavar="FILE", help="trusted root CA, PEM or DER; repeatable; required")
+    real.add_argument("--server-name", metavar="NAME", help="name the server certificate must match (default: HOST)")
+    real.add_argument("--from", dest="sender", metavar="ADDR", help="sender address")
+    real.add_argument("--to", action="append", metavar="ADDR", help="recipient address; repeatable")
+    parser.set_defaults(handler=run_sim)
+    return parser

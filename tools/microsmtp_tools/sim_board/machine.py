@@ -1,0 +1,111 @@
+"""Stand-in for MicroPython's machine module on the virtual board."""
+
+import sys
+
+_RTC_FILE = "rtc_memory.bin"
+
+
+def _say(text):
+    print("[machine] " + text)
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 1
+    PULL_DOWN = 2
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, pin, mode=IN, pull=None, value=None):
+        self.pin = pin
+        self.mode = mode
+        self.pull = pull
+        self._value = 1 if pull == Pin.PULL_UP else 0
+        self._handler = None
+        if value is not None:
+            self._value = value
+
+    def value(self, value=None):
+        if value is None:
+            return self._value
+        self._value = 1 if value else 0
+        return None
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def irq(self, handler=None, trigger=IRQ_RISING | IRQ_FALLING):
+        self._handler = handler
+
+
+class ADC:
+    def __init__(self, source):
+        self.source = source
+
+    def read_u16(self):
+        # About 0.706 V on channel 4, which the RP2040 formula turns into 27 °C.
+        return 14021 if self.source == 4 else 32768
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        self.timeout = timeout
+        self.feeds = 0
+        _say("watchdog armed, timeout %d ms (not enforced in the simulation)" % timeout)
+
+    def feed(self):
+        self.feeds += 1
+
+
+class RTC:
+    """RTC memory survives reset() and deepsleep(), as on ESP32, through a file."""
+
+    def memory(self, data=None):
+        if data is None:
+            try:
+                with open(_RTC_FILE, "rb") as file:
+                    return file.read()
+            except OSError:
+                return b""
+        if len(data) > 2048:
+            raise ValueError("RTC memory holds at most 2048 bytes")
+        with open(_RTC_FILE, "wb") as file:
+            file.write(data)
+        return None
+
+
+def unique_id():
+    return b"\x02\x00\x00\x00\x00\x23"
+
+
+def freq(value=None):
+    return 240000000
+
+
+def reset():
+    _say("reset")
+    sys.exit(3)
+
+
+def soft_reset():
+    reset()
+
+
+def deepsleep(ms=0):
+    _say("deepsleep %d" % ms)
+    sys.exit(4)
+
+
+def lightsleep(ms=0):
+    import time
+
+    time.sleep_ms(ms)
+
+
+def idle():
+    pass
