@@ -15,7 +15,7 @@ MICROPYTHON_HEAP ?= 512K
 # 1 makes `make test` succeed when pytest collects no tests (pytest exit status 5).
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: setup test test-micropython lint clean
+.PHONY: setup test test-micropython lint clean check typecheck stubs deploy flash firmware bench
 
 setup: $(SETUP_STAMP)
 
@@ -27,6 +27,7 @@ $(SETUP_STAMP): requirements-dev.txt pyproject.toml
 	$(PIP) install --quiet --editable .
 	touch $@
 
+# pytest first, then `make check`; either failing fails the target.
 test: setup
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS) tests; \
 	status=$$?; \
@@ -34,6 +35,7 @@ test: setup
 		echo "pytest collected no tests (exit status 5), accepted because ALLOW_NO_TESTS=1"; \
 		status=0; \
 	fi; \
+	$(MAKE) --no-print-directory check || status=$$?; \
 	exit $$status
 
 test-micropython: setup
@@ -45,3 +47,74 @@ lint: setup
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The alert firmware on a virtual board: `make sim SIM_ARGS="--scenario FILE --heap 192K"`.
+SIM_ARGS ?=
+.PHONY: sim
+sim: setup
+	$(VENV)/bin/microsmtp sim $(SIM_ARGS)
+
+# --- Static checks: ruff, and mypy for the firmware (against MicroPython's stubs
+# for each port) and for the host tools (against CPython's typeshed) ---------------
+# The ESP32 and Pico W stub packages contain the same module files, so each goes into
+# its own folder, given to mypy as the standard library (--custom-typeshed-dir).
+STUBS_DIR := $(VENV)/stubs
+STUB_PACKAGE_esp32 := micropython-esp32-stubs==1.29.0.post1
+STUB_PACKAGE_rp2 := micropython-rp2-rpi-pico-w-stubs==1.29.0.post1
+FIRMWARE_SOURCES := firmware
+MYPY := $(VENV)/bin/mypy
+
+$(STUBS_DIR)/%/.stamp: $(SETUP_STAMP)
+	rm -rf $(STUBS_DIR)/$*
+	$(PIP) install --quiet --target $(STUBS_DIR)/$* $(STUB_PACKAGE_$*)
+	touch $@
+
+stubs: $(STUBS_DIR)/esp32/.stamp $(STUBS_DIR)/rp2/.stamp
+
+# --always-true MICROPYTHON: check the MicroPython side of `if MICROPYTHON:` branches.
+typecheck: setup stubs
+	@status=0; \
+	for port in esp32 rp2; do \
+		echo "mypy firmware/ against the $$port stubs"; \
+		$(MYPY) --custom-typeshed-dir $(STUBS_DIR)/$$port --no-site-packages --always-true MICROPYTHON \
+			--cache-dir $(VENV)/mypy-cache-$$port $(FIRMWARE_SOURCES) || status=1; \
+	done; \
+	echo "mypy tools/ against CPython"; \
+	$(MYPY) --cache-dir $(VENV)/mypy-cache-host tools/microsmtp_tools || status=1; \
+	exit $$status
+
+check: setup
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(MAKE) --no-print-directory typecheck || status=1; \
+	exit $$status
+
+# --- Boards ------------------------------------------------------------------------
+# make deploy PORT=/dev/ttyUSB0 BOARD=ESP32_GENERIC CONFIG=config.json
+# make flash PORT=/dev/ttyUSB0 BOARD=ESP32_GENERIC FIRMWARE=ESP32_GENERIC-v1.29.0.bin
+# make firmware BOARD=RPI_PICO_W MICROPYTHON_DIR=../micropython
+PORT ?=
+BOARD ?= ESP32_GENERIC
+CONFIG ?= config.json
+CA_MODULE ?= build/ca_roots.py
+FIRMWARE ?=
+MICROPYTHON_DIR ?=
+DEPLOY_ARGS ?= --selftest
+FLASH_ARGS ?=
+# make bench BENCH_ARGS= leaves out Postfix (measured only against aiosmtpd).
+BENCH_ARGS ?= --server postfix
+
+deploy: setup
+	@test -n "$(PORT)" || { echo "give PORT=/dev/ttyUSB0 (or socket://127.0.0.1:N for a virtual board)"; exit 2; }
+	$(VENV)/bin/microsmtp deploy --port $(PORT) --board $(BOARD) --config $(CONFIG) --ca-module $(CA_MODULE) $(DEPLOY_ARGS)
+
+flash: setup
+	@test -n "$(FIRMWARE)" || { echo "give FIRMWARE=FILE (images: https://micropython.org/download/$(BOARD)/)"; exit 2; }
+	$(VENV)/bin/microsmtp flash --board $(BOARD) --firmware $(FIRMWARE) $(if $(PORT),--port $(PORT)) $(FLASH_ARGS)
+
+firmware: setup
+	@test -n "$(MICROPYTHON_DIR)" || { echo "give MICROPYTHON_DIR=path of a MicroPython source tree"; exit 2; }
+	$(VENV)/bin/microsmtp firmware --board $(BOARD) --micropython $(MICROPYTHON_DIR) --ca-module $(CA_MODULE)
+
+bench: setup
+	$(VENV)/bin/microsmtp bench $(BENCH_ARGS)

@@ -8,7 +8,7 @@ arguments and returns the exit status.
 import argparse
 import sys
 
-from . import send
+from . import bench, certs, deploy, firmware, flash, send, sim
 
 EX_USAGE = 2
 
@@ -22,6 +22,12 @@ def build_parser():
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
     subcommands.required = True
     send.add_parser(subcommands)
+    sim.add_parser(subcommands)
+    certs.add_parser(subcommands)
+    deploy.add_parser(subcommands)
+    flash.add_parser(subcommands)
+    firmware.add_parser(subcommands)
+    bench.add_parser(subcommands)
     return parser
 
 

@@ -1,0 +1,201 @@
+"""`microsmtp deploy` against the virtual board: the unix port behind socat on loopback.
+
+The board is one socat listener for the whole module. The first deploy takes about
+15 s, because mpremote copies files in 256-byte steps through the pseudo-terminal.
+"""
+
+import contextlib
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import unix_port
+from microsmtp_tools import cli, common, mpy
+from microsmtp_tools.virtual_board import SOCAT_MISSING, VirtualBoard
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+CONFIG_EXAMPLE = REPO_DIR / "config.example.json"
+
+
+def mpremote(board, *commands):
+    executable = common.find_executable("mpremote")
+    process = subprocess.run(
+        [executable, "connect", board.url, "resume", *commands],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_DIR,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    return process.stdout
+
+
+def deploy(board, capsys, *extra):
+    status = cli.main(["deploy", "--port", board.url, "--no-reset", *extra])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def board(micropython, tmp_path_factory):
+    if shutil.which("socat") is None:
+        pytest.fail(SOCAT_MISSING + "; run make setup or bash .ci/run", pytrace=False)
+    with VirtualBoard(tmp_path_factory.mktemp("board"), micropython=micropython) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ca_module(certs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ca") / "ca_roots.py"
+    assert cli.main(["certs", "build", "--cert", str(certs.ca_pem_path), "-o", str(path), "--no-measure"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_deploy(board, ca_module):
+    """Deploy once for the module; return (status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["deploy", "--port", board.url, "--no-reset", "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE)]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_first_deploy_copies_firmware(first_deploy, board):
+    status, out, err = first_deploy
+
+    assert status == 0, out + err
+    assert "0 unchanged" in out
+    for name in ("main.py", "ca_roots.mpy", "config.json", "selftest.mpy", "microsmtp/client.mpy"):
+        assert (board.directory / name).is_file(), name
+    staged = common.BUILD_DIR / "deploy" / "x64"
+    for path in staged.rglob("*"):
+        if path.is_file():
+            relative = path.relative_to(staged)
+            assert (board.directory / relative).read_bytes() == path.read_bytes(), relative
+    assert (board.directory / "main.py").read_bytes() == (REPO_DIR / "firmware" / "main.py").read_bytes()
+
+
+def test_second_deploy_skips_identical_files(first_deploy, board, ca_module, capsys):
+    count = len(list((common.BUILD_DIR / "deploy" / "x64").rglob("*.*")))
+
+    status, out, err = deploy(board, capsys, "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE))
+
+    assert status == 0, out + err
+    assert "deploy: 0 copied, %d unchanged, all %d verified by SHA-256" % (count, count) in out
+
+
+def test_deploy_copies_only_changed_config(first_deploy, board, ca_module, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(CONFIG_EXAMPLE.read_text().replace('"greenhouse-1"', '"greenhouse-2"'))
+
+    status, out, err = deploy(board, capsys, "--ca-module", str(ca_module), "--config", str(config))
+
+    assert status == 0, out + err
+    assert "copying   config.json" in out
+    assert "deploy: 1 copied," in out
+    assert b"greenhouse-2" in (board.directory / "config.json").read_bytes()
+
+
+def test_deploy_removes_stale_source(first_deploy, board, ca_module, capsys):
+    stale = board.directory / "microsmtp" / "client.py"
+    stale.write_text("raise ImportError('stale copy')\n")
+    old_module = board.directory / "microsmtp" / "removed_module.mpy"
+    old_module.write_bytes(b"M\x06\x00\x1f")
+
+    status, out, err = deploy(board, capsys, "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE))
+
+    assert status == 0, out + err
+    assert "removed microsmtp/client.py (stale)" in out
+    assert not stale.exists()
+    assert not old_module.exists()
+
+
+def test_selftest_passes_on_board(first_deploy, board):
+    output = mpremote(board, "exec", "import selftest\nselftest.run()")
+
+    assert "FAIL" not in output, output
+    assert "ok    import microsmtp.client" in output
+    assert "ok    ca_roots.ROOTS[0]" in output
+    assert "ok    config.json is valid" in output
+    lines = [line for line in output.splitlines() if line.startswith("selftest: ")]
+    assert len(lines) == 1, output
+    assert lines[0].endswith(" passed, 0 failed"), output
+
+
+def test_selftest_reports_unparsable_root(first_deploy, board, ca_module, tmp_path, capsys):
+    broken = tmp_path / "ca_roots.py"
+    broken.write_text("ROOTS = (b'not a certificate',)\n")
+
+    status, out, err = deploy(board, capsys, "--ca-module", str(broken), "--config", str(CONFIG_EXAMPLE), "--selftest")
+    restored, restore_out, restore_err = deploy(
+        board, capsys, "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE)
+    )
+
+    assert status == 70, out + err
+    assert "FAIL  ca_roots.ROOTS[0]" in out
+    assert "selftest: " in out
+    assert " 1 failed" in out
+    assert restored == 0, restore_out + restore_err
+
+
+def test_mip_installs_package_json(first_deploy, board):
+    mpremote(board, "mip", "install", "./package.json")
+
+    library = board.directory / ".micropython" / "lib" / "microsmtp"
+    for source in sorted((REPO_DIR / "firmware" / "microsmtp").glob("*.py")):
+        assert (library / source.name).read_bytes() == source.read_bytes(), source.name
+    # Without "" on the path, the import finds the mip copy, not the deployed .mpy files.
+    script = "import sys\nsys.path.remove('')\nimport microsmtp\nprint('from', microsmtp.__file__)"
+    output = mpremote(board, "exec", script)
+    assert ".micropython/lib/microsmtp/__init__.py" in output, output
+
+
+def test_deploy_unreachable_board(capsys, ca_module):
+    status = cli.main(
+        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--no-reset", "--ca-module", str(ca_module)]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 69
+    assert "microsmtp deploy: error: reading the board's files failed: mpremote exited with status" in err
+
+
+def test_deploy_missing_ca_module(capsys, tmp_path):
+    status = cli.main(
+        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--ca-module", str(tmp_path / "none.py")]
+    )
+
+    assert status == 78
+    assert "check --ca-module" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["xtensawin", "armv6m"])
+def test_board_mpy_loads_on_unix_port(arch, micropython, tmp_path):
+    # Bytecode-only .mpy files carry no architecture, so a board's files load on any
+    # MicroPython with .mpy version 6, including the unix port.
+    target = tmp_path / "microsmtp"
+    for source in sorted((REPO_DIR / "firmware" / "microsmtp").glob("*.py")):
+        mpy.compile_file(source, target / (source.stem + ".mpy"), arch)
+    for compiled in target.iterdir():
+        header = compiled.read_bytes()[:4]
+        assert header[:2] == b"M\x06", compiled.name
+        assert header[2] == 0, "%s has native code (feature byte %#x)" % (compiled.name, header[2])
+    process = unix_port.run_micropython(
+        [
+            "-c",
+            "import sys; sys.path.insert(0, %r); import microsmtp.client; print(microsmtp.client.__file__)"
+            % str(tmp_path),
+        ],
+        executable=micropython,
+    )
+    assert process.stdout.strip().endswith("microsmtp/client.mpy"), unix_port.format_output(process)
+
+
+def test_decode_board_mpy_value():
+    assert mpy.decode_sys_mpy(2822) == (6, 3, "x64")
+    assert mpy.decode_sys_mpy(6 | (3 << 8) | (10 << 10)) == (6, 3, "xtensawin")
+    assert mpy.decode_sys_mpy(6 | (3 << 8) | (4 << 10)) == (6, 3, "armv6m")

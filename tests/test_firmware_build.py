@@ -1,0 +1,212 @@
+"""Board manifests and `microsmtp firmware`, without a MicroPython tree or cross compiler.
+
+The manifests are run with the manifest functions of MicroPython's build
+(tools/manifestfile.py) replaced by stubs that record what would be frozen; the
+build is run with a stand-in `make` and `idf.py` on PATH.
+"""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from microsmtp_tools import cli, common
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+BOARDS = ("ESP32_GENERIC", "RPI_PICO_W")
+
+
+class ManifestRecorder:
+    """Runs a manifest as MicroPython's build does and records what it freezes."""
+
+    def __init__(self, path_vars):
+        self.path_vars = path_vars
+        self.frozen = []
+        self.external_includes = []
+
+    def _resolve(self, path):
+        for name, value in self.path_vars.items():
+            path = path.replace("$(%s)" % name, value)
+        return os.path.abspath(path)
+
+    def run(self, manifest):
+        manifest = self._resolve(str(manifest))
+        if os.path.isdir(manifest):
+            manifest = os.path.join(manifest, "manifest.py")
+        if not manifest.startswith(str(REPO_DIR)):
+            # MicroPython's own manifests are not here; record that they are included.
+            self.external_includes.append(manifest)
+            return
+        previous = os.getcwd()
+        # MicroPython's include() runs each manifest from its own folder.
+        os.chdir(os.path.dirname(manifest))
+        try:
+            exec(Path(manifest).read_text(), self.globals())
+        finally:
+            os.chdir(previous)
+
+    def globals(self):
+        def package(package_path, files=None, base_path=".", opt=None):
+            self.frozen.append(("package", Path(self._resolve(base_path)) / package_path))
+
+        def module(module_path, base_path=".", opt=None):
+            self.frozen.append(("module", Path(self._resolve(base_path)) / module_path))
+
+        def freeze(path, script=None, opt=None):
+            self.frozen.append(("freeze", Path(self._resolve(path)) / (script or "")))
+
+        def unexpected(*args, **kwargs):
+            raise AssertionError("the board manifests use only include, package and module")
+
+        return {
+            "include": lambda path, **kwargs: self.run(path),
+            "package": package,
+            "module": module,
+            "freeze": freeze,
+            "require": unexpected,
+            "add_library": unexpected,
+            "metadata": unexpected,
+            "options": None,
+        }
+
+
+@pytest.fixture
+def ca_module(tmp_path, monkeypatch):
+    path = tmp_path / "ca_roots.py"
+    path.write_text("ROOTS = (b'0',)\n")
+    monkeypatch.setenv("MICROSMTP_CA_MODULE", str(path))
+    return path
+
+
+def path_vars(tmp_path, board):
+    port = "esp32" if board.startswith("ESP32") else "rp2"
+    return {
+        "MPY_DIR": str(tmp_path / "micropython"),
+        "PORT_DIR": str(tmp_path / "micropython" / "ports" / port),
+        "BOARD_DIR": str(tmp_path / "micropython" / "ports" / port / "boards" / board),
+    }
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_manifest_freezes_existing_paths(board, ca_module, tmp_path):
+    recorder = ManifestRecorder(path_vars(tmp_path, board))
+
+    recorder.run(REPO_DIR / "boards" / board / "manifest.py")
+
+    frozen = {path for _kind, path in recorder.frozen}
+    for kind, path in recorder.frozen:
+        if kind == "package":
+            assert path.is_dir(), path
+            assert (path / "__init__.py").is_file(), path
+        else:
+            assert path.is_file(), path
+    assert REPO_DIR / "firmware" / "microsmtp" in frozen
+    assert REPO_DIR / "firmware" / "selftest.py" in frozen
+    assert ca_module in frozen
+    if (REPO_DIR / "firmware" / "alerts").is_dir():
+        assert REPO_DIR / "firmware" / "alerts" in frozen
+    assert REPO_DIR / "firmware" / "main.py" not in frozen
+
+
+def test_manifests_include_micropython_base(ca_module, tmp_path):
+    esp32 = ManifestRecorder(path_vars(tmp_path, "ESP32_GENERIC"))
+    esp32.run(REPO_DIR / "boards" / "ESP32_GENERIC" / "manifest.py")
+    pico = ManifestRecorder(path_vars(tmp_path, "RPI_PICO_W"))
+    pico.run(REPO_DIR / "boards" / "RPI_PICO_W" / "manifest.py")
+
+    assert esp32.external_includes == [str(tmp_path / "micropython/ports/esp32/boards/manifest.py")]
+    # The Pico W board manifest includes the port's and adds the networking bundle.
+    assert pico.external_includes == [str(tmp_path / "micropython/ports/rp2/boards/RPI_PICO_W/manifest.py")]
+
+
+def test_manifest_requires_ca_module(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICROSMTP_CA_MODULE", str(tmp_path / "ca_roots.py"))
+    recorder = ManifestRecorder(path_vars(tmp_path, "ESP32_GENERIC"))
+
+    with pytest.raises(ValueError, match="run `microsmtp certs build`"):
+        recorder.run(REPO_DIR / "boards" / "ESP32_GENERIC" / "manifest.py")
+
+
+def fake_tree(tmp_path, port, board):
+    root = tmp_path / "micropython"
+    (root / "py").mkdir(parents=True)
+    (root / "py" / "mkrules.mk").write_text("")
+    (root / "ports" / port / "boards" / board).mkdir(parents=True)
+    return root
+
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_firmware_missing_tree(ca_module, tmp_path, capsys):
+    status = cli.main(
+        ["firmware", "--board", "ESP32_GENERIC", "--micropython", str(tmp_path / "none"), "--ca-module", str(ca_module)]
+    )
+
+    assert status == 78
+    assert "is not a MicroPython source tree" in capsys.readouterr().err
+
+
+def test_firmware_missing_esp_idf(ca_module, tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "esp32", "ESP32_GENERIC")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("IDF_PATH", raising=False)
+
+    status = cli.main(
+        ["firmware", "--board", "ESP32_GENERIC", "--micropython", str(root), "--ca-module", str(ca_module)]
+    )
+
+    assert status == 78
+    assert "idf.py is not on PATH or IDF_PATH is not set" in capsys.readouterr().err
+
+
+def test_firmware_missing_arm_toolchain(ca_module, tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "rp2", "RPI_PICO_W")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+    status = cli.main(["firmware", "--board", "RPI_PICO_W", "--micropython", str(root), "--ca-module", str(ca_module)])
+
+    assert status == 78
+    assert "arm-none-eabi-gcc and cmake not on PATH" in capsys.readouterr().err
+
+
+def test_firmware_runs_port_build(ca_module, tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "rp2", "RPI_PICO_W")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "make.log"
+    # Stand-in for make: logs its arguments and the CA variable, and writes the image
+    # where the rp2 port's build does.
+    executable(
+        bin_dir / "make",
+        '#!/bin/sh\necho "$* CA=$MICROSMTP_CA_MODULE" >> %s\n'
+        'for a in "$@"; do case $a in BUILD=*) b=${a#BUILD=};; esac; done\n'
+        'if [ -n "$b" ]; then mkdir -p "$2/$b" && printf \'UF2\\n\' > "$2/$b/firmware.uf2"; fi\n' % log,
+    )
+    executable(bin_dir / "arm-none-eabi-gcc", "#!/bin/sh\n")
+    executable(bin_dir / "cmake", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+
+    status = cli.main(
+        ["firmware", "--board", "RPI_PICO_W", "--micropython", str(root), "--ca-module", str(ca_module), "--jobs", "2"]
+    )
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    calls = log.read_text().splitlines()
+    staged = tmp_path / "build" / "firmware" / "RPI_PICO_W" / "ca_roots.py"
+    manifest = REPO_DIR / "boards" / "RPI_PICO_W" / "manifest.py"
+    assert calls[0] == "-C %s -j2 CA=%s" % (root / "mpy-cross", staged)
+    assert calls[1] == "-C %s BOARD=RPI_PICO_W submodules CA=%s" % (root / "ports" / "rp2", staged)
+    assert calls[2] == "-C %s -j2 BOARD=RPI_PICO_W BUILD=build-RPI_PICO_W-microsmtp FROZEN_MANIFEST=%s CA=%s" % (
+        root / "ports" / "rp2",
+        manifest,
+        staged,
+    )
+    assert staged.read_bytes() == ca_module.read_bytes()
+    assert (tmp_path / "build" / "firmware" / "RPI_PICO_W" / "firmware.uf2").read_bytes() == b"UF2\n"
+    assert "microsmtp flash --board RPI_PICO_W --firmware" in out

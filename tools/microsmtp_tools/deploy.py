@@ -1,0 +1,389 @@
+"""The ``microsmtp deploy`` command: put the alert firmware onto a board with mpremote.
+
+Steps: compile firmware/ with mpy-cross for the board's architecture into
+build/deploy/ARCH/ (main.py stays source, because a board runs main.py only as a .py
+file), add the CA module (compiled) and the user's config.json, ask the board for the
+SHA-256 of each of its copies, copy only the files that differ, check the SHA-256 of
+every file again, optionally run the firmware's self-test, and reset the board.
+
+Every mpremote run uses ``resume``, so the board is not soft-reset between steps (on
+the virtual board a soft reset would end the MicroPython process).
+"""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import common, mpy
+from .common import EX_IOERR, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, ToolError
+
+MPREMOTE_TIMEOUT_S = 300
+# Package folders that deploy owns on the board: files in them that firmware/ no
+# longer has are removed, so an old module cannot be imported by mistake.
+MANAGED_PACKAGES = ("microsmtp", "alerts")
+CA_MODULE_NAME = "ca_roots"
+CONFIG_NAME = "config.json"
+
+# Runs on the board. Creates folders, removes stale files, then prints the .mpy
+# version and one "HASH path digest" line per file (digest "-" when missing).
+_PREPARE_SCRIPT = """
+import os, sys, hashlib, binascii
+def _isdir(p):
+    try:
+        return os.stat(p)[0] & 0x4000 != 0
+    except OSError:
+        return False
+for _d in %(dirs)r:
+    if not _isdir(_d):
+        os.mkdir(_d)
+for _d, _keep in %(managed)r:
+    if _isdir(_d):
+        for _n in os.listdir(_d):
+            if (_n.endswith('.py') or _n.endswith('.mpy')) and _n not in _keep:
+                os.remove(_d + '/' + _n)
+                print('REMOVED', _d + '/' + _n)
+for _p in %(stale)r:
+    try:
+        os.remove(_p)
+        print('REMOVED', _p)
+    except OSError:
+        pass
+print('MPY', getattr(sys.implementation, '_mpy', 0))
+"""
+
+_HASH_SCRIPT = """
+import hashlib, binascii
+def _hash(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return '-'
+    h = hashlib.sha256()
+    b = bytearray(512)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(b[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+for _p in %(files)r:
+    print('HASH', _p, _hash(_p))
+"""
+
+
+class Mpremote:
+    """Runs mpremote commands against one board, each run with ``resume``."""
+
+    def __init__(self, port):
+        self.port = port
+        self.executable = common.require_executable("mpremote", "running mpremote", package="mpremote")
+
+    def run(self, *commands, what):
+        """Run ``mpremote connect PORT resume COMMANDS...``; return its stdout or raise ToolError."""
+        argv = [self.executable, "connect", self.port, "resume", *commands]
+        try:
+            process = subprocess.run(argv, capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ToolError(
+                what,
+                "mpremote did not finish within %d s; check the board and --port" % MPREMOTE_TIMEOUT_S,
+                EX_UNAVAILABLE,
+            ) from None
+        if process.returncode != 0:
+            detail = (process.stderr.strip() or process.stdout.strip() or "no output").splitlines()[-1]
+            raise ToolError(
+                what,
+                "mpremote exited with status %d: %s; check that the board is connected at %s and not "
+                "in use by another program" % (process.returncode, detail, self.port),
+                EX_UNAVAILABLE,
+            )
+        return process.stdout
+
+    def exec(self, script, what):
+        return self.run("exec", script, what=what)
+
+
+def sha256_file(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _parse_hashes(output):
+    hashes = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "HASH":
+            hashes[parts[1]] = None if parts[2] == "-" else parts[2]
+    return hashes
+
+
+def resolve_arch(args, board_mpy):
+    """Return the mpy-cross architecture from --arch, --board or the board's sys.implementation._mpy."""
+    version, _sub_version, board_arch = mpy.decode_sys_mpy(board_mpy) if board_mpy else (None, None, None)
+    if version is not None and version != mpy.MPY_VERSION:
+        raise ToolError(
+            "checking the board's MicroPython",
+            "it loads .mpy version %d, but mpy-cross writes version %d; install MicroPython >= 1.22 "
+            "on the board (microsmtp flash)" % (version, mpy.MPY_VERSION),
+        )
+    if args.arch:
+        return args.arch
+    if args.board:
+        return mpy.BOARD_ARCHES[args.board]
+    if board_arch is None:
+        raise ToolError(
+            "choosing the .mpy architecture",
+            "the board does not report one (sys.implementation._mpy); give --arch or --board",
+        )
+    return board_arch
+
+
+class Plan:
+    """The files to put on the board: {remote path: local file}, plus folders and stale paths."""
+
+    def __init__(self):
+        self.files = {}
+        self.stale = []
+
+    def add(self, remote, local):
+        self.files[remote] = Path(local)
+        if remote.endswith(".mpy"):
+            # A .py beside a .mpy is imported first and would hide the new code.
+            self.stale.append(remote[: -len(".mpy")] + ".py")
+
+    def directories(self):
+        folders = set()
+        for remote in self.files:
+            parts = remote.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folders.add("/".join(parts[:depth]))
+        return sorted(folders, key=lambda folder: (folder.count("/"), folder))
+
+    def managed(self):
+        """Return [(package folder, names to keep)] for the packages deploy owns."""
+        result = []
+        for package in MANAGED_PACKAGES:
+            keep = [remote.split("/", 1)[1] for remote in self.files if remote.startswith(package + "/")]
+            result.append((package, keep))
+        return result
+
+
+def _ca_module(args):
+    if args.ca_module is None:
+        path = common.DEFAULT_CA_MODULE
+        if not path.is_file():
+            raise ToolError(
+                "finding the CA module",
+                "%s not found; build it with `microsmtp certs build` or give --ca-module FILE "
+                "(or --no-ca-module if the board already has one)" % path,
+            )
+        return path
+    path = Path(args.ca_module)
+    if not path.is_file():
+        raise ToolError("finding the CA module", "%s not found; check --ca-module" % path)
+    return path
+
+
+def build_plan(args, arch, stage_dir):
+    """Compile and stage everything to copy; return the Plan."""
+    plan = Plan()
+    firmware_dir = common.require_checkout_dir(args.firmware_dir, "finding firmware/")
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    if args.frozen:
+        main = firmware_dir / "main.py"
+        if main.is_file():
+            target = stage_dir / "main.py"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(main, target)
+            plan.add("main.py", target)
+    else:
+        for remote, local in mpy.compile_tree(firmware_dir, stage_dir, arch):
+            plan.add(remote, local)
+        if not args.no_ca_module:
+            ca_source = _ca_module(args)
+            target = stage_dir / (CA_MODULE_NAME + ".mpy")
+            mpy.compile_file(ca_source, target, arch, source_name=CA_MODULE_NAME + ".py")
+            plan.add(CA_MODULE_NAME + ".mpy", target)
+    if args.board:
+        # Board defaults (pins, LED) that alerts.config merges into config.json.
+        board_json = common.BOARDS_DIR / args.board / "board.json"
+        if board_json.is_file():
+            target = stage_dir / "board.json"
+            shutil.copyfile(board_json, target)
+            plan.add("board.json", target)
+    if args.config:
+        config = Path(args.config)
+        if not config.is_file():
+            raise ToolError("reading the configuration", "%s not found; check --config" % config)
+        import json
+
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ToolError("reading the configuration", "%s is not valid JSON: %s" % (config, exc)) from None
+        target = stage_dir / CONFIG_NAME
+        shutil.copyfile(config, target)
+        plan.add(CONFIG_NAME, target)
+    return plan
+
+
+def frozen_stale_paths():
+    """Return board paths that would hide modules frozen into a custom image."""
+    return [CA_MODULE_NAME + ".mpy", CA_MODULE_NAME + ".py", "selftest.mpy", "selftest.py"]
+
+
+def _copy_commands(plan, remotes):
+    commands = []
+    for remote in remotes:
+        if commands:
+            commands.append("+")
+        commands += ["fs", "cp", str(plan.files[remote]), ":" + remote]
+    return commands
+
+
+def run_deploy(args):
+    board = Mpremote(args.port)
+    out = sys.stdout
+
+    # 1. Find the architecture. Without --arch or --board the board reports its .mpy format.
+    board_mpy = 0
+    if not args.arch and not args.board:
+        output = board.exec(
+            "import sys; print('MPY', getattr(sys.implementation, '_mpy', 0))",
+            what="asking the board for its .mpy format",
+        )
+        for line in output.splitlines():
+            if line.startswith("MPY "):
+                board_mpy = int(line.split()[1])
+    arch = resolve_arch(args, board_mpy)
+
+    # 2. Compile and stage.
+    stage_dir = common.BUILD_DIR / "deploy" / arch
+    plan = build_plan(args, arch, stage_dir)
+    print("deploy: %d files for %s (%s)" % (len(plan.files), args.port, arch), file=out)
+
+    # 3. Prepare the board and read the SHA-256 of its copies.
+    stale = list(plan.stale)
+    managed = plan.managed()
+    if args.frozen:
+        stale += frozen_stale_paths()
+        managed = [(package, []) for package in MANAGED_PACKAGES]
+    prepare = _PREPARE_SCRIPT % {"dirs": plan.directories(), "managed": managed, "stale": stale}
+    hashes_script = _HASH_SCRIPT % {"files": sorted(plan.files)}
+    output = board.exec(prepare + hashes_script, what="reading the board's files")
+    for line in output.splitlines():
+        if line.startswith("REMOVED "):
+            print("removed %s (stale)" % line.split(" ", 1)[1], file=out)
+        elif line.startswith("MPY "):
+            board_mpy = int(line.split()[1])
+    resolve_arch(args, board_mpy)
+    on_board = _parse_hashes(output)
+
+    # 4. Copy what differs.
+    local = {remote: sha256_file(path) for remote, path in plan.files.items()}
+    changed = [remote for remote in sorted(plan.files) if on_board.get(remote) != local[remote]]
+    for remote in sorted(plan.files):
+        state = "copying" if remote in changed else "unchanged"
+        print("%-9s %s (%d bytes)" % (state, remote, plan.files[remote].stat().st_size), file=out)
+    if changed:
+        board.run(*_copy_commands(plan, changed), what="copying files to the board")
+
+    # 5. Verify every file by SHA-256.
+    after = _parse_hashes(board.exec(hashes_script, what="verifying the copied files"))
+    wrong = [remote for remote in sorted(plan.files) if after.get(remote) != local[remote]]
+    if wrong:
+        raise ToolError(
+            "verifying the copied files",
+            "SHA-256 differs on the board for %s; run deploy again, and check the board's free flash"
+            % ", ".join(wrong),
+            EX_IOERR,
+        )
+    print(
+        "deploy: %d copied, %d unchanged, all %d verified by SHA-256"
+        % (len(changed), len(plan.files) - len(changed), len(plan.files)),
+        file=out,
+    )
+
+    status = EX_OK
+    if args.selftest:
+        output = board.exec("import selftest\nselftest.run()", what="running the self-test")
+        out.write(output)
+        if "selftest: " not in output or " 0 failed" not in output:
+            print("deploy: the self-test on the board failed (see above)", file=out)
+            status = EX_SOFTWARE
+
+    # 6. Reset, so the board starts main.py with the new files.
+    if args.no_reset:
+        print("deploy: board not reset (--no-reset)", file=out)
+    else:
+        board.run("reset", what="resetting the board")
+        print("deploy: board reset", file=out)
+    return status
+
+
+def add_parser(subcommands):
+    parser = subcommands.add_parser(
+        "deploy",
+        help="copy the firmware, CA module and config.json to a board with mpremote",
+        description=(
+            "Compile firmware/ to .mpy for the board's architecture, copy it with main.py (as "
+            "source), the CA module and config.json to the board with mpremote, skipping files "
+            "whose SHA-256 on the board already matches, verify every file by SHA-256, and reset "
+            "the board. The .mpy files need MicroPython >= 1.19 on the board (.mpy version 6); "
+            "this project supports >= 1.22."
+        ),
+        epilog="exit status: 0 deployed, 69 board not reachable, 70 self-test failed, 74 verification failed, "
+        "78 bad input. Virtual board: --port socket://127.0.0.1:PORT --no-reset "
+        "(see python -m microsmtp_tools.virtual_board)",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--port",
+        required=True,
+        help="board connection for mpremote: a serial device (/dev/ttyUSB0, /dev/ttyACM0, COM4) or socket://HOST:PORT",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--board",
+        choices=sorted(mpy.BOARD_ARCHES),
+        help="board type, which sets the .mpy architecture (default: ask the board)",
+    )
+    target.add_argument(
+        "--arch",
+        choices=[arch for arch in mpy.ARCHES if arch],
+        help="mpy-cross architecture (default: from --board, else what the board reports)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="the board's configuration, copied as config.json")
+    parser.add_argument(
+        "--ca-module",
+        metavar="FILE",
+        help="CA module written by `microsmtp certs build`, copied as ca_roots.mpy (default: build/ca_roots.py)",
+    )
+    parser.add_argument("--no-ca-module", action="store_true", help="copy no CA module (the board keeps its own)")
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the board runs a custom image with firmware/ and the CA module frozen in (microsmtp firmware): "
+        "copy only main.py and config.json, and remove file copies that would hide the frozen modules",
+    )
+    parser.add_argument(
+        "--firmware-dir", default=str(common.FIRMWARE_DIR), metavar="DIR", help="folder to deploy (default: firmware/)"
+    )
+    parser.add_argument(
+        "--selftest",
+        action="store_true",
+        help="run selftest.run() on the board after copying; exit 70 if a check fails",
+    )
+    parser.add_argument("--no-reset", action="store_true", help="leave the board running (needed for a virtual board)")
+    parser.set_defaults(handler=handle)
+    return parser
+
+
+def handle(args):
+    try:
+        return run_deploy(args)
+    except ToolError as error:
+        return common.report("deploy", error)
