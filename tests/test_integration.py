@@ -9,8 +9,8 @@ import json
 import os
 
 import pytest
-
 import scenarios
+
 import unix_port
 
 PASSWORD = "secret"
@@ -135,7 +135,7 @@ def test_several_messages_one_connection(runtime, smtp_server, certs, extensions
     assert [o["ok"] for o in result["outcomes"]] == [True, True, True], result
     delivered = server.wait_for_messages(3)
     assert len(server.connections) == 1
-    for outcome, message in zip(result["outcomes"], delivered):
+    for outcome, message in zip(result["outcomes"], delivered, strict=True):
         assert message.content == base64.b64decode(outcome["content"])
 
 

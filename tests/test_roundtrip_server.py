@@ -12,9 +12,9 @@ import email.policy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_message_roundtrip import body_text, expected_body, filename, header_text
 
 from microsmtp import SMTP, Attachment, Message
-from test_message_roundtrip import body_text, expected_body, filename, header_text
 
 DATE = (2026, 12, 4, 20, 10, 26, 4, 338)
 

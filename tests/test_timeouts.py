@@ -3,7 +3,6 @@
 import base64
 
 import pytest
-
 from raw_server import RawServer
 from test_integration import message_spec, run_client
 
@@ -130,6 +129,7 @@ def test_injection_after_starttls_reply(runtime, raw_server, certs):
 
 def test_unset_clock_stops_before_connecting(monkeypatch, raw_server, certs):
     import scenarios
+
     from microsmtp import client
 
     server = raw_server(lambda conn: conn.send(b"220 hi\r\n"))

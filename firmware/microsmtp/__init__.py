@@ -5,6 +5,7 @@ verify the server's certificate and hostname, use STARTTLS unless told otherwise
 raise the typed errors of ``microsmtp.errors``.
 """
 
+from .client import SMTP, send
 from .errors import (
     AuthError,
     ClockNotSetError,
@@ -19,6 +20,5 @@ from .errors import (
     Timeout,
 )
 from .message import Attachment, Message
-from .client import SMTP, send
 
 __version__ = "0.1.0"

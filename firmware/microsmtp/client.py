@@ -368,7 +368,7 @@ class SMTP:
             raise Timeout(
                 "%s timed out during %s (%s); the server or network is too slow or down" % (what, stage, cause),
                 stage=stage,
-            )
+            ) from None
 
     def _stage(self):
         # Until the first read through TLS succeeds, a failure belongs to the handshake.
@@ -381,15 +381,17 @@ class SMTP:
             await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, stage)
+            raise self._transport_error(exc, stage) from exc
 
     async def _read(self):
         stage = self._stage()
         try:
-            data = await self._with_limit(self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply")
+            data = await self._with_limit(
+                self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply"
+            )
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, stage)
+            raise self._transport_error(exc, stage) from exc
         if data is None:
             data = b""
         self._handshaking = False
@@ -415,7 +417,9 @@ class SMTP:
         if stage == "greeting" and not self._received_any:
             # MicroPython reports a refused connection only at the first read.
             stage = "connect"
-        return ConnectionLost("connection to %s:%d failed during %s (%s)" % (self.host, self.port, stage, detail), stage=stage)
+        return ConnectionLost(
+            "connection to %s:%d failed during %s (%s)" % (self.host, self.port, stage, detail), stage=stage
+        )
 
     def _is_tls_error(self, exc):
         if MICROPYTHON:
@@ -454,7 +458,7 @@ class SMTP:
                 opening, self.connect_timeout_ms, stage, "connecting to %s:%d" % (self.host, self.port)
             )
         except (OSError, ValueError) as exc:
-            raise self._transport_error(exc, stage)
+            raise self._transport_error(exc, stage) from exc
         if not MICROPYTHON:
             # CPython finished the handshake inside open_connection().
             self._handshaking = False
@@ -475,7 +479,7 @@ class SMTP:
             )
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, "tls")
+            raise self._transport_error(exc, "tls") from exc
         self._handshaking = False
         # Plaintext that arrived before the upgrade sits in the reader's buffer and would
         # be read as if it came through TLS (response injection). StreamReader has no
@@ -504,7 +508,7 @@ class SMTP:
                     self._early = early
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, "tls")
+            raise self._transport_error(exc, "tls") from exc
 
 
 def _outcome(transaction):

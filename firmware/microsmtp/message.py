@@ -33,8 +33,19 @@ _TSPECIALS = '()<>@,;:\\"/[]?='
 _DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-_OWN_HEADERS = ("date", "from", "to", "cc", "bcc", "reply-to", "subject", "message-id",
-                "mime-version", "content-type", "content-transfer-encoding")
+_OWN_HEADERS = (
+    "date",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+)
 
 
 def _check_text(field, value, body=False):
@@ -47,8 +58,7 @@ def _check_text(field, value, body=False):
     if body and "\x00" in value:
         raise InvalidInputError("%s contains a NUL character: remove it" % field)
     if not body and ("\x00" in value or "\r" in value or "\n" in value):
-        raise InvalidInputError(
-            "%s contains CR, LF or NUL, which could inject header lines: remove them" % field)
+        raise InvalidInputError("%s contains CR, LF or NUL, which could inject header lines: remove them" % field)
     try:
         value.encode("utf-8")
     except UnicodeError:
@@ -372,16 +382,23 @@ def format_date(value=None):
     if 1 <= month <= 12:
         leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
         days = 29 if month == 2 and leap else _MONTH_DAYS[month - 1]
-    if not (1900 <= year <= 9999 and 1 <= day <= days and 0 <= hour <= 23
-            and 0 <= minute <= 59 and 0 <= second <= 60):
+    if not (1900 <= year <= 9999 and 1 <= day <= days and 0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60):
         raise InvalidInputError("date tuple %r is not a valid UTC date and time" % (parts,))
     # Gregorian weekday by Sakamoto's method, 0 for Sunday. January and February count
     # as months of the previous year.
     shifted = year - 1 if month < 3 else year
-    weekday = (shifted + shifted // 4 - shifted // 100 + shifted // 400
-               + (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4)[month - 1] + day) % 7
+    weekday = (
+        shifted + shifted // 4 - shifted // 100 + shifted // 400 + (0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4)[month - 1] + day
+    ) % 7
     return "%s, %02d %s %04d %02d:%02d:%02d +0000" % (
-        _DAYS[weekday], day, _MONTHS[month - 1], year, hour, minute, second)
+        _DAYS[weekday],
+        day,
+        _MONTHS[month - 1],
+        year,
+        hour,
+        minute,
+        second,
+    )
 
 
 def _text_body(text):
@@ -459,19 +476,18 @@ class Attachment:
         if not filename:
             raise InvalidInputError("attachment filename is empty: give a file name")
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InvalidInputError(
-                "data of attachment %r must be bytes, not %s" % (filename, type(data).__name__))
+            raise InvalidInputError("data of attachment %r must be bytes, not %s" % (filename, type(data).__name__))
         self.filename = filename
         self.data = data
         self.content_type = content_type
         self._mime_type, self._params = _parse_content_type(content_type)
 
     def _header_bytes(self):
-        return (_params_header("Content-Type", self._mime_type,
-                               self._params + [("name", self.filename)])
-                + _params_header("Content-Disposition", "attachment",
-                                 [("filename", self.filename)])
-                + b"Content-Transfer-Encoding: base64\r\n\r\n")
+        return (
+            _params_header("Content-Type", self._mime_type, self._params + [("name", self.filename)])
+            + _params_header("Content-Disposition", "attachment", [("filename", self.filename)])
+            + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        )
 
 
 def _parse_content_type(value):
@@ -482,8 +498,7 @@ def _parse_content_type(value):
     if slash < 0 or not _is_token(mime_type[:slash]) or not _is_token(mime_type[slash + 1 :]):
         raise InvalidInputError("%s %r is not of the form type/subtype" % (field, value))
     if mime_type[:slash] in ("multipart", "message"):
-        raise InvalidInputError(
-            "%s %r cannot be sent base64-encoded: use application/octet-stream" % (field, value))
+        raise InvalidInputError("%s %r cannot be sent base64-encoded: use application/octet-stream" % (field, value))
     params = []
     for part in parts[1:]:
         part = part.strip(" \t")
@@ -495,12 +510,17 @@ def _parse_content_type(value):
         quoted = len(param_value) >= 2 and param_value[0] == param_value[-1] == '"'
         if quoted:
             param_value = param_value[1:-1]
-        valid = _is_token(param_value) or quoted and _is_printable(param_value) \
-            and '"' not in param_value and "\\" not in param_value
+        valid = (
+            _is_token(param_value)
+            or quoted
+            and _is_printable(param_value)
+            and '"' not in param_value
+            and "\\" not in param_value
+        )
         if not _is_token(attribute) or not valid or attribute == "name":
             raise InvalidInputError(
-                "%s %r has an invalid parameter %r (the file name is set by filename)"
-                % (field, value, part))
+                "%s %r has an invalid parameter %r (the file name is set by filename)" % (field, value, part)
+            )
         params.append((attribute, param_value))
     return mime_type, params
 
@@ -514,11 +534,9 @@ def _check_headers(headers):
             raise InvalidInputError("headers must be (name, value) pairs, got %r" % (item,))
         name = _check_text("header name", item[0])
         if not name or not _is_printable(name) or " " in name or ":" in name:
-            raise InvalidInputError(
-                "header name %r is invalid: use printable ASCII without spaces or ':'" % name)
+            raise InvalidInputError("header name %r is invalid: use printable ASCII without spaces or ':'" % name)
         if name.lower() in _OWN_HEADERS:
-            raise InvalidInputError(
-                "header %s is written by Message: set it with the Message argument" % name)
+            raise InvalidInputError("header %s is written by Message: set it with the Message argument" % name)
         result.append((name, _check_text("value of header " + name, item[1])))
     return result
 
@@ -533,11 +551,18 @@ def _message_id(value, sender):
     if inner[:1] == "<" and inner[-1:] == ">":
         inner = inner[1:-1]
     halves = inner.split("@")
-    if len(halves) != 2 or not halves[0] or not halves[1] or not _is_printable(inner) \
-            or " " in inner or "<" in inner or ">" in inner:
+    if (
+        len(halves) != 2
+        or not halves[0]
+        or not halves[1]
+        or not _is_printable(inner)
+        or " " in inner
+        or "<" in inner
+        or ">" in inner
+    ):
         raise InvalidInputError(
-            "message_id %r is invalid: use the form <unique-part@domain> in printable ASCII"
-            % value)
+            "message_id %r is invalid: use the form <unique-part@domain> in printable ASCII" % value
+        )
     return "<" + inner + ">"
 
 
@@ -552,8 +577,20 @@ class Message:
     Raises InvalidInputError for any value that cannot be sent safely.
     """
 
-    def __init__(self, sender, to, subject="", text="", cc=(), bcc=(), reply_to=None,
-                 attachments=(), date=None, message_id=None, headers=()):
+    def __init__(
+        self,
+        sender,
+        to,
+        subject="",
+        text="",
+        cc=(),
+        bcc=(),
+        reply_to=None,
+        attachments=(),
+        date=None,
+        message_id=None,
+        headers=(),
+    ):
         self._sender = _parse_address(sender, "sender")
         self._to = _address_list(to, "to")
         self._cc = _address_list(cc, "cc")
@@ -568,8 +605,7 @@ class Message:
         for item in attachments:
             if not isinstance(item, Attachment):
                 if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 3:
-                    raise InvalidInputError(
-                        "attachment must be an Attachment or (filename, data[, content_type])")
+                    raise InvalidInputError("attachment must be an Attachment or (filename, data[, content_type])")
                 item = Attachment(*item)
             self._attachments.append(item)
         self._date = format_date(date)
@@ -610,19 +646,20 @@ class Message:
         """
         if not self._attachments:
             encoding, body = _text_body(self._text)
-            yield self._head(b"Content-Type: text/plain; charset=utf-8\r\n"
-                             b"Content-Transfer-Encoding: " + encoding.encode() + b"\r\n")
+            yield self._head(
+                b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: " + encoding.encode() + b"\r\n"
+            )
             yield body
             return
         delimiter = ("--" + self._boundary).encode()
-        yield self._head(_params_header("Content-Type", "multipart/mixed",
-                                        [("boundary", self._boundary)]))
+        yield self._head(_params_header("Content-Type", "multipart/mixed", [("boundary", self._boundary)]))
         if self._text:
             encoding, body = _text_body(self._text)
             # The CRLF before a delimiter belongs to the delimiter, so the body keeps its own.
-            yield (delimiter + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                   b"Content-Transfer-Encoding: " + encoding.encode() + b"\r\n\r\n"
-                   + body + b"\r\n")
+            yield (
+                delimiter + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: " + encoding.encode() + b"\r\n\r\n" + body + b"\r\n"
+            )
         for attachment in self._attachments:
             yield delimiter + b"\r\n" + attachment._header_bytes()
             data = attachment.data
@@ -633,8 +670,7 @@ class Message:
         yield delimiter + b"--\r\n"
 
     def _head(self, content_headers):
-        parts = [b"Date: " + self._date.encode() + b"\r\n",
-                 _address_header("From", [self._sender])]
+        parts = [b"Date: " + self._date.encode() + b"\r\n", _address_header("From", [self._sender])]
         for name, addresses in (("Reply-To", self._reply_to), ("To", self._to), ("Cc", self._cc)):
             if addresses:
                 parts.append(_address_header(name, addresses))

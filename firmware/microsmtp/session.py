@@ -100,7 +100,9 @@ def _check_address(value, what):
     value = check_line_argument(value, what)
     for byte in value:
         if byte in (32, 9, 60, 62):  # space, tab, "<", ">"
-            raise InvalidInputError("%s must be a bare address without spaces or angle brackets: %s" % (what, repr(value)))
+            raise InvalidInputError(
+                "%s must be a bare address without spaces or angle brackets: %s" % (what, repr(value))
+            )
     return value
 
 
@@ -508,9 +510,17 @@ class Session:
         self._log_reply(reply)
         self._state = _CLOSED
         if reply.code == 421:
-            error = ReplyError(self._describe("the server is closing the connection", reply), reply.code, reply.enhanced, reply.text, self.stage)
+            error = ReplyError(
+                self._describe("the server is closing the connection", reply),
+                reply.code,
+                reply.enhanced,
+                reply.text,
+                self.stage,
+            )
         else:
-            error = ProtocolError("unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage)
+            error = ProtocolError(
+                "unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage
+            )
         self._error = error
         raise error
 
@@ -632,7 +642,9 @@ class Session:
                     stage="auth",
                 )
             if "AUTH" not in self.extensions:
-                raise AuthError("the server does not offer AUTH; connect without credentials or use another port", stage="auth")
+                raise AuthError(
+                    "the server does not offer AUTH; connect without credentials or use another port", stage="auth"
+                )
             self._mechanism = _auth.choose(self.auth_mechanisms, self._username, self._password, self._oauth2_token)
             initial = self._mechanism.initial_response()
             line = b"AUTH " + self._mechanism.name.encode()
@@ -757,7 +769,9 @@ class Session:
         if transaction.done:
             return
         if reply.code != 250:
-            self._fail_transaction(transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data"))
+            self._fail_transaction(
+                transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data")
+            )
 
     def _on_message(self, transaction, reply):
         if transaction.done:

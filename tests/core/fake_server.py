@@ -74,7 +74,7 @@ class FakeServer:
         if word == b"EHLO":
             keywords = self.tls_extensions if self.tls else self.extensions
             lines = [b"fake.example"] + [k.encode() for k in keywords]
-            reply = b"".join(b"250-" + l + b"\r\n" for l in lines[:-1]) + b"250 " + lines[-1] + b"\r\n"
+            reply = b"".join(b"250-" + line + b"\r\n" for line in lines[:-1]) + b"250 " + lines[-1] + b"\r\n"
             self._out += self._reply("EHLO", reply)
         elif word == b"STARTTLS":
             self._out += self._reply("STARTTLS", b"220 go ahead\r\n")

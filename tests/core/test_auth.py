@@ -1,7 +1,6 @@
 """SASL mechanisms and the choice between them."""
 
 from helpers import raises
-
 from microsmtp import auth
 from microsmtp.errors import AuthError, InvalidInputError
 

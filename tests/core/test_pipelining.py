@@ -1,8 +1,8 @@
 """PIPELINING, AUTH in the pipeline, CHUNKING and queue flushes, against a sans-IO server."""
 
 from fake_server import FakeServer, converse
-from helpers import raises
 
+from helpers import raises
 from microsmtp.errors import AuthError, RecipientsRefused
 from microsmtp.session import Session
 
@@ -118,7 +118,8 @@ def test_failed_auth_in_pipeline_sends_no_content():
 
 def test_data_accepted_without_recipient_gets_lone_dot():
     server = FakeServer(
-        extensions=PIPELINED, replies={"RCPT": b"550 5.1.1 no", "DATA": b"354 go", "DOT": b"554 5.5.1 no valid recipients"}
+        extensions=PIPELINED,
+        replies={"RCPT": b"550 5.1.1 no", "DATA": b"354 go", "DOT": b"554 5.5.1 no valid recipients"},
     )
     session, _ = connect(server, security="tls", chunking=False)
     transaction = session.mail("a@x.org", ["b@x.org"], body(1))
@@ -139,7 +140,13 @@ def test_too_many_recipients_split():
         assert sorted(transaction.accepted) == ["b@x.org", "c@x.org", "d@x.org"]
         assert server.messages == [body(1), body(1)]
         rcpts = [c for c in server.commands if c.startswith(b"RCPT")]
-        assert rcpts == [b"RCPT TO:<b@x.org>", b"RCPT TO:<c@x.org>", b"RCPT TO:<d@x.org>", b"RCPT TO:<c@x.org>", b"RCPT TO:<d@x.org>"]
+        assert rcpts == [
+            b"RCPT TO:<b@x.org>",
+            b"RCPT TO:<c@x.org>",
+            b"RCPT TO:<d@x.org>",
+            b"RCPT TO:<c@x.org>",
+            b"RCPT TO:<d@x.org>",
+        ]
 
 
 def outcome(transaction):

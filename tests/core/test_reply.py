@@ -1,7 +1,6 @@
 """Reply parser: framing, multi-line replies, enhanced codes, bounds, malformed input."""
 
 from helpers import raises, splits
-
 from microsmtp.errors import ProtocolError
 from microsmtp.reply import ReplyParser
 
@@ -48,7 +47,9 @@ def test_multiline_greeting():
 
 
 def test_ehlo_reply_lines():
-    data = b"250-smtp.example.com at your service\r\n250-SIZE 35882577\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 SMTPUTF8\r\n"
+    data = (
+        b"250-smtp.example.com at your service\r\n250-SIZE 35882577\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 SMTPUTF8\r\n"
+    )
 
     def check(replies):
         assert replies[0].lines[1:] == ["SIZE 35882577", "8BITMIME", "STARTTLS", "SMTPUTF8"]

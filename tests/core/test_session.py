@@ -1,7 +1,6 @@
 """Sans-IO session: the dialogue, STARTTLS rules, AUTH choices and transaction errors."""
 
 from helpers import raises, splits
-
 from microsmtp import session as smtp_session
 from microsmtp.errors import (
     AuthError,
@@ -250,7 +249,9 @@ def ready_session(log=None):
 
 def test_transaction_with_partial_refusal():
     session = ready_session()
-    transaction = session.mail("a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi\r\n", size=20)
+    transaction = session.mail(
+        "a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi\r\n", size=20
+    )
     step(session, b"MAIL FROM:<a@example.com> SIZE=20\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<b@example.com>\r\n", b"250 ok\r\n")
     step(session, b"RCPT TO:<c@example.com>\r\n", b"550 5.1.1 no such user\r\n")
@@ -455,7 +456,7 @@ def test_greeting_554_refused():
 
 def test_transcript_shows_dialogue():
     lines = []
-    session = ready_session(lines.append)
+    ready_session(lines.append)
     assert lines[0] == "<-- 220 mx.example.com ESMTP"
     assert lines[1] == "--> EHLO c"
     assert lines[-1] == "<-- 250 SMTPUTF8"
@@ -482,7 +483,15 @@ def test_data_encoder_dot_stuffing_and_line_ends():
 
 
 SMUGGLING = (
-    b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r\n.\r\r\n",
+    b"\n.\n",
+    b"\r.\r",
+    b"\r.\n",
+    b"\n.\r",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\r.\r\n",
+    b"\r\n.\r",
+    b"\r\n.\r\r\n",
 )
 
 
