@@ -92,8 +92,11 @@ class XOAuth2:
         return b64encode(self._payload)
 
     def respond(self, challenge):
-        status = b64decode(challenge)
-        self.error_status = status.decode() if status else challenge.decode()
+        status = b64decode(challenge) or challenge
+        try:
+            self.error_status = status.decode()
+        except UnicodeError:
+            self.error_status = repr(status)
         return b""
 
 

@@ -31,10 +31,12 @@ from .errors import (
     ClockNotSetError,
     ConfigError,
     ConnectionLost,
+    InvalidInputError,
     SecurityError,
     SMTPError,
     Timeout,
 )
+from .transaction import Transaction
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
@@ -189,6 +191,10 @@ class SMTP:
 
     async def connect(self):
         """Connect, secure the connection, say EHLO and authenticate."""
+        # A second connect() replaces the first connection, which must not leak.
+        await self.close()
+        self.session = None
+        self._received_any = False
         self._start_deadline(self.timeout_ms)
         context = None
         if self.security != _session.PLAINTEXT:
@@ -228,7 +234,7 @@ class SMTP:
         """
         self._check_connected()
         self._start_deadline(self.timeout_ms)
-        transaction = self._queue_message(message)
+        transaction = await self._queue(self._queue_message, message)
         await self._run()
         return _outcome(transaction)
 
@@ -241,7 +247,17 @@ class SMTP:
         """
         self._check_connected()
         self._start_deadline(self.timeout_ms)
-        transactions = [self._queue_message(message) for message in messages]
+        transactions = []
+        for message in messages:
+            try:
+                transactions.append(await self._queue(self._queue_message, message))
+            except InvalidInputError as exc:
+                # This message cannot be sent as it is; the others go on.
+                transactions.append(_failed_transaction(message, exc))
+            except SMTPError as exc:
+                # The connection failed while the messages were being queued; the
+                # session gave the error to those already queued.
+                transactions.append(_failed_transaction(message, exc))
         try:
             await self._run()
         except SMTPError:
@@ -252,9 +268,18 @@ class SMTP:
         """Send content (bytes, a list of bytes chunks, or an object with chunks()) as one message."""
         self._check_connected()
         self._start_deadline(self.timeout_ms)
-        transaction = self.session.mail(sender, recipients, content, size, smtputf8)
+        transaction = await self._queue(self.session.mail, sender, recipients, content, size, smtputf8)
         await self._run()
         return _outcome(transaction)
+
+    async def _queue(self, queue, *args):
+        """Call a queueing function; close the connection if it found the session dead."""
+        try:
+            return queue(*args)
+        except SMTPError:
+            if not self.session.usable:
+                await self.close()
+            raise
 
     def _check_connected(self):
         if self.session is None or self._writer is None or not self.session.usable:
@@ -329,13 +354,16 @@ class SMTP:
                 else:
                     await self.close()
                     return
-        except SMTPError:
-            if not session.usable:
-                await self.close()
+        except SMTPError as exc:
+            # Errors from next_event() end the session already; a timeout or a lost
+            # connection met here must end it too, so that no message is left pending.
+            session.abort(exc)
+            await self.close()
             raise
         except BaseException:
             # Cancellation or an unexpected failure: the dialogue is in an unknown
             # state, so the connection must not be reused.
+            session.abort(ConnectionLost("the operation was cancelled or failed unexpectedly", stage=session.stage))
             await self.close()
             raise
 
@@ -359,7 +387,7 @@ class SMTP:
     async def _with_limit(self, awaitable, stage_ms, stage, what):
         limit_s = self._limit_s(stage_ms, stage)
         try:
-            return await asyncio.wait_for(awaitable, limit_s)
+            result = await asyncio.wait_for(awaitable, limit_s)
         except asyncio.TimeoutError:
             if limit_s * 1000 < stage_ms:
                 cause = "the operation's timeout_ms=%d ran out" % self._deadline_ms
@@ -369,6 +397,8 @@ class SMTP:
                 "%s timed out during %s (%s); the server or network is too slow or down" % (what, stage, cause),
                 stage=stage,
             ) from None
+        _raise_if_cancelled()
+        return result
 
     def _stage(self):
         # Until the first read through TLS succeeds, a failure belongs to the handshake.
@@ -509,6 +539,24 @@ class SMTP:
         except (OSError, ValueError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls") from exc
+
+
+def _raise_if_cancelled():
+    # CPython 3.11's wait_for() returns the result of an inner future that finished at
+    # the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
+    # (CPython 3.11+) still shows the request, so it is honoured here.
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError()
+
+
+def _failed_transaction(message, error):
+    transaction = Transaction(message.sender_address, message.recipients, message)
+    transaction.message_id = message.message_id
+    transaction.fail(error)
+    transaction.done = True
+    return transaction
 
 
 def _outcome(transaction):

@@ -76,8 +76,7 @@ _CONNECTED = const(0)  # waiting for the greeting
 _NEGOTIATING = const(1)  # EHLO, STARTTLS and AUTH under way
 _TLS_HANDSHAKE = const(2)  # the driver is upgrading the connection
 _READY = const(3)  # transactions can be queued
-_QUITTING = const(4)
-_CLOSED = const(5)
+_CLOSED = const(4)
 
 # A BDAT chunk smaller than this is joined with the next one, so that small pieces
 # from the message builder do not each cost a command line and a reply.
@@ -98,12 +97,35 @@ def check_line_argument(value, what):
 
 def _check_address(value, what):
     value = check_line_argument(value, what)
+    try:
+        value.decode("utf-8")
+    except UnicodeError:
+        raise InvalidInputError("%s is not valid UTF-8: %s" % (what, repr(value))) from None
     for byte in value:
         if byte in (32, 9, 60, 62):  # space, tab, "<", ">"
             raise InvalidInputError(
                 "%s must be a bare address without spaces or angle brackets: %s" % (what, repr(value))
             )
     return value
+
+
+def _check_content(content):
+    # Content given whole is checked now, so that one bad message cannot break the
+    # connection for the others while they are on the wire. Content produced lazily
+    # (a Message, a generator) is checked as it is encoded.
+    pieces = (content,) if isinstance(content, (bytes, bytearray)) else content
+    if not isinstance(pieces, (tuple, list)):
+        if hasattr(content, "chunks") or hasattr(content, "__next__") or hasattr(content, "__iter__"):
+            if not isinstance(content, str):
+                return
+        raise InvalidInputError(
+            "message content must be bytes, a list of bytes or a Message, not %s" % type(content).__name__
+        )
+    for piece in pieces:
+        if not isinstance(piece, (bytes, bytearray)):
+            raise InvalidInputError("message content must be bytes, not %s" % type(piece).__name__)
+        if b"\0" in piece:
+            raise InvalidInputError("message content contains a NUL byte")
 
 
 def parse_extensions(reply):
@@ -196,6 +218,9 @@ class Session:
         self._transactions = 0
         self._needs_reset = False
         self._content = None
+        self._current = None
+        self._quit_requested = False
+        self._secrets = []
         self._start_tls_requested = False
 
     # -- driver interface -------------------------------------------------------------
@@ -264,11 +289,17 @@ class Session:
                 reply = self._parser.next_reply()
                 if reply is None:
                     if self._eof:
+                        if self._expected[0][0] == "quit":
+                            # A server may hang up right after QUIT without its 221.
+                            self._state = _CLOSED
+                            return CLOSED
                         self._connection_lost()
                     return NEED_DATA
                 self._log_reply(reply)
-                kind, transaction, argument = self._expected.pop(0)
+                self._current = self._expected.pop(0)
+                kind, transaction, argument = self._current
                 self._handle(kind, transaction, argument, reply)
+                self._current = None
                 continue
             return IDLE
 
@@ -292,8 +323,10 @@ class Session:
     @property
     def max_size(self):
         """The server's SIZE limit in octets, or 0 when it announced none."""
-        value = self.extensions.get("SIZE", "")
-        return int(value) if value.isdigit() else 0
+        try:
+            return max(int(self.extensions.get("SIZE", "0")), 0)
+        except ValueError:
+            return 0
 
     @property
     def auth_mechanisms(self):
@@ -308,12 +341,16 @@ class Session:
         before anything is sent. Input errors raise InvalidInputError at once and queue
         nothing; server refusals end up in the Transaction's ``error``.
         """
-        if self._state != _READY or self._error is not None:
+        if self._state != _READY or self._error is not None or self._quit_requested:
             raise ProtocolError("mail() called while the session cannot send (state %d)" % self._state)
         sender = _check_address(sender, "sender address")
         if isinstance(recipients, (str, bytes)):
             recipients = [recipients]
-        rcpts = [_check_address(r, "recipient address") for r in recipients]
+        rcpts = []
+        for rcpt in recipients:
+            rcpt = _check_address(rcpt, "recipient address")
+            if rcpt not in rcpts:
+                rcpts.append(rcpt)
         if not rcpts:
             raise InvalidInputError("a message needs at least one recipient")
         limit = self.max_size
@@ -326,6 +363,7 @@ class Session:
             raise InvalidInputError(
                 "an address is not ASCII and the server does not offer SMTPUTF8; use ASCII addresses", stage="mail"
             )
+        _check_content(content)
         self._check_unsolicited()
         transaction = Transaction(sender, rcpts, content, size, smtputf8)
         self._queue_transaction(transaction)
@@ -333,14 +371,14 @@ class Session:
 
     def quit(self):
         """Queue QUIT; next_event() returns CLOSED once the server replied or hung up."""
-        if self._state == _CLOSED or self._state == _QUITTING:
+        if self._state == _CLOSED or self._quit_requested:
             return
         if not self._expected and not self._queued and (self._parser.buffered or self._eof):
             # The server already sent an unsolicited reply (usually a 421) or hung up,
             # so QUIT would reach nobody.
             self._state = _CLOSED
             return
-        self._state = _QUITTING
+        self._quit_requested = True
         self._queued.append(("quit", None, None))
 
     # -- sending ---------------------------------------------------------------------
@@ -365,6 +403,9 @@ class Session:
         self._auth_line = None
 
     def _may_send(self, kind):
+        if self._state < _READY:
+            # Nothing queued may interleave with greeting, EHLO, STARTTLS or AUTH.
+            return False
         if not self._expected:
             return True
         if not self.pipelining:
@@ -380,7 +421,11 @@ class Session:
         return True
 
     def _send_queued(self):
-        kind, transaction, argument = self._queued.pop(0)
+        self._current = self._queued.pop(0)
+        self._send_item(*self._current)
+        self._current = None
+
+    def _send_item(self, kind, transaction, argument):
         if transaction is not None and transaction.done:
             return
         if kind == "reset":
@@ -491,7 +536,7 @@ class Session:
             sep = " " if i == len(reply.lines) - 1 else "-"
             if self.stage == "auth" and reply.code == 334:
                 line = "<redacted>"
-            self._log(prefix + sep + enhanced + line)
+            self._log(prefix + sep + enhanced + self._scrub(line))
 
     def _connection_lost(self):
         self._state = _CLOSED
@@ -504,31 +549,39 @@ class Session:
             return
         reply = self._parser.next_reply()
         if reply is None:
-            if self._eof:
-                self._connection_lost()
-            return
-        self._log_reply(reply)
-        self._state = _CLOSED
-        if reply.code == 421:
-            error = ReplyError(
-                self._describe("the server is closing the connection", reply),
-                reply.code,
-                reply.enhanced,
-                reply.text,
-                self.stage,
-            )
+            if not self._eof:
+                return
+            error = ConnectionLost("the server closed the connection while the session was idle", stage=self.stage)
+        elif reply.code == 421:
+            self._log_reply(reply)
+            error = self._reply_error("the server is closing the connection", reply)
         else:
+            self._log_reply(reply)
             error = ProtocolError(
                 "unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage
             )
-        self._error = error
+        self._fail_all(error)
         raise error
 
     def _describe(self, what, reply):
         return "%s: %s" % (what, reply.describe())
 
+    def _scrub(self, text):
+        # A server may quote the AUTH command in its reply, and that quote must not
+        # carry the credentials into an error message or a log.
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "<redacted>")
+        return text
+
     def _reply_error(self, what, reply, error=ReplyError, stage=None):
-        return error(self._describe(what, reply), reply.code, reply.enhanced, reply.text, stage or self.stage)
+        return error(
+            self._scrub(self._describe(what, reply)),
+            reply.code,
+            reply.enhanced,
+            self._scrub(reply.text),
+            stage or self.stage,
+        )
 
     def _fatal(self, what, reply, error=ReplyError):
         # 421 means the server is closing the connection (RFC 5321 section 3.8), so no
@@ -537,20 +590,39 @@ class Session:
         self._state = _CLOSED
         raise self._reply_error(what, reply, error)
 
+    def abort(self, error):
+        """End the session because of an error the driver met (a timeout, a lost connection).
+
+        Every unfinished transaction gets the error, and later calls raise it.
+        """
+        if self._error is None:
+            self._fail_all(error)
+
     def _fail_all(self, error):
         """End the session with error; every unfinished transaction gets it too."""
         self._error = error
-        if self._state != _CLOSED:
-            self._state = _CLOSED
-        for _, transaction, _ in self._expected + self._queued:
-            if transaction is not None and not transaction.done:
-                transaction.fail(error)
-                transaction.done = True
+        self._state = _CLOSED
+        culprit = None
+        others = error
+        if isinstance(error, InvalidInputError) and self._content is not None:
+            # Content that turned out invalid while it was being sent is that message's
+            # fault only; the others failed because the connection had to be dropped.
+            culprit = self._content[0]
+            others = ConnectionLost(
+                "the connection was dropped because another message had invalid content: %s" % error.message,
+                stage=error.stage,
+            )
+        items = self._expected + self._queued
+        if self._current is not None:
+            items.append(self._current)
         if self._content is not None:
-            transaction = self._content[0]
-            transaction.fail(error)
-            transaction.done = True
-            self._content = None
+            items.append((None, self._content[0], None))
+        for _, transaction, _ in items:
+            if transaction is not None and not transaction.done:
+                transaction.fail(error if transaction is culprit else others)
+                transaction.done = True
+        self._current = None
+        self._content = None
         self._expected = []
         self._queued = []
 
@@ -650,6 +722,7 @@ class Session:
             line = b"AUTH " + self._mechanism.name.encode()
             if initial is not None:
                 line += b" " + initial
+                self._secrets.append(initial.decode())
             if self.pipelining and self._mechanism.name == "PLAIN":
                 # One step with an initial response: it may lead a pipelined group
                 # (RFC 4954 section 4), so it waits for the first transaction.
@@ -699,6 +772,8 @@ class Session:
                 # "*" cancels the exchange (RFC 4954 section 4); the server answers 501.
                 self._command(b"*", "auth")
             else:
+                if answer:
+                    self._secrets.append(answer.decode())
                 self._command(answer, "auth", None, None, "<redacted>")
             return
         what = "authentication failed"
@@ -713,9 +788,16 @@ class Session:
 
     # -- transactions --------------------------------------------------------------------
 
-    def _fail_transaction(self, transaction, error):
+    def _fail_transaction(self, transaction, error, reply=None):
         """Record that one transaction failed; the session goes on with the next one."""
-        transaction.fail(error)
+        if transaction.reply is not None:
+            # An earlier batch of recipients already has the message, so the transaction
+            # stays a success and the recipients of this batch count as refused.
+            for address in transaction.batch_accepted:
+                transaction.accepted.pop(address, None)
+                transaction.refused[address] = reply
+        else:
+            transaction.fail(error)
         transaction.done = True
         if transaction.mail_accepted:
             self._needs_reset = True
@@ -727,7 +809,7 @@ class Session:
         if transaction.done:
             return
         if reply.code != 250:
-            self._fail_transaction(transaction, self._reply_error("the sender was refused (MAIL FROM)", reply))
+            self._fail_transaction(transaction, self._reply_error("the sender was refused (MAIL FROM)", reply), reply)
             return
         transaction.mail_accepted = True
 
@@ -735,17 +817,20 @@ class Session:
         if transaction.done:
             return
         address = rcpt.decode()
+        transaction.batch_replies += 1
         if reply.code in (250, 251):
             transaction.accepted[address] = reply
-        elif reply.code == 452 and transaction.accepted and transaction.content_reusable:
+            transaction.batch_accepted.append(address)
+        elif reply.code == 452 and transaction.batch_accepted and transaction.content_reusable:
             # RFC 5321 section 4.5.3.1.10: "too many recipients" asks for the rest to
-            # come in a later transaction.
+            # come in a later transaction. Each batch must get at least one recipient
+            # accepted, so a server that always answers 452 cannot cause a loop.
             transaction.deferred.append(rcpt)
         else:
             transaction.refused[address] = reply
-        if len(transaction.accepted) + len(transaction.refused) + len(transaction.deferred) < len(transaction.batch):
+        if transaction.batch_replies < len(transaction.batch):
             return
-        if not transaction.accepted:
+        if not transaction.batch_accepted:
             # With PIPELINING, DATA is already on its way; its reply is read and, if the
             # server accepts it anyway, answered with an empty message that fails.
             self._fail_transaction(transaction, transaction.all_refused_error())
@@ -761,7 +846,7 @@ class Session:
                     self._log("--> .")
             return
         if reply.code != 354:
-            self._fail_transaction(transaction, self._reply_error("the server refused DATA", reply))
+            self._fail_transaction(transaction, self._reply_error("the server refused DATA", reply), reply)
             return
         self._start_content(transaction, True)
 
@@ -770,14 +855,14 @@ class Session:
             return
         if reply.code != 250:
             self._fail_transaction(
-                transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data")
+                transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data"), reply
             )
 
     def _on_message(self, transaction, reply):
         if transaction.done:
             return
         if reply.code != 250:
-            self._fail_transaction(transaction, self._reply_error("the server refused the message", reply))
+            self._fail_transaction(transaction, self._reply_error("the server refused the message", reply), reply)
             return
         transaction.reply = reply
         transaction.mail_accepted = False
@@ -790,6 +875,8 @@ class Session:
         transaction.done = True
 
     def _queue_retry(self, transaction):
+        transaction.batch_accepted = []
+        transaction.batch_replies = 0
         queue = [("reset", transaction, None), ("mail", transaction, None)]
         for rcpt in transaction.batch:
             queue.append(("rcpt", transaction, rcpt))

@@ -98,6 +98,8 @@ class Transaction:
         # Wire state: the recipients of the current attempt, and whether the server
         # holds a MAIL FROM that must be reset before the next transaction.
         self.batch = recipients
+        self.batch_accepted = []
+        self.batch_replies = 0
         self.mail_accepted = False
 
     def __repr__(self):
