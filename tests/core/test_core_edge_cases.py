@@ -1,0 +1,267 @@
+"""Edge cases of the sans-IO session and the reply parser that a hostile server or a
+careless caller can reach.
+
+The tests use plain asserts, so they run on MicroPython and CPython.
+"""
+
+from fake_server import FakeServer, converse
+
+from helpers import raises
+from microsmtp.auth import b64encode
+from microsmtp.errors import AuthError, ConnectionLost, ProtocolError, ReplyError, SecurityError
+from microsmtp.reply import ReplyParser
+from microsmtp.session import CLOSED, NEED_DATA, SEND, Session
+from microsmtp.transaction import DataEncoder
+
+PASSWORD = "pw-9f3c-s\u00e9cret"
+
+
+def ready(server, **options):
+    if "security" not in options:
+        options["security"] = "tls"
+    session = Session("c.example", **options)
+    converse(session, server)
+    return session
+
+
+def test_error_is_sticky_and_silent():
+    server = FakeServer(replies={"MAIL": b"421 4.3.2 shutting down"})
+    session = ready(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    error = raises(ReplyError, converse, session, server)
+    assert error.code == 421
+    assert error.transient
+    assert transaction.error is error
+    for _ in range(3):
+        assert raises(ReplyError, session.next_event) is error
+        assert session.data_to_send() == b""
+    assert not session.usable
+    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi\r\n")
+    # No QUIT may follow a 421, because the server has closed the connection.
+    session.quit()
+    assert raises(ReplyError, session.next_event) is error
+    assert session.data_to_send() == b""
+
+
+def test_closed_session_stays_closed():
+    server = FakeServer()
+    session = ready(server)
+    session.quit()
+    converse(session, server)
+    for _ in range(3):
+        assert session.next_event() == CLOSED
+    session.quit()
+    assert session.next_event() == CLOSED
+    assert session.data_to_send() == b""
+    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi\r\n")
+
+
+def test_reply_421_to_quit_closes_cleanly():
+    session = ready(FakeServer())
+    session.quit()
+    assert session.next_event() == SEND
+    assert session.data_to_send() == b"QUIT\r\n"
+    assert session.next_event() == NEED_DATA
+    session.receive_data(b"421 4.3.2 going away\r\n")
+    assert session.next_event() == CLOSED
+
+
+def test_tls_started_without_starttls_refused():
+    session = Session("c.example")
+    raises(ProtocolError, session.tls_started)
+    session = ready(FakeServer())
+    raises(ProtocolError, session.tls_started)
+    assert session.usable
+
+
+def test_mail_before_ready_refused():
+    session = Session("c.example", security="tls")
+    raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi\r\n")
+    assert session.next_event() == NEED_DATA
+
+
+def test_hang_up_before_greeting():
+    session = Session("c.example", security="tls")
+    assert session.next_event() == NEED_DATA
+    session.receive_data(b"220 partial gree")
+    assert session.next_event() == NEED_DATA
+    session.receive_data(b"")
+    error = raises(ConnectionLost, session.next_event)
+    assert error.stage == "greeting"
+    assert error.transient
+    assert raises(ConnectionLost, session.next_event) is error
+
+
+def test_auth_never_sent_in_plaintext():
+    server = FakeServer(extensions=("PIPELINING", "AUTH PLAIN LOGIN", "STARTTLS"))
+    session = Session("c.example", security="none", username="alice", password=PASSWORD)
+    error = raises(SecurityError, converse, session, server)
+    assert error.stage == "auth"
+    assert server.commands == [b"EHLO c.example"]
+
+
+def test_auth_334_in_pipeline_stops_before_content():
+    replies = {"AUTH": b"334 ", "DATA": b"354 go"}
+    server = FakeServer(extensions=("PIPELINING", "CHUNKING", "AUTH PLAIN"), replies=replies)
+    session = ready(server, username="alice", password=PASSWORD)
+    first = session.mail("a@x.org", ["b@x.org"], b"one\r\n")
+    second = session.mail("a@x.org", ["b@x.org"], b"two\r\n")
+    error = raises(AuthError, converse, session, server)
+    assert first.error is error
+    assert second.error is error
+    assert server.messages == []
+    for command in server.commands:
+        assert not command.startswith(b"BDAT")
+
+
+def test_data_answered_250_sends_no_content():
+    server = FakeServer(replies={"DATA": [b"250 ok"]})
+    session = ready(server)
+    first = session.mail("a@x.org", ["b@x.org"], b"first\r\n")
+    converse(session, server)
+    assert first.done
+    assert first.error.code == 250
+    assert first.error.stage == "data"
+    assert server.messages == []
+    assert session.usable
+    second = session.mail("a@x.org", ["b@x.org"], b"second\r\n")
+    converse(session, server)
+    assert second.ok
+    assert server.messages == [b"second\r\n"]
+
+
+def test_final_reply_354_is_failure():
+    server = FakeServer(replies={"DOT": b"354 again"})
+    session = ready(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    converse(session, server)
+    assert not transaction.ok
+    assert transaction.error.code == 354
+    assert transaction.reply is None
+
+
+def test_empty_content_with_bdat():
+    server = FakeServer(extensions=("PIPELINING", "CHUNKING"))
+    session = ready(server)
+    session.mail("a@x.org", ["b@x.org"], b"warm-up\r\n")
+    transaction = session.mail("a@x.org", ["b@x.org"], b"")
+    converse(session, server)
+    assert transaction.ok
+    assert b"BDAT 0 LAST" in server.commands
+    assert server.messages[1] == b""
+
+
+def test_dot_and_line_end_across_chunks():
+    cases = (
+        ([b"a\r", b"\n.", b"b"], b"a\r\n..b\r\n.\r\n"),
+        ([b"a\r", b".b"], b"a\r\n..b\r\n.\r\n"),
+        ([b"\r", b"\r", b"\n", b"."], b"\r\n\r\n..\r\n.\r\n"),
+        ([b".", b"\n", b".", b"\r"], b"..\r\n..\r\n.\r\n"),
+        ([b"", b"", b""], b".\r\n"),
+        ([b"x\r\n", b".\r\n"], b"x\r\n..\r\n.\r\n"),
+    )
+    for chunks, wire in cases:
+        encoder = DataEncoder(True)
+        out = b"".join(encoder.encode(chunk) for chunk in chunks) + encoder.finish()
+        assert out == wire, (chunks, out)
+
+
+def test_parser_bounds_line_without_lf():
+    parser = ReplyParser(max_line=64, max_reply=256)
+    error = None
+    fed = 0
+    while error is None and fed < 10000:
+        parser.feed(b"2" * 7)
+        fed += 7
+        try:
+            assert parser.next_reply() is None
+        except ProtocolError as exc:
+            error = exc
+        assert len(parser._buffer) <= 64 + 7
+    assert error is not None
+    assert fed <= 64 + 7
+    assert raises(ProtocolError, parser.next_reply) is error
+
+
+def test_parser_bounds_endless_continuation():
+    parser = ReplyParser(max_line=64, max_reply=256)
+    error = None
+    lines = 0
+    while error is None and lines < 1000:
+        parser.feed(b"250-more\r\n")
+        lines += 1
+        try:
+            assert parser.next_reply() is None
+        except ProtocolError as exc:
+            error = exc
+    assert error is not None
+    assert lines * 10 <= 256 + 10
+
+
+def test_parser_rejects_code_change_and_bare_cr():
+    for data in (b"250-a\r\n251 b\r\n", b"250 a\rb\r\n", b"25\r\n", b"650 x\r\n", b"250x\r\n", b"\r\n"):
+        parser = ReplyParser()
+        parser.feed(data)
+        raises(ProtocolError, parser.next_reply)
+
+
+def secrets_of(username, password):
+    return (
+        password,
+        b64encode(password.encode("utf-8")).decode(),
+        b64encode(b"\0" + username.encode("utf-8") + b"\0" + password.encode("utf-8")).decode(),
+    )
+
+
+def check_no_secret(texts, username, password):
+    for secret in secrets_of(username, password):
+        for text in texts:
+            assert secret not in text, (secret, text)
+
+
+def test_credentials_absent_from_transcript_and_errors():
+    flows = (
+        (("AUTH PLAIN",), {"AUTH": b"535 5.7.8 bad credentials"}),
+        (("PIPELINING", "AUTH PLAIN"), {"AUTH": b"535 5.7.8 bad credentials"}),
+        (("AUTH LOGIN",), {"AUTH": [b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6", b"535 5.7.8 bad"]}),
+        (("AUTH PLAIN",), {"AUTH": [b"334 ", b"535 5.7.8 bad"]}),
+        (("AUTH PLAIN",), {"AUTH": [b"334 bm9uc2Vuc2U=", b"501 5.7.0 cancelled"]}),
+    )
+    for extensions, replies in flows:
+        server = FakeServer(extensions=extensions, replies=replies)
+        log = []
+        session = Session("c.example", security="tls", username="alice", password=PASSWORD, log=log.append)
+        texts = log
+        try:
+            converse(session, server)
+            transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+            converse(session, server)
+            texts = log + [str(transaction.error), repr(transaction)]
+        except AuthError as exc:
+            texts = log + [str(exc), repr(exc)]
+        assert len(texts) > 2
+        check_no_secret(texts, "alice", PASSWORD)
+
+
+def test_idle_extra_reply_stops_session():
+    server = FakeServer()
+    session = ready(server)
+    session.receive_data(b"250 surprise\r\n")
+    error = raises(ProtocolError, session.mail, "a@x.org", ["b@x.org"], b"hi\r\n")
+    assert error.transient
+    assert raises(ProtocolError, session.next_event) is error
+    assert session.data_to_send() == b""
+
+
+def test_thirty_pipelined_transactions():
+    server = FakeServer(extensions=("PIPELINING", "CHUNKING", "SIZE 100000"))
+    session = ready(server)
+    transactions = []
+    for n in range(30):
+        transactions.append(session.mail("a@x.org", ["b@x.org", "c@x.org"], b"message\r\n" * n))
+    session.quit()
+    converse(session, server)
+    for transaction in transactions:
+        assert transaction.ok
+    assert len(server.messages) == 30
+    assert session.next_event() == CLOSED

@@ -1,0 +1,418 @@
+"""The asyncio driver (client.SMTP, client.send) against servers that misbehave, on CPython.
+
+Each server is a RawServer script on loopback. ``Script`` records what the client sent
+and whether the client closed the connection, so that a test can check that a failed or
+cancelled send leaves no connection open.
+"""
+
+import asyncio
+import socket
+import ssl
+import threading
+
+import pytest
+from raw_server import RawServer
+
+from microsmtp.client import SMTP, send
+from microsmtp.errors import ConnectionLost, InvalidInputError, ReplyError, SecurityError, SMTPError, Timeout
+from microsmtp.message import Message
+
+EHLO = b"250-mx.example\r\n250 SIZE 2000\r\n"
+# Time a test waits for the server to see the client close; far above any close.
+CLOSE_WAIT_S = 5
+
+
+class Script:
+    """A server script: greeting, EHLO, then the given handler for the rest."""
+
+    def __init__(self, rest, ehlo=EHLO):
+        self.rest = rest
+        self.ehlo = ehlo
+        self.lines = []
+        self.connections = 0
+        self.closed_by_client = threading.Event()
+        # Set by a script when it reaches the point where it stops replying.
+        self.stalled = threading.Event()
+        self.server = RawServer(self.handle)
+
+    def handle(self, conn):
+        self.connections += 1
+        conn.send(b"220 mx.example ESMTP\r\n")
+        self.read(conn)
+        conn.send(self.ehlo)
+        try:
+            self.rest(self, conn)
+        except OSError:
+            self.closed_by_client.set()
+            return
+        self.wait_for_close(conn)
+
+    def read(self, conn):
+        line = conn.read_line()
+        self.lines.append(line)
+        return line
+
+    def wait_for_close(self, conn):
+        """Block until the client closes the connection (or CLOSE_WAIT_S passes)."""
+        conn.sock.settimeout(CLOSE_WAIT_S)
+        try:
+            while conn.sock.recv(4096):
+                pass
+            self.closed_by_client.set()
+        except OSError:
+            pass
+
+    def sent(self, prefix):
+        return [line for line in self.lines if line.startswith(prefix)]
+
+
+def serve_normally(script, conn):
+    """Answer every command like a working server until QUIT."""
+    while True:
+        line = script.read(conn)
+        if line.startswith(b"DATA"):
+            conn.send(b"354 go ahead\r\n")
+            while conn.read_line() != b".\r\n":
+                pass
+            conn.send(b"250 2.0.0 queued\r\n")
+        elif line.startswith(b"QUIT"):
+            conn.send(b"221 bye\r\n")
+            return
+        else:
+            conn.send(b"250 ok\r\n")
+
+
+def stall_at_final_reply(script, conn):
+    """Accept the envelope and the content, then never send the final reply."""
+    script.read(conn)
+    conn.send(b"250 ok\r\n")
+    script.read(conn)
+    conn.send(b"250 ok\r\n")
+    script.read(conn)
+    conn.send(b"354 go ahead\r\n")
+    while conn.read_line() != b".\r\n":
+        pass
+    script.stalled.set()
+
+
+async def cancel_when_stalled(script, coroutine):
+    """Run coroutine until the server stalls, then cancel it; return its task."""
+    task = asyncio.ensure_future(coroutine)
+    stalled = await asyncio.to_thread(script.stalled.wait, CLOSE_WAIT_S)
+    assert stalled, "the server never reached its stall"
+    for _ in range(10):
+        # CPython 3.11 loses a cancel that lands just as a write's drain completes
+        # (see test_cancel_as_write_completes), so the cancel is repeated until it lands.
+        task.cancel()
+        await asyncio.sleep(0)
+        if task.done():
+            break
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return task
+
+
+def message(n=1, body="body"):
+    return Message("board@example.com", ["ops@example.com"], "alert %d" % n, body)
+
+
+def smtp_for(script, **options):
+    options.setdefault("security", "none")
+    options.setdefault("timeout_ms", 10000)
+    return SMTP(script.server.host, port=script.server.port, **options)
+
+
+@pytest.fixture
+def script():
+    scripts = []
+
+    def start(rest, ehlo=EHLO):
+        started = Script(rest, ehlo)
+        scripts.append(started)
+        return started
+
+    yield start
+    for started in scripts:
+        started.server.stop()
+
+
+# -- known bugs ---------------------------------------------------------------------------
+
+
+def test_timeout_closes_connection(script):
+    server = script(stall_at_final_reply)
+
+    async def scenario():
+        smtp = smtp_for(server, reply_timeout_ms=300)
+        await smtp.connect()
+        with pytest.raises(Timeout):
+            await smtp.send_message(message())
+        usable = smtp.session.usable
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        await smtp.close()
+        return usable
+
+    usable = asyncio.run(scenario())
+    assert not usable
+    assert server.closed_by_client.is_set()
+
+
+def test_send_messages_timeout_sets_error(script):
+    server = script(stall_at_final_reply)
+
+    async def scenario():
+        smtp = smtp_for(server, reply_timeout_ms=300)
+        await smtp.connect()
+        transactions = await smtp.send_messages([message()])
+        await smtp.close()
+        return transactions
+
+    (transaction,) = asyncio.run(scenario())
+    assert isinstance(transaction.error, Timeout)
+    assert transaction.done
+
+
+def test_send_messages_invalid_message_leaves_nothing_queued(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        try:
+            returned = await smtp.send_messages([message(1), message(2, "x" * 5000)])
+        except InvalidInputError:
+            returned = None
+        mails_before = len(server.sent(b"MAIL"))
+        await smtp.send_message(message(3))
+        await smtp.quit()
+        return returned, mails_before
+
+    returned, mails_before = asyncio.run(scenario())
+    if returned is None:
+        # The call failed as a whole: nothing of it may go out later.
+        assert mails_before == 0
+        assert len(server.sent(b"MAIL")) == 1
+    else:
+        assert returned[0].ok
+        assert isinstance(returned[1].error, InvalidInputError)
+
+
+def test_second_connect_closes_first(script):
+    server = script(lambda script, conn: None)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        first = smtp._writer
+        try:
+            await smtp.connect()
+        except SMTPError:
+            pass
+        # Checked at once: garbage collection would close the socket later, with a
+        # ResourceWarning.
+        first_closed = first.is_closing()
+        await smtp.close()
+        first.close()
+        return first_closed
+
+    assert asyncio.run(scenario())
+
+
+def test_idle_421_closes_connection(script):
+    # The 421 arrives in the same segment as the EHLO reply, so the session keeps it
+    # buffered while idle.
+    server = script(lambda script, conn: None, ehlo=EHLO + b"421 4.3.2 shutting down\r\n")
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        with pytest.raises(SMTPError) as raised:
+            await smtp.send_message(message())
+        open_after = smtp._writer is not None
+        await smtp.close()
+        return raised.value, open_after
+
+    error, open_after = asyncio.run(scenario())
+    assert error.transient
+    assert not open_after
+
+
+def test_cancel_as_write_completes(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        tasks = []
+
+        def log(line):
+            # Two loop iterations after the final dot is queued, the drain of that
+            # write has completed but wait_for has not yet resumed its caller.
+            if line == "--> ." and tasks:
+                loop.call_soon(loop.call_soon, tasks[0].cancel)
+
+        smtp = smtp_for(server, log=log)
+        await smtp.connect()
+        tasks.append(asyncio.ensure_future(smtp.send_message(message())))
+        try:
+            await tasks[0]
+            outcome = "completed"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        await smtp.close()
+        return outcome
+
+    assert asyncio.run(scenario()) == "cancelled"
+
+
+# -- behaviour that works ------------------------------------------------------------------
+
+
+def test_cancelled_send_closes_connection(script):
+    def stall(script, conn):
+        script.read(conn)
+        script.stalled.set()
+        script.wait_for_close(conn)
+
+    server = script(stall)
+
+    async def scenario():
+        await cancel_when_stalled(server, send(message(), server.server.host, port=server.server.port, security="none"))
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+
+    asyncio.run(scenario())
+    assert server.closed_by_client.is_set()
+    assert server.sent(b"MAIL")
+
+
+def test_cancelled_send_message_closes_connection(script):
+    server = script(stall_at_final_reply)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        await cancel_when_stalled(server, smtp.send_message(message()))
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        with pytest.raises(ConnectionLost):
+            await smtp.send_message(message(2))
+
+    asyncio.run(scenario())
+    assert server.closed_by_client.is_set()
+    assert len(server.sent(b"MAIL")) == 1
+
+
+def test_fatal_error_then_send_messages(script):
+    def refuse(script, conn):
+        script.read(conn)
+        conn.send(b"421 4.3.2 shutting down\r\n")
+
+    server = script(refuse)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        with pytest.raises(ReplyError) as raised:
+            await smtp.send_message(message())
+        assert raised.value.code == 421
+        with pytest.raises(ConnectionLost):
+            await smtp.send_messages([message(2)])
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        await smtp.quit()
+
+    asyncio.run(scenario())
+    assert server.closed_by_client.is_set()
+    assert len(server.sent(b"MAIL")) == 1
+
+
+def test_reuse_after_close_needs_connect(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        await smtp.close()
+        await smtp.close()
+        with pytest.raises(ConnectionLost):
+            await smtp.send_message(message())
+        await smtp.connect()
+        transaction = await smtp.send_message(message(2))
+        await smtp.quit()
+        await smtp.quit()
+        return transaction
+
+    transaction = asyncio.run(scenario())
+    assert transaction.ok
+    assert server.connections == 2
+    assert len(server.sent(b"MAIL")) == 1
+
+
+def test_async_with_error_closes_without_quit(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        with pytest.raises(RuntimeError):
+            async with smtp_for(server):
+                raise RuntimeError("caller failed")
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+
+    asyncio.run(scenario())
+    assert server.closed_by_client.is_set()
+    assert server.sent(b"QUIT") == []
+
+
+def test_server_closes_during_tls_handshake(script, certs):
+    def close_after_starttls(script, conn):
+        script.read(conn)
+        conn.send(b"220 go ahead\r\n")
+        conn.sock.recv(10)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+    server = script(close_after_starttls, ehlo=b"250-mx.example\r\n250 STARTTLS\r\n")
+
+    async def scenario():
+        with pytest.raises(SMTPError) as raised:
+            await send(
+                message(),
+                server.server.host,
+                port=server.server.port,
+                ca_roots=[certs.ca_der],
+                server_hostname="localhost",
+                username="alice",
+                password="pw-9f3c-secret",
+            )
+        return raised.value
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, (ConnectionLost, SecurityError))
+    assert error.stage == "tls"
+    assert "pw-9f3c-secret" not in str(error)
+    assert server.sent(b"AUTH") == []
+
+
+def test_plaintext_after_tls_handshake_refused(script, certs):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certs.server_cert.configure_cert(context)
+
+    def garbage_instead_of_tls(script, conn):
+        script.read(conn)
+        conn.send(b"220 go ahead\r\n")
+        conn.sock.recv(4096)
+        conn.send(b"250 this is not TLS\r\n" * 4)
+
+    server = script(garbage_instead_of_tls, ehlo=b"250-mx.example\r\n250 STARTTLS\r\n")
+
+    async def scenario():
+        with pytest.raises(SMTPError) as raised:
+            await send(
+                message(),
+                server.server.host,
+                port=server.server.port,
+                ca_roots=[certs.ca_der],
+                server_hostname="localhost",
+                timeout_ms=3000,
+            )
+        return raised.value
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, SecurityError)
+    assert error.stage == "tls"
+    assert server.sent(b"MAIL") == []
