@@ -411,7 +411,7 @@ class SMTP:
             await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, stage) from exc
+            raise self._transport_error(exc, stage) from None
 
     async def _read(self):
         stage = self._stage()
@@ -421,7 +421,7 @@ class SMTP:
             )
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, stage) from exc
+            raise self._transport_error(exc, stage) from None
         if data is None:
             data = b""
         self._handshaking = False
@@ -488,7 +488,7 @@ class SMTP:
                 opening, self.connect_timeout_ms, stage, "connecting to %s:%d" % (self.host, self.port)
             )
         except (OSError, ValueError) as exc:
-            raise self._transport_error(exc, stage) from exc
+            raise self._transport_error(exc, stage) from None
         if not MICROPYTHON:
             # CPython finished the handshake inside open_connection().
             self._handshaking = False
@@ -509,7 +509,7 @@ class SMTP:
             )
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, "tls") from exc
+            raise self._transport_error(exc, "tls") from None
         self._handshaking = False
         # Plaintext that arrived before the upgrade sits in the reader's buffer and would
         # be read as if it came through TLS (response injection). StreamReader has no
@@ -538,7 +538,7 @@ class SMTP:
                     self._early = early
         except (OSError, ValueError) as exc:
             await self.close()
-            raise self._transport_error(exc, "tls") from exc
+            raise self._transport_error(exc, "tls") from None
 
 
 def _raise_if_cancelled():

@@ -57,7 +57,8 @@ class Reply:
 
     def describe(self):
         """Format the reply as one line for error messages and logs."""
-        return "%d %s" % (self.code, " / ".join(self.lines))
+        enhanced = self.enhanced + " " if self.enhanced else ""
+        return "%d %s%s" % (self.code, enhanced, " / ".join(self.lines))
 
 
 def _decode(line):

@@ -212,4 +212,4 @@ def test_endless_continuation_rejected():
 
 def test_reply_describe():
     _, replies = parse_all([b"550-5.1.1 no such user\r\n550 5.1.1 try again\r\n"])
-    assert replies[0].describe() == "550 no such user / try again"
+    assert replies[0].describe() == "550 5.1.1 no such user / try again"
