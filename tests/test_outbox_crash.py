@@ -20,7 +20,7 @@ HARNESS = unix_port.REPO_DIR / "tests" / "alerts_crash_harness.py"
 KILLS = 12
 
 
-def start(micropython, outbox, prefix, count, server, certs):
+def start(micropython, outbox, prefix, count, server, certs, *options):
     environment = dict(os.environ, MICROPYPATH=".frozen:" + str(unix_port.FIRMWARE_DIR))
     return subprocess.Popen(
         [
@@ -33,6 +33,7 @@ def start(micropython, outbox, prefix, count, server, certs):
             str(count),
             str(server.port),
             str(certs.ca_der_path),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -78,3 +79,36 @@ def test_outbox_survives_random_kills(micropython, tmp_path, smtp_server, certs)
     leftovers = sorted(path.name for path in outbox.iterdir() if path.name not in ("aside", "state.json"))
     assert leftovers == [], leftovers
     assert list((outbox / "aside").iterdir()) == []
+
+
+def test_kill_after_final_dot_sends_duplicate_with_same_id(micropython, tmp_path, smtp_server, certs):
+    server = smtp_server("starttls")
+    outbox = tmp_path / "outbox"
+    process = start(micropython, outbox, "dot", 1, server, certs, "stall-after-dot")
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("stalled after the final dot and the 250: <-- 250"):
+                break
+        # The server has the message; the board has not removed its outbox entry.
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    assert lines and lines[-1].startswith("stalled after the final dot"), "".join(lines)
+    assert len(server.messages) == 1
+    assert sorted(path.name for path in outbox.iterdir() if path.name != "aside") == ["00000001.json"]
+
+    final = start(micropython, outbox, "final", 0, server, certs)
+    output = final.communicate(timeout=120)[0]
+    assert final.returncode == 0, output
+    messages = server.wait_for_messages(2)
+    assert len(messages) == 2
+    first, second = (email.message_from_bytes(message.content, policy=email.policy.default) for message in messages)
+    # The README's documented duplicate: both copies carry the same Message-ID.
+    assert first["Message-ID"] == second["Message-ID"]
+    assert "ALERT dot-0" in str(first["Subject"])
+    assert first.get_body(("plain",)).get_content() == second.get_body(("plain",)).get_content()
+    leftovers = sorted(path.name for path in outbox.iterdir() if path.name not in ("aside", "state.json"))
+    assert leftovers == [], leftovers

@@ -142,3 +142,155 @@ def test_small_heap_reports_memory_error(micropython, tmp_path, heap):
     output = unix_port.format_output(process)
     assert process.returncode == 1, output
     assert "ran out of memory" in process.stdout or "exit status" in process.stdout, output
+
+
+def board_lines(process):
+    return [line for line in process.stdout.splitlines() if line.startswith("board | ")]
+
+
+def message_ids(files):
+    return [read_eml(path)["Message-ID"] for path in files]
+
+
+def test_deep_sleep_keeps_rule_state_across_wakes(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "deep_sleep.json"))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    # Every wake ends in machine.deepsleep(), which ends the process; the sim restarts it.
+    sleeps = [line for line in board_lines(process) if "INFO deep sleep for 60 s" in line]
+    assert len(sleeps) >= 5, output
+    assert "state in rtc" in sleeps[-1], output
+    assert "woke from deep sleep; active rules: greenhouse-hot" in process.stdout, output
+    files = sorted((tmp_path / "eml").glob("deep_sleep-*.eml"))
+    # 36.0 and 33.5 after the alert lie inside the hysteresis band: an alert state lost
+    # in sleep would send a second alert at 36.0 and no back-to-normal email at all.
+    assert len(files) == 2, output
+    assert len(set(message_ids(files))) == 2
+    alert, normal = (read_eml(path) for path in files)
+    assert "ALERT greenhouse-hot" in alert["Subject"]
+    assert "Value: 37.5 C" in alert.get_body(("plain",)).get_content()
+    assert "back to normal greenhouse-hot" in normal["Subject"]
+    assert "Value: 31 C" in normal.get_body(("plain",)).get_content()
+    assert "0 watchdog reset(s)" in process.stdout, output
+
+
+def test_watchdog_resets_stuck_board_outbox_survives(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "watchdog.json"))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    lines = process.stdout.splitlines()
+    resets = [index for index, line in enumerate(lines) if "watchdog not fed in time: board reset" in line]
+    assert resets, output
+    # The board fed the 1 s watchdog for 480 simulated s (4 real s) before the sensor hung.
+    first_reset_time = int(lines[resets[0]].split("t=")[1].split("s")[0])
+    assert first_reset_time >= 480, output
+    queued = [index for index, line in enumerate(lines) if " INFO queued " in line]
+    assert len(queued) == 2 and queued[-1] < resets[0], output
+    assert "outbox holds 2 alert(s) from before the restart" in process.stdout, output
+    files = sorted((tmp_path / "eml").glob("watchdog-*.eml"))
+    subjects = [read_eml(path)["Subject"] for path in files]
+    assert len(subjects) == 2, output
+    assert "ALERT freezer-warm" in subjects[0]
+    assert "back to normal freezer-warm" in subjects[1]
+
+
+def test_default_scenario_feeds_watchdog(micropython, tmp_path):
+    # The 8 s watchdog is enforced; the scenario runs for longer than that without a reset.
+    process = run_sim(tmp_path, "--speed", "180")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "[machine] watchdog armed, timeout 8000 ms" in process.stdout, output
+    assert "0 board restart(s), 0 watchdog reset(s)" in process.stdout, output
+
+
+def test_wifi_down_queues_then_delivers(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "wifi_down.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "WiFi sim-network did not connect after 2 attempts" in process.stdout, output
+    assert "check wifi.ssid, wifi.password and the signal" in process.stdout
+    lines = process.stdout.splitlines()
+    first_failure = next(index for index, line in enumerate(lines) if "did not connect" in line)
+    queued = [index for index, line in enumerate(lines) if " INFO queued " in line]
+    sent = [index for index, line in enumerate(lines) if " INFO sent " in line]
+    assert len(queued) == 2 and len(sent) == 2, output
+    # WiFi was up at boot; the first send attempt after the alert found it down.
+    assert queued[0] < first_failure < sent[0], output
+    # Nothing went out while WiFi was down: the first send follows both queued alerts.
+    assert sent[0] > queued[1], output
+    subjects = [read_eml(path)["Subject"] for path in sorted((tmp_path / "eml").glob("wifi_down-*.eml"))]
+    assert len(subjects) == 2
+    assert "ALERT pressure-low" in subjects[0]
+    assert "back to normal pressure-low" in subjects[1]
+
+
+def test_ntp_down_sends_nothing_until_clock_set(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "ntp_down.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    lines = process.stdout.splitlines()
+    not_set = [index for index, line in enumerate(lines) if "ERROR clock not set: NTP ntp.sim.invalid failed" in line]
+    clock_set = [index for index, line in enumerate(lines) if "INFO clock set from NTP" in line]
+    greetings = [index for index, line in enumerate(lines) if line.startswith("board | <-- 220 ")]
+    assert not_set and clock_set and greetings, output
+    assert "TLS certificates cannot be checked until the time is set" in lines[not_set[0]]
+    # No SMTP connection (whose greeting is the first line of any session) before NTP succeeded.
+    assert greetings[0] > clock_set[0] > not_set[-1], output
+    files = sorted((tmp_path / "eml").glob("ntp_down-*.eml"))
+    subjects = [read_eml(path)["Subject"] for path in files]
+    assert len(subjects) == 2, output
+    assert "ALERT greenhouse-hot" in subjects[0]
+    assert "back to normal greenhouse-hot" in subjects[1]
+
+
+def test_rejected_alert_set_aside_and_reported(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "set_aside.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "rejected [sim-board] ALERT door-open: door is in state 1: 554 5.7.1" in process.stdout, output
+    assert "set aside: 554 5.7.1 Message rejected by content policy" in process.stdout, output
+    files = sorted((tmp_path / "eml").glob("set_aside-*.eml"))
+    assert len(files) == 1, output
+    normal = read_eml(files[0])
+    assert "back to normal door-open" in normal["Subject"]
+    body = normal.get_body(("plain",)).get_content()
+    assert "1 earlier alert(s) could not be sent and were set aside:" in body, body
+    assert "ALERT door-open: door is in state 1: server replied: 554 5.7.1 Message rejected by content policy" in body
+
+
+def test_package_build_contains_scenarios_and_sim_board(tmp_path):
+    # setuptools' build_py copies what a wheel or a regular install would contain.
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "egg_info",
+            "--egg-base",
+            str(tmp_path),
+            "build_py",
+            "--build-lib",
+            str(tmp_path / "lib"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=unix_port.REPO_DIR,
+    )
+    assert process.returncode == 0, unix_port.format_output(process)
+    package = tmp_path / "lib" / "microsmtp_tools"
+    for scenario in sorted(SCENARIOS.glob("*.json")):
+        assert (package / "scenarios" / scenario.name).is_file(), scenario.name
+    for module in ("machine.py", "network.py", "ntptime.py", "sim_clock.py"):
+        assert (package / "sim_board" / module).is_file(), module
+
+
+def test_firmware_missing_message_says_checkout(tmp_path, monkeypatch):
+    from microsmtp_tools import sim
+
+    monkeypatch.setattr(sim, "PACKAGE_DIR", tmp_path / "site-packages" / "microsmtp_tools")
+    monkeypatch.setitem(sys.modules, "microsmtp", None)
+    with pytest.raises(sim.SimError) as error:
+        sim.find_firmware()
+    assert "run microsmtp sim from a checkout of the repository" in str(error.value)
+    assert str(tmp_path) in str(error.value)

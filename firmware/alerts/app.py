@@ -169,8 +169,10 @@ class App:
         from . import net
         from .outbox import backoff, random_fraction
 
+        # An estimate after deep sleep is good enough for rules but not for certificate dates.
         need_ntp = (
             not clock.is_set()
+            or clock.is_estimate()
             or self.last_ntp is None
             or (clock.now() - self.last_ntp >= self.config["ntp"]["resync_h"] * 3600)
         )
@@ -250,19 +252,27 @@ class App:
             clock.estimate(state["time"] + state["slept"])
         if state.get("rules"):
             self.rules.restore(state["rules"])
+            log.info("woke from deep sleep; active rules: %s" % (", ".join(self.rules.active()) or "none"))
         self.last_ntp = state.get("ntp")
         self.network_failures = state.get("network_failures", 0)
+        # The watchdog started in __init__ must be fed while this wake runs.
+        self.watchdog.alive("wake", _SENDER_SLACK_S)
+        self.start(self.watchdog.run())
         self.create_sensors()
         self.create_sender()
+        if not clock.is_set():
+            # First power-on: alert times need the clock.
+            await self._network()
         for spec in self.config["sensors"]:
             await self.read_sensor(spec["name"])
         self.queue(self.rules.tick(clock.now()))
+        self.watchdog.alive("wake", _SENDER_SLACK_S)
         wait = self.outbox.due(clock.now())
         if self.sender is not None and wait == 0:
             if await self._network() == 0:
                 await self.sender.run_session()
         interval = self.config["deep_sleep"]["interval_s"]
-        sleepstate.save(
+        where = sleepstate.save(
             {
                 "time": clock.now(),
                 "slept": interval,
@@ -271,8 +281,28 @@ class App:
                 "rules": self.rules.state(),
             }
         )
-        log.info("deep sleep for %d s (%d alert(s) queued)" % (interval, len(self.outbox.pending())))
+        self.arm_wake_pins()
+        log.info(
+            "deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(self.outbox.pending()), where)
+        )
         board.deep_sleep(interval)
+
+    def arm_wake_pins(self):
+        """Let a digital input end the deep sleep where the port supports it (one pin)."""
+        armed = None
+        for name in self.drivers:
+            driver = self.drivers[name]
+            if not hasattr(driver, "arm_wake"):
+                continue
+            if armed is not None:
+                log.warning("sensor %s is read only at wake: the wake pin is taken by %s" % (name, armed))
+                continue
+            method = driver.arm_wake()
+            if method is None:
+                log.info("sensor %s is read only at wake: this port has no pin wake from deep sleep" % name)
+                return
+            armed = name
+            log.info("sensor %s wakes the board on a change (%s)" % (name, method))
 
 
 def describe(config):

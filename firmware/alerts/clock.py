@@ -60,6 +60,22 @@ def set_synced():
     _estimate_offset = 0
 
 
+def is_estimate():
+    """Return True while now() is an estimate from before a deep sleep, not a set clock."""
+    return _estimate_offset != 0
+
+
+def scenario_seconds():
+    """Return simulated seconds since the host simulation started, or None on a board.
+
+    Simulated sensors follow this timeline, so a reset or deep sleep of the virtual
+    board does not replay the scenario from its start.
+    """
+    if _source is None:
+        return None
+    return _source.elapsed()
+
+
 def speed():
     return _source.speed if _source is not None else 1
 

@@ -213,7 +213,7 @@ _SENSOR_KEYS = {
     "dht11": ("pin", "measure"),
     "dht22": ("pin", "measure"),
     "ds18b20": ("pin", "index"),
-    "simulated": ("values", "failures"),
+    "simulated": ("values", "failures", "hangs"),
 }
 
 
@@ -253,24 +253,32 @@ def _validate_sensors(config):
         elif kind == "simulated":
             _validate_timeline(sensor, prefix, "values", True)
             _validate_timeline(sensor, prefix, "failures", False)
+            _validate_timeline(sensor, prefix, "hangs", False)
     return names
 
 
 def _validate_timeline(sensor, prefix, key, required):
+    """Check values ([seconds, number] pairs) or a list of [start_s, end_s] periods."""
     values = sensor.get(key)
     if values is None and not required:
         sensor[key] = []
         return
-    expected = "a list of [seconds, value] pairs with increasing seconds"
+    periods = key != "values"
+    if periods:
+        expected = "a list of [start_s, end_s] periods in increasing order"
+    else:
+        expected = "a list of [seconds, value] pairs with increasing seconds"
     if not isinstance(values, list) or (required and not values):
         _fail(prefix + key, expected, values)
     last = -1
     for item in values:
-        if not isinstance(item, list) or len(item) != 2 or not _is_number(item[0]) or item[0] <= last:
+        if not isinstance(item, list) or len(item) != 2 or not _is_number(item[0]):
             _fail(prefix + key, expected, item)
-        if key == "values" and not _is_number(item[1]):
-            _fail(prefix + key, expected + " (numbers)", item)
-        last = item[0]
+        if item[0] < last or (item[0] == last and not periods):
+            _fail(prefix + key, expected, item)
+        if not _is_number(item[1]) or (periods and item[1] <= item[0]):
+            _fail(prefix + key, expected + (" (end after start)" if periods else " (numbers)"), item)
+        last = item[1] if periods else item[0]
 
 
 def _validate_rules(config, sensor_names):
@@ -377,6 +385,13 @@ def merge_board_defaults(config, board):
     return config
 
 
+def _json_position(exc):
+    """Return where a JSON error is: line and column on CPython; MicroPython gives none."""
+    if hasattr(exc, "lineno"):
+        return "line %d, column %d: %s" % (exc.lineno, exc.colno, exc.msg)
+    return "%s; MicroPython does not say where" % exc
+
+
 def load(path="config.json", board_path="board.json"):
     """Read, merge board defaults into, and validate the config file; return the dict."""
     import json
@@ -384,14 +399,20 @@ def load(path="config.json", board_path="board.json"):
     try:
         with open(path) as file:
             text = file.read()
-    except OSError:
+    except OSError as exc:
+        if exc.args and exc.args[0] == 2:  # ENOENT
+            raise ConfigError(
+                "", "%s not found: copy config.example.json to the board as %s and edit it" % (path, path)
+            ) from None
         raise ConfigError(
-            "", "%s not found: copy config.example.json to the board as %s and edit it" % (path, path)
+            "", "%s cannot be read (%s): check the filesystem, then copy it again" % (path, exc)
         ) from None
     try:
         config = json.loads(text)
-    except ValueError:
-        raise ConfigError("", "%s is not valid JSON: check commas, quotes and brackets" % path) from None
+    except ValueError as exc:
+        raise ConfigError(
+            "", "%s is not valid JSON (%s): check commas, quotes and brackets there" % (path, _json_position(exc))
+        ) from None
     text = None
     try:
         with open(board_path) as file:

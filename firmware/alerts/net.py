@@ -26,6 +26,14 @@ def wlan():
     return _wlan
 
 
+def _failed_statuses():
+    """Return the port's WLAN status values that end a connection attempt for good."""
+    import network
+
+    names = ("STAT_NO_AP_FOUND", "STAT_WRONG_PASSWORD", "STAT_CONNECT_FAIL")
+    return [getattr(network, name) for name in names if hasattr(network, name)]
+
+
 def is_connected():
     return wlan().isconnected()
 
@@ -46,6 +54,9 @@ async def connect_wifi(config):
         else:
             waited = 0
             while waited < wifi["timeout_s"] and not station.isconnected():
+                if station.status() in _failed_statuses():
+                    # No such network or a wrong password: waiting longer cannot help.
+                    break
                 # Real time, not clock time: radio timing does not speed up under the simulation.
                 await asyncio.sleep(0.25)
                 waited += 0.25
@@ -59,7 +70,8 @@ async def connect_wifi(config):
             station.disconnect()
         except (AttributeError, OSError):
             pass
-        await asyncio.sleep(min(2 * attempt, 10))
+        if attempt < wifi["retries"]:
+            await asyncio.sleep(min(2 * attempt, 10))
     raise NetworkError(
         "WiFi %s did not connect after %d attempts (%s); check wifi.ssid, wifi.password and the signal"
         % (wifi["ssid"], wifi["retries"], status)

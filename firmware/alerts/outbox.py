@@ -133,8 +133,10 @@ def _is_entry(data):
 class Outbox:
     """The queue of alerts in ``directory``; see the module docstring for the layout.
 
-    ``max_entries`` bounds the pending alerts (the oldest is dropped and counted),
-    ``max_aside`` the set-aside ones. ``domain`` is the right side of new Message-IDs.
+    ``max_entries`` bounds the pending alerts: the oldest is dropped and counted. The
+    entry in ``in_flight`` is never dropped, so no drop is counted for an alert that
+    the server then accepts, and the outbox may contain max_entries + 1 meanwhile.
+    ``max_aside`` bounds the set-aside ones. ``domain`` is the right side of new Message-IDs.
     """
 
     def __init__(self, directory, max_entries=50, max_aside=10, domain="localhost"):
@@ -145,6 +147,8 @@ class Outbox:
         self.domain = domain
         self._next_seq = None
         self.dropped = 0
+        # Name of the entry the sender is transmitting now; put() never drops it.
+        self.in_flight = None
         self.state_path = _join(self.directory, _STATE)
 
     # -- start-up -----------------------------------------------------------------------
@@ -215,6 +219,8 @@ class Outbox:
     def put(self, alert, now=0):
         """Write an alert to flash and return its entry name; the oldest is dropped when full."""
         names = self.pending()
+        if self.in_flight in names:
+            names.remove(self.in_flight)
         while len(names) >= self.max_entries:
             self.remove(names.pop(0))
             self.dropped += 1

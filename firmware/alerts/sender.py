@@ -9,6 +9,8 @@ every entry queued and retries after the maximum delay, because the entries are 
 and only the configuration or the server must change.
 """
 
+import gc
+
 from . import clock, log
 from .outbox import backoff, random_fraction
 
@@ -94,6 +96,8 @@ class Sender:
         if wait is None or wait > 0:
             return wait
         names = self.outbox.pending()
+        # mbedTLS needs large contiguous blocks (about 21 KB on rp2); collect before asking.
+        gc.collect()
         smtp = SMTP(self.config["smtp"]["host"], **self._options())
         log.info("sending %d queued alert(s) to %s:%d" % (len(names), smtp.host, smtp.port))
         try:
@@ -106,6 +110,8 @@ class Sender:
         except BaseException:
             await smtp.close()
             raise
+        finally:
+            self.outbox.in_flight = None
         await smtp.quit()
         return delay
 
@@ -125,13 +131,14 @@ class Sender:
                 self.outbox.set_aside(name, entry, "the message could not be built: %s" % exc)
                 log.error("alert %s set aside: the message could not be built: %s" % (name, exc))
                 continue
+            self.outbox.in_flight = name
             try:
                 result = await smtp.send_message(message)
             except SMTPError as exc:
                 message = None
                 if exc.transient or exc.stage not in _MESSAGE_STAGES:
                     return self._session_failed(name, exc)
-                reply = exc.message
+                reply = _server_reply(exc)
                 self.outbox.set_aside(name, entry, reply)
                 log.error("alert %s %s set aside: %s" % (name, entry["id"], reply))
                 if smtp.session is None or not smtp.session.usable:
@@ -183,6 +190,18 @@ def _build(entry, config, report):
         return build_message(entry, config, report)
     except InvalidInputError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _server_reply(exc):
+    """Return the server's reply as it came ("554 5.7.1 text"), or the error message without one."""
+    if exc.code is None:
+        return exc.message
+    parts = [str(exc.code)]
+    if exc.enhanced:
+        parts.append(exc.enhanced)
+    if exc.text:
+        parts.append(exc.text)
+    return " ".join(parts)
 
 
 def _transcript(line):

@@ -21,13 +21,13 @@ class McuTemperature:
     """The MCU's own temperature in °C: ADC channel 4 on RP2040, esp32.mcu_temperature() on ESP32."""
 
     def __init__(self, spec):
-        import sys
-
         self._adc = None
         self._esp32 = None
-        if sys.platform == "esp32":
+        try:
             import esp32
-
+        except ImportError:
+            esp32 = None
+        if esp32 is not None:
             if not hasattr(esp32, "mcu_temperature"):
                 raise SensorError("this ESP32 firmware has no esp32.mcu_temperature(); use another sensor type")
             self._esp32 = esp32
@@ -43,7 +43,11 @@ class McuTemperature:
             except OSError as exc:
                 raise SensorError("esp32.mcu_temperature() failed: %s" % exc) from None
         # RP2040 datasheet section 4.9.5: T = 27 - (V - 0.706) / 0.001721, V from a 3.3 V reference.
-        volts = self._adc.read_u16() * 3.3 / 65535
+        try:
+            raw = self._adc.read_u16()
+        except OSError as exc:
+            raise SensorError("ADC channel 4 read failed: %s" % exc) from None
+        volts = raw * 3.3 / 65535
         return round(27 - (volts - 0.706) / 0.001721, 1)
 
 
@@ -97,6 +101,29 @@ class DigitalPin:
         value = self._pin.value()
         return 1 - value if self.invert else value
 
+    def arm_wake(self):
+        """Make a change of this input end a deep sleep; return how, or None if the port cannot.
+
+        ESP32 has one ext0 wake pin (esp32.wake_on_ext0, RTC-capable GPIOs only); other
+        ports accept Pin.irq(wake=machine.DEEPSLEEP) where they define it.
+        """
+        import machine
+
+        raw = self._pin.value()
+        try:
+            import esp32
+        except ImportError:
+            esp32 = None
+        if esp32 is not None and hasattr(esp32, "wake_on_ext0"):
+            level = esp32.WAKEUP_ANY_HIGH if raw == 0 else esp32.WAKEUP_ALL_LOW
+            esp32.wake_on_ext0(pin=self._pin, level=level)
+            return "esp32.wake_on_ext0, level %d" % (1 - raw)
+        if hasattr(machine, "DEEPSLEEP") and hasattr(machine.Pin, "WAKE_HIGH"):
+            trigger = machine.Pin.WAKE_HIGH if raw == 0 else machine.Pin.WAKE_LOW
+            self._pin.irq(trigger=trigger, wake=machine.DEEPSLEEP)
+            return "Pin.irq wake, level %d" % (1 - raw)
+        return None
+
 
 # DHT sensors allow a read every 1 s (DHT11) or 2 s (DHT22); two configured
 # measurements of one sensor share a reading through this cache: pin -> (ticks, device).
@@ -121,17 +148,17 @@ class Dht:
         self._min_gap_ms = 2000 if spec["type"] == "dht22" else 1000
 
     def read(self):
-        import time
+        from . import clock
 
         entry = self._entry
         device = entry[1]
-        if entry[0] is None or time.ticks_diff(time.ticks_ms(), entry[0]) >= self._min_gap_ms:
+        if entry[0] is None or clock.ticks_diff(clock.ticks_ms(), entry[0]) >= self._min_gap_ms:
             try:
                 device.measure()
             except OSError as exc:
                 entry[0] = None
                 raise SensorError("DHT read failed (no reply or checksum error): %s" % exc) from None
-            entry[0] = time.ticks_ms()
+            entry[0] = clock.ticks_ms()
         return device.temperature() if self.measure == "temperature" else device.humidity()
 
 
@@ -181,20 +208,27 @@ def onewire_error():
 class Simulated:
     """Values from a scenario: ``values`` [[seconds, value], ...] hold from their time on.
 
-    Seconds count from the first read. ``failures`` [[start, end], ...] are periods in
-    which reads fail, as a disconnected sensor would. Used by the host simulation; it
-    works on a board too, for trying rules without hardware.
+    Seconds count from the first read, or under the host simulation from the start of
+    the scenario. ``failures`` [[start, end], ...] are periods in which reads fail, as a
+    disconnected sensor would. ``hangs`` [[start, end], ...] are periods in which a read
+    blocks the whole board until the period ends, as a driver stuck in a busy loop does
+    (the case the watchdog exists for). Used by the host simulation; it works on a board
+    too, for trying rules without hardware.
     """
 
     def __init__(self, spec, start=None):
         self.values = spec["values"]
         self.failures = spec.get("failures") or []
+        self.hangs = spec.get("hangs") or []
         self.start = start
 
     def read_at(self, now):
         if self.start is None:
             self.start = now
         elapsed = now - self.start
+        for begin, end in self.hangs:
+            if begin <= elapsed < end:
+                _block(end - elapsed)
         for begin, end in self.failures:
             if begin <= elapsed < end:
                 raise SensorError("simulated read failure")
@@ -208,7 +242,20 @@ class Simulated:
     def read(self):
         from . import clock
 
+        scenario = clock.scenario_seconds()
+        if scenario is not None:
+            self.start = 0
+            return self.read_at(scenario)
         return self.read_at(clock.now())
+
+
+def _block(seconds):
+    """Block without yielding to asyncio for seconds of clock time."""
+    import time
+
+    from . import clock
+
+    time.sleep(clock.real_seconds(seconds))
 
 
 _DRIVERS = {

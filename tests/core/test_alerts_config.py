@@ -163,3 +163,63 @@ def test_auth_over_plaintext_rejected():
 def test_top_level_must_be_object():
     error = raises(ConfigError, validate, [1, 2])
     assert "one JSON object" in str(error)
+
+
+def config_path(name):
+    return "/tmp/alerts-config-test-%s.json" % name
+
+
+def remove_file(path):
+    import os
+
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def test_missing_config_file_named_with_fix():
+    from alerts.config import load
+
+    path = config_path("missing")
+    remove_file(path)
+    error = raises(ConfigError, load, path, config_path("no-board"))
+    assert str(error) == "%s not found: copy config.example.json to the board as %s and edit it" % (path, path)
+
+
+def test_invalid_json_names_file_and_position():
+    import sys
+
+    from alerts.config import load
+
+    path = config_path("broken")
+    # One top-level key per line, and the NTP host without its quotes. MicroPython's
+    # parser accepts some invalid JSON (a trailing or a missing comma), but not this.
+    config = good_config()
+    lines = ['"%s": %s' % (key, json.dumps(config[key])) for key in sorted(config)]
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    text = text.replace('"pool.ntp.org"', "pool.ntp.org")
+    with open(path, "w") as file:
+        file.write(text)
+    error = raises(ConfigError, load, path, config_path("no-board"))
+    message = str(error)
+    remove_file(path)
+    assert message.startswith(path + " is not valid JSON ("), message
+    assert message.endswith("): check commas, quotes and brackets there"), message
+    if sys.implementation.name == "cpython":
+        line = text[: text.index("pool.ntp.org")].count("\n") + 1
+        assert "line %d, column" % line in message, message
+    else:
+        assert "MicroPython does not say where" in message, message
+
+
+def test_secret_in_broken_json_not_shown():
+    from alerts.config import load
+
+    path = config_path("secret")
+    with open(path, "w") as file:
+        file.write('{"smtp": {"password": "hunter2-secret", "user": alice}}')
+    message = str(raises(ConfigError, load, path, config_path("no-board")))
+    remove_file(path)
+    assert "hunter2-secret" not in message, message
+    assert path in message

@@ -146,6 +146,42 @@ def test_full_outbox_drops_oldest_and_counts():
     remove_tree(path)
 
 
+def test_full_outbox_keeps_entry_in_flight():
+    path = fresh_directory()
+    box = Outbox(path, max_entries=2)
+    box.recover()
+    first = box.put(alert(1), T0)
+    box.put(alert(2), T0)
+    # The sender is transmitting the oldest entry when two more alerts arrive.
+    box.in_flight = first
+    box.put(alert(3), T0)
+    box.put(alert(4), T0)
+    values = [box.load(name)["alert"]["value"] for name in box.pending()]
+    assert values == [1, 3, 4]
+    assert box.dropped == 1
+    # The server accepted it: the sender removes it, and no drop is reported for it.
+    box.remove(first)
+    box.in_flight = None
+    assert box.report()[2] == 1
+    assert [box.load(name)["alert"]["value"] for name in box.pending()] == [3, 4]
+    remove_tree(path)
+
+
+def test_max_one_entry_with_entry_in_flight():
+    path = fresh_directory()
+    box = Outbox(path, max_entries=1)
+    box.recover()
+    first = box.put(alert(1), T0)
+    box.in_flight = first
+    second = box.put(alert(2), T0)
+    assert box.pending() == [first, second]
+    assert box.dropped == 0
+    third = box.put(alert(3), T0)
+    assert box.pending() == [first, third]
+    assert box.dropped == 1
+    remove_tree(path)
+
+
 def test_drop_count_reported_then_cleared():
     path = fresh_directory()
     box = Outbox(path, max_entries=1)

@@ -29,13 +29,17 @@ EX_CONFIG = 78
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCENARIO_DIR = PACKAGE_DIR / "scenarios"
 SIM_BOARD_DIR = PACKAGE_DIR / "sim_board"
+# Folder of the compiled stand-ins inside the compiled firmware folder.
+BOARD_MODULES = "board_modules"
 DEFAULT_SCENARIO = SCENARIO_DIR / "default.json"
 DEFAULT_OUTPUT = Path("build") / "sim"
 PASSWORD_VARIABLE = "SMTP_PASSWORD"
 SIM_USER = "sim-board"
 SIM_WIFI = {"ssid": "sim-network", "password": "sim-wifi-password"}
+# Exit statuses of sim_board/machine.py's reset() and deepsleep().
 RESET_STATUS = 3
 DEEPSLEEP_STATUS = 4
+WATCHDOG_FILE = "watchdog.json"
 # Real seconds given to the board after the scenario's end to empty its outbox.
 DRAIN_S = 20.0
 _SLEEP_PATTERN = re.compile(r"\[machine\] deepsleep (\d+)")
@@ -51,6 +55,10 @@ _SCENARIO_KEYS = (
     "deep_sleep",
     "server_down",
     "ntp_down",
+    "wifi_down",
+    "wifi",
+    "watchdog_ms",
+    "reject",
     "expect",
     "exact",
 )
@@ -61,7 +69,12 @@ class SimError(Exception):
 
 
 def find_firmware():
-    """Return the firmware/ directory of this checkout (main.py, alerts/, microsmtp/)."""
+    """Return the firmware/ directory (main.py, alerts/, microsmtp/) of this checkout.
+
+    It is beside tools/ in a checkout, and beside the imported ``microsmtp`` package in
+    an editable install (``make setup``). A wheel installs only the library, not
+    main.py and alerts/, so the sim then needs a checkout.
+    """
     candidates = [PACKAGE_DIR.parent.parent / "firmware"]
     try:
         import microsmtp
@@ -73,7 +86,9 @@ def find_firmware():
         if (directory / "main.py").is_file() and (directory / "alerts").is_dir():
             return directory
     raise SimError(
-        "firmware/main.py and firmware/alerts/ not found; run microsmtp sim from a checkout of the repository"
+        "the alert firmware (main.py and alerts/) was not found in %s; an installed microsmtp package "
+        "contains only the library, so run microsmtp sim from a checkout of the repository "
+        "(after `make setup`)" % " or ".join(str(directory) for directory in candidates)
     )
 
 
@@ -113,6 +128,13 @@ def load_scenario(path):
         raise SimError("scenario %s: speed must be a positive number (simulated seconds per real second)" % path)
     if not isinstance(duration, (int, float)) or duration <= 0:
         raise SimError("scenario %s: duration_s must be a positive number of simulated seconds" % path)
+    for item in scenario.get("reject", []):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("subject"), str)
+            or not re.match(r"5\d\d ", str(item.get("reply", "")))
+        ):
+            raise SimError('scenario %s: each reject item is {"subject": TEXT, "reply": "5xx ...", "count": N}' % path)
     for item in scenario["expect"]:
         if not isinstance(item, dict) or not set(item) <= {"kind", "rule", "subject"}:
             raise SimError('scenario %s: each expect item is {"kind": ..., "rule": ..., "subject": ...}' % path)
@@ -138,6 +160,10 @@ class LocalServer:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.cert.configure_cert(self.context)
         self.users = users
+        # [subject text, reply, count]: the first count messages whose Subject contains
+        # the text are rejected with the reply after the final dot.
+        self.rejects = []
+        self.rejected = []
         self.host = "127.0.0.1"
         self.port = 0
         self.messages = []
@@ -157,6 +183,9 @@ class LocalServer:
                 return AuthResult(success=False, handled=False)
 
             async def handle_DATA(self, smtp, session, envelope):
+                reply = server.rejection(bytes(envelope.original_content))
+                if reply is not None:
+                    return reply
                 server.messages.append(
                     {
                         "mail_from": envelope.mail_from,
@@ -169,6 +198,16 @@ class LocalServer:
                 return "250 2.0.0 OK queued as %d" % len(server.messages)
 
         return Handler()
+
+    def rejection(self, content):
+        """Return the reply for a message the scenario rejects, or None to accept it."""
+        subject = header(content, "Subject")
+        for rule in self.rejects:
+            if rule[2] > 0 and rule[0] in subject:
+                rule[2] -= 1
+                self.rejected.append((subject, rule[1]))
+                return rule[1]
+        return None
 
     def start(self):
         import warnings
@@ -239,17 +278,21 @@ def compile_firmware(firmware, target):
         if found is None:
             raise SimError("mpy-cross not found; run `make setup`, or use --source to run the firmware from source")
         compiler = Path(found)
+    sources = []
     for package in ("alerts", "microsmtp"):
-        for source in sorted((firmware / package).glob("*.py")):
-            output = target / package / (source.stem + ".mpy")
-            output.parent.mkdir(parents=True, exist_ok=True)
-            process = subprocess.run(
-                [str(compiler), "-o", str(output), "-s", "%s/%s" % (package, source.name), str(source)],
-                capture_output=True,
-                text=True,
-            )
-            if process.returncode != 0:
-                raise SimError("mpy-cross failed on %s: %s" % (source, process.stderr.strip()))
+        sources += [(package, source) for source in sorted((firmware / package).glob("*.py"))]
+    # The stand-ins too: a board's network and machine modules are built in and need no compiler memory.
+    sources += [(BOARD_MODULES, source) for source in sorted(SIM_BOARD_DIR.glob("*.py"))]
+    for package, source in sources:
+        output = target / package / (source.stem + ".mpy")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        process = subprocess.run(
+            [str(compiler), "-o", str(output), "-s", "%s/%s" % (package, source.name), str(source)],
+            capture_output=True,
+            text=True,
+        )
+        if process.returncode != 0:
+            raise SimError("mpy-cross failed on %s: %s" % (source, process.stderr.strip()))
     return target
 
 
@@ -265,8 +308,9 @@ def board_config(scenario, smtp):
         "alerts": scenario.get("alerts", {}),
         "outbox": dict({"retry_min_s": 20, "retry_max_s": 300}, **scenario.get("outbox", {})),
         "deep_sleep": scenario.get("deep_sleep", {"enabled": False}),
-        "board": {"led": "LED", "watchdog_ms": 8000},
+        "board": {"led": "LED", "watchdog_ms": scenario.get("watchdog_ms", 8000)},
     }
+    config["wifi"].update(scenario.get("wifi", {}))
     return config
 
 
@@ -300,6 +344,7 @@ class Board:
         self.lines = []
         self.sent = []  # (kind, rule) of every alert the board logged as sent
         self.restarts = 0
+        self.watchdog_resets = 0
         self.memory_error = False
         self._reader = None
 
@@ -313,7 +358,10 @@ class Board:
         environment = {key: value for key, value in os.environ.items() if key != PASSWORD_VARIABLE}
         environment["HOME"] = str(self.directory / "home")
         # ".frozen" first keeps the unix port's frozen asyncio importable.
-        environment["MICROPYPATH"] = ":".join([".frozen", str(SIM_BOARD_DIR), str(self.firmware), str(self.directory)])
+        board_modules = self.firmware / BOARD_MODULES
+        if not board_modules.is_dir():
+            board_modules = SIM_BOARD_DIR
+        environment["MICROPYPATH"] = ":".join([".frozen", str(board_modules), str(self.firmware), str(self.directory)])
         self.process = subprocess.Popen(
             command,
             cwd=self.directory,
@@ -339,6 +387,31 @@ class Board:
 
     def poll(self):
         return self.process.poll()
+
+    def watchdog_expired(self):
+        """Return True when the board's watchdog deadline (from machine.WDT) has passed."""
+        try:
+            deadline = json.loads((self.directory / WATCHDOG_FILE).read_text())["deadline_ns"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return time.time_ns() > deadline
+
+    def clear_watchdog(self):
+        """Forget the deadline: a reset or deep sleep stops the watchdog until the firmware starts it again."""
+        try:
+            (self.directory / WATCHDOG_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+    def watchdog_reset(self):
+        """End the process as the watchdog's reset would, then start the board again."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.wait_output()
+        self.clear_watchdog()
+        self.watchdog_resets += 1
+        self.restarts += 1
+        self.start()
 
     def wait_output(self):
         if self._reader is not None:
@@ -447,6 +520,7 @@ def run(args):
     else:
         password = secrets.token_urlsafe(12)
         server = LocalServer({SIM_USER: password})
+        server.rejects = [[item["subject"], item["reply"], item.get("count", 1)] for item in scenario.get("reject", [])]
         roots = [server.ca_der]
         server.start()
         smtp = {
@@ -507,6 +581,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
         "start_epoch": scenario.get("start", int(time.time())),
         "wifi": SIM_WIFI,
         "ntp_down": scenario.get("ntp_down", []),
+        "wifi_down": scenario.get("wifi_down", []),
     }
     duration = scenario["duration_s"]
     print(
@@ -543,8 +618,13 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
                     board.start()
                 continue
             status = board.poll()
+            if status is None and board.watchdog_expired():
+                print("sim   | t=%ds: watchdog not fed in time: board reset" % elapsed, flush=True)
+                board.watchdog_reset()
+                continue
             if status is not None:
                 board.wait_output()
+                board.clear_watchdog()
                 if status == DEEPSLEEP_STATUS:
                     sleep_ms = 0
                     for line in reversed(board.lines):
@@ -608,9 +688,17 @@ def report(args, scenario, server, board, problems, real):
             if not duplicate:
                 delivered.append((kind, None, subject))
     problems += check_expectations(scenario, delivered)
+    for subject, reply in server.rejected if server is not None else ():
+        print("rejected %s: %s" % (subject, reply))
     print(
-        "summary: %d email(s) %s, %d expected, %d board restart(s)"
-        % (len(delivered), "accepted by the server" if real else "delivered", len(scenario["expect"]), board.restarts)
+        "summary: %d email(s) %s, %d expected, %d board restart(s), %d watchdog reset(s)"
+        % (
+            len(delivered),
+            "accepted by the server" if real else "delivered",
+            len(scenario["expect"]),
+            board.restarts,
+            board.watchdog_resets,
+        )
     )
     for problem in problems:
         print("FAILED: " + problem)

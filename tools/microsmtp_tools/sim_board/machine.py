@@ -1,8 +1,13 @@
 """Stand-in for MicroPython's machine module on the virtual board."""
 
+import os
 import sys
 
 _RTC_FILE = "rtc_memory.bin"
+_WATCHDOG_FILE = "watchdog.json"
+# Exit statuses the simulation turns into a restart of the board.
+RESET_STATUS = 3
+DEEPSLEEP_STATUS = 4
 
 
 def _say(text):
@@ -53,13 +58,35 @@ class ADC:
 
 
 class WDT:
+    """Watchdog timer: feed() within ``timeout`` ms of real time, or the board is reset.
+
+    The firmware feeds it in real time, so the deadline is real time too. On a board the
+    timer runs outside the CPU, so it resets a CPU stuck in a busy loop. Here the
+    simulation on the host does that. Each feed() writes the
+    deadline to watchdog.json, and the host resets the board (ends the process, then
+    starts it again) once the deadline has passed. A feed() that comes after the
+    deadline resets the board at once, in case the host has not yet noticed.
+    """
+
     def __init__(self, id=0, timeout=5000):
         self.timeout = timeout
         self.feeds = 0
-        _say("watchdog armed, timeout %d ms (not enforced in the simulation)" % timeout)
+        self._deadline_ns = None
+        self.feed()
+        _say("watchdog armed, timeout %d ms" % timeout)
 
     def feed(self):
+        import time
+
+        now = time.time_ns()
+        if self._deadline_ns is not None and now > self._deadline_ns:
+            _say("watchdog timeout: reset")
+            sys.exit(RESET_STATUS)
         self.feeds += 1
+        self._deadline_ns = now + self.timeout * 1000000
+        with open(_WATCHDOG_FILE + ".tmp", "w") as file:
+            file.write('{"deadline_ns": %d, "timeout_ms": %d}' % (self._deadline_ns, self.timeout))
+        os.rename(_WATCHDOG_FILE + ".tmp", _WATCHDOG_FILE)
 
 
 class RTC:
@@ -89,7 +116,7 @@ def freq(value=None):
 
 def reset():
     _say("reset")
-    sys.exit(3)
+    sys.exit(RESET_STATUS)
 
 
 def soft_reset():
@@ -98,7 +125,7 @@ def soft_reset():
 
 def deepsleep(ms=0):
     _say("deepsleep %d" % ms)
-    sys.exit(4)
+    sys.exit(DEEPSLEEP_STATUS)
 
 
 def lightsleep(ms=0):

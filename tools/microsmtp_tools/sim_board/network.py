@@ -12,6 +12,15 @@ STAT_NO_AP_FOUND = 201
 STAT_GOT_IP = 1010
 
 
+def _wifi_down():
+    """Return True inside a ``wifi_down`` period of the scenario: no access point in range."""
+    elapsed = sim_clock.elapsed()
+    for start, end in sim_clock.settings().get("wifi_down") or ():
+        if start <= elapsed < end:
+            return True
+    return False
+
+
 class WLAN:
     _instances = {}
 
@@ -41,7 +50,7 @@ class WLAN:
         if not self._active:
             raise OSError("WiFi interface is not active; call active(True) first")
         wifi = sim_clock.settings().get("wifi") or {}
-        if ssid != wifi.get("ssid"):
+        if _wifi_down() or ssid != wifi.get("ssid"):
             self._status = STAT_NO_AP_FOUND
         elif (key or "") != wifi.get("password", ""):
             self._status = STAT_WRONG_PASSWORD
@@ -66,6 +75,9 @@ class WLAN:
 
     def isconnected(self):
         self._update()
+        if self._status == STAT_GOT_IP and _wifi_down():
+            # The access point went away: the link drops, as on a board.
+            self._status = STAT_NO_AP_FOUND
         return self._active and self._status == STAT_GOT_IP
 
     def disconnect(self):
