@@ -10,7 +10,7 @@ each test checks its case.
 import base64
 
 import pytest
-from fault_server import Fault, FaultServer
+from fault_server import DEFAULT_EHLO, Fault, FaultServer
 from test_postfix import RUNTIMES, run_batch
 
 TIMEOUT_MS = 2000
@@ -351,6 +351,21 @@ def build_cases():
         scenario="retry",
         checks=("retry_same_message",),
     )
+    # RFC 5321 section 4.5.3.1.10: after 452 "too many recipients" the client sends the
+    # rest in a later transaction on the same connection.
+    for mode, ehlo in (("tls", None), ("tls", DEFAULT_EHLO + ("PIPELINING",))):
+        server = {"mode": mode, "faults": {"rcpt:2": reply(b"452 4.5.3 Too many recipients\r\n", then="continue")}}
+        if ehlo:
+            server["ehlo"] = ehlo
+        add(
+            "rcpt_452_splits_rest%s" % ("_pipelined" if ehlo else ""),
+            "ok",
+            None,
+            None,
+            server,
+            params={"messages": [message_spec(to=["ops@example.com", "team@example.com"])]},
+            checks=("split_452",),
+        )
     return cases
 
 
@@ -448,6 +463,13 @@ def check_extra(case, result, server):
             assert sum(len(record.contents) for record in records) == len(result["outcomes"]), records
         elif check == "not_delivered":
             assert all(record.contents == [] or record.fault_stage == "message" for record in records), records
+        elif check == "split_452":
+            assert sorted(outcome["accepted"]) == ["ops@example.com", "team@example.com"], outcome
+            rcpts = [c for c in commands if c.startswith(b"RCPT")]
+            assert rcpts == [b"RCPT TO:<OPS@EXAMPLE.COM>", b"RCPT TO:<TEAM@EXAMPLE.COM>", b"RCPT TO:<TEAM@EXAMPLE.COM>"]
+            assert len(records) == 1, records
+            assert len(records[0].contents) == 2, records[0]
+            assert records[0].contents[0] == records[0].contents[1]
         elif check == "retry_same_message":
             first, second = result["outcomes"]
             assert second["ok"], second
