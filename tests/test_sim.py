@@ -4,6 +4,7 @@ The scenarios run faster than in `make sim` (--speed), which changes only how mu
 real time a simulated second takes.
 """
 
+import datetime
 import email
 import email.policy
 import os
@@ -236,11 +237,60 @@ def test_ntp_down_sends_nothing_until_clock_set(micropython, tmp_path):
     assert "TLS certificates cannot be checked until the time is set" in lines[not_set[0]]
     # No SMTP connection (whose greeting is the first line of any session) before NTP succeeded.
     assert greetings[0] > clock_set[0] > not_set[-1], output
+    assert "INFO clock set: dated 2 alert(s) queued before NTP" in process.stdout, output
     files = sorted((tmp_path / "eml").glob("ntp_down-*.eml"))
-    subjects = [read_eml(path)["Subject"] for path in files]
+    messages = [read_eml(path) for path in files]
+    assert len(messages) == 2, output
+    assert "ALERT greenhouse-hot" in messages[0]["Subject"]
+    assert "back to normal greenhouse-hot" in messages[1]["Subject"]
+    # The scenario starts at 2026-01-01 00:00:00 UTC; the temperature passes 35 C at
+    # 240 s and NTP answers after 600 s. Both alerts carry the time they happened.
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    clock_set_at = datetime.datetime.strptime(lines[clock_set[0]].split(" UTC")[0][-19:], "%Y-%m-%d %H:%M:%S")
+    clock_set_at = clock_set_at.replace(tzinfo=datetime.UTC)
+    for message in messages:
+        body = message.get_body(("plain",)).get_content()
+        time_line = next(line for line in body.splitlines() if line.startswith("Time: "))
+        happened = datetime.datetime.strptime(time_line, "Time: %Y-%m-%d %H:%M:%S UTC")
+        happened = happened.replace(tzinfo=datetime.UTC)
+        assert start + datetime.timedelta(seconds=240) <= happened < clock_set_at, (time_line, output)
+        assert message["Date"].datetime == happened, (message["Date"], time_line)
+
+
+def test_power_cycle_keeps_open_alert(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "power_cycle.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    cycles = [line for line in process.stdout.splitlines() if "power cycle: board off and on again" in line]
+    assert len(cycles) == 1, output
+    assert "INFO rule state restored from rule_state.json; active rules: greenhouse-hot" in process.stdout, output
+    # Still above 35 C after the restart: a lost rule state would send a second alert.
+    subjects = [read_eml(path)["Subject"] for path in sorted((tmp_path / "eml").glob("power_cycle-*.eml"))]
     assert len(subjects) == 2, output
     assert "ALERT greenhouse-hot" in subjects[0]
     assert "back to normal greenhouse-hot" in subjects[1]
+
+
+def test_door_pin_wakes_board_early(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "door_wake.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "INFO sensor door wakes the board on a change (esp32.wake_on_ext0, level 1)" in process.stdout, output
+    woken = [line for line in process.stdout.splitlines() if "pin 14 changed to 1: it wakes the board" in line]
+    assert len(woken) == 1, output
+    # The door opens at 420 s; the timed wakes come every 300 s, the next one after 600 s.
+    woken_at = int(woken[0].split("t=")[1].split("s")[0])
+    assert 420 <= woken_at < 600, output
+    files = sorted((tmp_path / "eml").glob("door_wake-*.eml"))
+    assert len(files) == 2, output
+    alert = read_eml(files[0])
+    assert "ALERT door-open" in alert["Subject"]
+    time_line = next(
+        line for line in alert.get_body(("plain",)).get_content().splitlines() if line.startswith("Time: ")
+    )
+    # 2026-01-01 00:07:00 is 420 s after the scenario's start; the door closes at 540 s.
+    assert "Time: 2026-01-01 00:07:" in time_line or "Time: 2026-01-01 00:08:" in time_line, (time_line, output)
+    assert "back to normal door-open" in read_eml(files[1])["Subject"]
 
 
 def test_rejected_alert_set_aside_and_reported(micropython, tmp_path):
@@ -281,7 +331,7 @@ def test_package_build_contains_scenarios_and_sim_board(tmp_path):
     package = tmp_path / "lib" / "microsmtp_tools"
     for scenario in sorted(SCENARIOS.glob("*.json")):
         assert (package / "scenarios" / scenario.name).is_file(), scenario.name
-    for module in ("machine.py", "network.py", "ntptime.py", "sim_clock.py"):
+    for module in ("esp32.py", "machine.py", "network.py", "ntptime.py", "sim_clock.py"):
         assert (package / "sim_board" / module).is_file(), module
 
 

@@ -51,6 +51,8 @@ class App:
         self.wake = asyncio.Event()
         self.drivers = {}
         self.sender = None
+        # Continuous mode only (see run()); deep sleep keeps rule state in sleepstate.
+        self.rule_state = None
         self.last_ntp = None
         self.network_failures = 0
         self._tasks = []
@@ -89,7 +91,11 @@ class App:
     def queue(self, records):
         from .outbox import OutboxError
 
+        timeline = clock.timeline_tag()
         for record in records:
+            if timeline is not None:
+                # Dated by correct_times() once NTP has replied.
+                record["timeline"] = timeline
             try:
                 name = self.outbox.put(record, clock.now())
             except OutboxError as exc:
@@ -101,7 +107,17 @@ class App:
             )
         if records:
             self.wake.set()
+        # After the outbox: a reset in between repeats an alert rather than losing it.
+        self.save_rule_state()
         self.update_led()
+
+    def save_rule_state(self):
+        if self.rule_state is None:
+            return
+        try:
+            self.rule_state.save()
+        except OSError as exc:
+            log.error("rule state not saved to %s (%s); a reset may repeat open alerts" % (self.rule_state.path, exc))
 
     def update_led(self):
         from . import board
@@ -179,8 +195,11 @@ class App:
         try:
             await net.connect_wifi(self.config)
             if need_ntp:
+                corrected = clock.corrected()
                 await net.sync_time(self.config)
                 self.last_ntp = clock.now()
+                if clock.corrected() and not corrected:
+                    self.correct_times()
         except net.NetworkError as exc:
             self.network_failures += 1
             outbox = self.config["outbox"]
@@ -189,6 +208,22 @@ class App:
             return delay
         self.network_failures = 0
         return 0
+
+    def correct_times(self):
+        """Date the rule state and the alerts recorded before NTP first set the clock."""
+        from .outbox import OutboxError
+        from .rules import correct_times
+
+        self.rules.convert_times(clock.real_time)
+        self.save_rule_state()
+        try:
+            count = self.outbox.rewrite(lambda entry: correct_times(entry["alert"]))
+        except OutboxError as exc:
+            # The mailer dates them again at each attempt in this boot.
+            log.error("alerts queued before NTP keep their unset time on flash: %s" % exc)
+            return
+        if count:
+            log.info("clock set: dated %d alert(s) queued before NTP" % count)
 
     async def sender_task(self):
         from microsmtp.errors import SMTPError
@@ -220,7 +255,15 @@ class App:
         return task
 
     async def run(self):
+        from .rulestate import RuleState
+
         log.info("starting: " + describe(self.config))
+        self.rule_state = RuleState(self.rules)
+        if self.rule_state.load():
+            log.info(
+                "rule state restored from %s; active rules: %s"
+                % (self.rule_state.path, ", ".join(self.rules.active()) or "none")
+            )
         self.create_sensors()
         if self.create_sender() is not None:
             pending = len(self.outbox.pending())

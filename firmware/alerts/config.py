@@ -392,6 +392,162 @@ def _json_position(exc):
     return "%s; MicroPython does not say where" % exc
 
 
+_WHITESPACE = " \t\n\r"
+_STRUCTURE = "{}[]:,"
+_VALUE_HELP = "a string in double quotes, a number, true, false, null, an object or a list"
+
+
+def _is_json_number(token):
+    """Return True for a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?"""
+    index = 1 if token.startswith("-") else 0
+
+    def digits(start):
+        end = start
+        while end < len(token) and "0" <= token[end] <= "9":
+            end += 1
+        return end
+
+    end = digits(index)
+    if end == index or (token[index] == "0" and end > index + 1):
+        return False
+    if end < len(token) and token[end] == ".":
+        index = end + 1
+        end = digits(index)
+        if end == index:
+            return False
+    if end < len(token) and token[end] in "eE":
+        index = end + 1
+        if index < len(token) and token[index] in "+-":
+            index += 1
+        end = digits(index)
+        if end == index:
+            return False
+    return end == len(token)
+
+
+def check_json(text):
+    """Return None for valid JSON syntax, else "line L, column C: problem".
+
+    MicroPython's json.loads accepts some invalid text (a trailing or a missing comma,
+    ``{"a": }`` as ``{}``), so config.json is checked here first, with the same result
+    on both runtimes. Only the structure and the form of bare values are checked, and a
+    message never repeats the text, which may be a password.
+    """
+    # What comes next: "value", "key" (or "}" right after "{"), ":" or "after" (a value ended).
+    expect = "value"
+    stack = []
+    just_opened = False
+    line = 1
+    line_start = 0
+    index = 0
+    length = len(text)
+    while index < length:
+        char = text[index]
+        if char in _WHITESPACE:
+            if char == "\n":
+                line += 1
+                line_start = index + 1
+            index += 1
+            continue
+        where = "line %d, column %d: " % (line, index - line_start + 1)
+        if expect == "after" and not stack:
+            return where + "extra text after the end of the JSON value"
+        if char == '"':
+            if expect not in ("value", "key"):
+                return where + _missing_comma(stack)
+            index += 1
+            while index < length and text[index] != '"':
+                if text[index] == "\\":
+                    index += 1
+                elif text[index] < " ":
+                    return where + "line break or control character inside a string; is a closing quote missing?"
+                index += 1
+            if index >= length:
+                return where + "string without its closing double quote"
+            index += 1
+            expect = ":" if expect == "key" else "after"
+            just_opened = False
+            continue
+        if char in "{[":
+            if expect != "value":
+                return where + (_missing_comma(stack) if expect == "after" else _json_expected(expect, char))
+            stack.append(char)
+            expect = "key" if char == "{" else "value"
+            just_opened = True
+        elif char in "}]":
+            opener = "{" if char == "}" else "["
+            if not stack or stack[-1] != opener:
+                return where + "%s does not match %s" % (
+                    repr(char),
+                    repr(stack[-1]) if stack else "any opening bracket",
+                )
+            if expect != "after" and not just_opened:
+                if _previous_character(text, index) == ",":
+                    return where + "comma before %s; remove it" % repr(char)
+                return where + _json_expected(expect, char)
+            stack.pop()
+            expect = "after"
+            just_opened = False
+        elif char == ":":
+            if expect != ":":
+                return where + _json_expected(expect, char)
+            expect = "value"
+        elif char == ",":
+            if expect != "after" or not stack:
+                return where + _json_expected(expect, char)
+            expect = "key" if stack[-1] == "{" else "value"
+            just_opened = False
+        else:
+            start = index
+            while (
+                index < length
+                and text[index] not in _WHITESPACE
+                and text[index] not in _STRUCTURE
+                and text[index] != '"'
+            ):
+                index += 1
+            if expect == "after":
+                return where + _missing_comma(stack)
+            if expect != "value":
+                return where + _json_expected(expect, "")
+            token = text[start:index]
+            if token not in ("true", "false", "null") and not _is_json_number(token):
+                return where + "invalid value: expected " + _VALUE_HELP
+            expect = "after"
+            just_opened = False
+            continue
+        index += 1
+    where = "line %d, column %d: " % (line, index - line_start + 1)
+    if stack:
+        return where + "text ends with %d bracket(s) not closed" % len(stack)
+    if expect != "after":
+        return where + "no JSON value"
+    return None
+
+
+def _previous_character(text, index):
+    """Return the last character before index that is not whitespace, or ""."""
+    index -= 1
+    while index >= 0 and text[index] in _WHITESPACE:
+        index -= 1
+    return text[index] if index >= 0 else ""
+
+
+def _missing_comma(stack):
+    return "missing comma before this value" if stack else "extra text after the end of the JSON value"
+
+
+def _json_expected(expect, found):
+    found = (" before " + repr(found)) if found else ""
+    if expect == "key":
+        return "expected a key in double quotes" + found
+    if expect == ":":
+        return "expected ':' after the key" + found
+    if expect == "value":
+        return "expected a value (%s)%s" % (_VALUE_HELP, found)
+    return "expected a comma or a closing bracket" + found
+
+
 def load(path="config.json", board_path="board.json"):
     """Read, merge board defaults into, and validate the config file; return the dict."""
     import json
@@ -407,12 +563,14 @@ def load(path="config.json", board_path="board.json"):
         raise ConfigError(
             "", "%s cannot be read (%s): check the filesystem, then copy it again" % (path, exc)
         ) from None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(
-            "", "%s is not valid JSON (%s): check commas, quotes and brackets there" % (path, _json_position(exc))
-        ) from None
+    problem = check_json(text)
+    if problem is None:
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            problem = _json_position(exc)
+    if problem is not None:
+        raise ConfigError("", "%s is not valid JSON (%s): check commas, quotes and brackets there" % (path, problem))
     text = None
     try:
         with open(board_path) as file:

@@ -15,6 +15,15 @@ class History:
             self._items.pop(0)
         self._items.append([seconds, value])
 
+    def convert_times(self, convert):
+        """Replace each time with convert(time); drop readings whose time it returns as None."""
+        kept = []
+        for seconds, value in self._items:
+            seconds = convert(seconds)
+            if seconds is not None:
+                kept.append([seconds, value])
+        self._items = kept
+
     def items(self):
         return list(self._items)
 

@@ -1,6 +1,7 @@
 """Turn outbox entries into email messages: subject, text and a CSV of recent readings."""
 
 from . import clock
+from .rules import correct_times
 
 
 def _value(value, unit):
@@ -47,6 +48,18 @@ def _what(alert):
     return kind, kind
 
 
+# Stands in for the time of an alert made before NTP set the clock, in an earlier boot.
+UNKNOWN_TIME = "unknown (clock not set)"
+
+
+def _time(alert):
+    """Return the alert's time as "2026-01-15 08:05:00 UTC", or UNKNOWN_TIME."""
+    seconds = alert.get("time")
+    if seconds is None or alert.get("timeline") is not None:
+        return UNKNOWN_TIME
+    return clock.format_utc(seconds)
+
+
 def _notes(report):
     """Return text lines about set-aside and dropped alerts for the next email."""
     if report is None:
@@ -58,9 +71,9 @@ def _notes(report):
         lines.append("%d earlier alert(s) could not be sent and were set aside:" % len(entries))
         for entry in entries:
             alert = entry["alert"]
+            correct_times(alert)
             lines.append(
-                "- %s, %s: server replied: %s"
-                % (clock.format_utc(alert.get("time") or 0), _what(alert)[0], entry.get("reply", "unknown"))
+                "- %s, %s: server replied: %s" % (_time(alert), _what(alert)[0], entry.get("reply", "unknown"))
             )
     if dropped:
         lines.append("")
@@ -73,13 +86,15 @@ def build_message(entry, config, report=None):
     from microsmtp.message import Attachment, Message
 
     alert = entry["alert"]
+    correct_times(alert)
     device = config["device"]
     subject, what = _what(alert)
     unit = alert.get("unit") or ""
+    time_text = _time(alert)
     lines = [
         "What happened: " + what,
         "Device: " + device,
-        "Time: " + clock.format_utc(alert.get("time") or 0),
+        "Time: " + time_text,
     ]
     if alert.get("rule"):
         lines.append("Rule: " + alert["rule"])
@@ -115,7 +130,8 @@ def build_message(entry, config, report=None):
         subject="[%s] %s" % (device, subject),
         text="\n".join(lines) + "\n",
         attachments=attachments,
-        date=clock.gmtime(alert.get("time") or clock.now()),
+        # An alert whose time is unknown is dated when it is sent.
+        date=clock.gmtime(clock.now() if time_text == UNKNOWN_TIME else alert["time"]),
         message_id=entry["id"],
         headers=[("X-Alert-Kind", alert["kind"])],
     )

@@ -86,6 +86,7 @@ async def sync_time(config):
     ntptime.host = ntp["host"]
     problem = None
     for attempt in range(1, ntp["retries"] + 1):
+        before = clock.reference()
         try:
             # Blocking UDP exchange with ntptime's own 1 s socket timeout.
             ntptime.settime()
@@ -94,7 +95,7 @@ async def sync_time(config):
             log.warning("NTP %s failed (attempt %d of %d): %s" % (ntp["host"], attempt, ntp["retries"], problem))
             await asyncio.sleep(1)
             continue
-        clock.set_synced()
+        clock.set_synced(before)
         if clock.is_set():
             log.info("clock set from NTP %s: %s" % (ntp["host"], clock.format_utc(clock.now())))
             return

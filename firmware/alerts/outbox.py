@@ -271,6 +271,27 @@ class Outbox:
         wait = entry.get("next", 0) - now
         return wait if wait > 0 else 0
 
+    def rewrite(self, change):
+        """Call change(entry) for each pending and set-aside entry; store those it returns True for.
+
+        Returns the number of entries rewritten. Used to date alerts queued before NTP.
+        """
+        count = 0
+        for directory, names in ((self.directory, self.pending()), (self.aside_directory, self.aside())):
+            for name in names:
+                path = _join(directory, name)
+                entry = _read_json(path)
+                if not _is_entry(entry) or not change(entry):
+                    continue
+                try:
+                    write_atomic(path, json.dumps(entry))
+                except OSError as exc:
+                    raise OutboxError(
+                        "cannot rewrite %s in the outbox (%s); the flash may be full" % (name, exc)
+                    ) from None
+                count += 1
+        return count
+
     # -- permanent failures and drops ------------------------------------------------------
 
     def set_aside(self, name, entry, reply):

@@ -11,7 +11,8 @@ Alert record fields: ``kind`` ("alert", "normal", "change", "sensor_failed",
 ``condition`` ("above", "below", "state", "change"), ``threshold``, ``time`` and, where
 they apply, ``readings`` (recent [time, value] pairs), ``skipped`` (alerts of this rule
 held back by its minimum interval), ``error``, ``items`` (digest lines) and ``values``
-(heartbeat readings).
+(heartbeat readings). A record made while the clock was unset or estimated has
+``timeline`` (see clock.timeline_tag()) until correct_times() has dated it.
 """
 
 from .history import History
@@ -95,6 +96,10 @@ class RateLimit:
             self.sent.append(now)
             return True
         return False
+
+    def convert_times(self, convert):
+        """Replace each time in sent with convert(time), dropping those that return None."""
+        self.sent = [seconds for seconds in [convert(seconds) for seconds in self.sent] if seconds is not None]
 
     def suppress(self, line):
         self.suppressed_count += 1
@@ -263,6 +268,20 @@ class Rules:
         """Return the names of rules whose condition holds now."""
         return [rule.name for rule in self.rules if rule.active]
 
+    def convert_times(self, convert):
+        """Apply convert(seconds) -> seconds or None to every time kept, once NTP set the clock.
+
+        A time that converts to None (unknown) is dropped: a reading leaves the history,
+        and a rule or heartbeat time becomes None, as if nothing had been sent yet.
+        NOTE: digest lines suppressed before NTP keep the unset time in their text.
+        """
+        for rule in self.rules:
+            rule.last_sent = convert(rule.last_sent)
+        self.limit.convert_times(convert)
+        self.last_heartbeat = convert(self.last_heartbeat)
+        for name in self.histories:
+            self.histories[name].convert_times(convert)
+
     # -- deep sleep ---------------------------------------------------------------------
 
     def state(self):
@@ -277,8 +296,34 @@ class Rules:
             "history": dict([(name, self.histories[name].items()) for name in self.histories]),
         }
 
+    def durable_state(self):
+        """Return the decisions to keep across a reset in continuous mode, as JSON-ready data.
+
+        Unlike state(), it leaves out what changes with every reading (the history, the
+        last value of threshold rules, failure counts below the limit), so it changes
+        only when a decision does and can be written to flash each time.
+        """
+        rules = {}
+        for rule in self.rules:
+            state = rule.state()
+            if rule.condition != "change":
+                state[5] = None
+            rules[rule.name] = state
+        failures = {}
+        for name in self.failures:
+            if self.failures[name][1]:
+                failures[name] = [self.failure_limit, True]
+        return {
+            "rules": rules,
+            "sent": self.limit.sent,
+            "suppressed": self.limit.suppressed,
+            "suppressed_count": self.limit.suppressed_count,
+            "heartbeat": self.last_heartbeat,
+            "failures": failures,
+        }
+
     def restore(self, state):
-        """Load state() output; entries for rules or sensors no longer configured are ignored."""
+        """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored."""
         saved = state.get("rules") or {}
         for rule in self.rules:
             if rule.name in saved and len(saved[rule.name]) == 6:
@@ -296,3 +341,30 @@ class Rules:
             if name in self.histories:
                 for seconds, value in history[name]:
                     self.histories[name].add(seconds, value)
+
+
+def correct_times(record):
+    """Date a record made before NTP set the clock; return True if the record changed.
+
+    Its time and readings become real times when they are from this boot and NTP has
+    replied since, or None (unknown) when they are unset times from an earlier boot.
+    A record of this boot stays unchanged until NTP replies.
+    """
+    from . import clock
+
+    tag = record.get("timeline")
+    if tag is None or (tag == clock.TIMELINE and not clock.corrected()):
+        return False
+    record["time"] = clock.real_time(record.get("time"), tag)
+    readings = record.get("readings")
+    if readings:
+        # Readings of this boot are dated like rule state, by when they were read.
+        readings_tag = None if tag == clock.TIMELINE else tag
+        kept = []
+        for seconds, value in readings:
+            seconds = clock.real_time(seconds, readings_tag)
+            if seconds is not None:
+                kept.append([seconds, value])
+        record["readings"] = kept
+    del record["timeline"]
+    return True

@@ -188,13 +188,10 @@ def test_missing_config_file_named_with_fix():
 
 
 def test_invalid_json_names_file_and_position():
-    import sys
-
     from alerts.config import load
 
     path = config_path("broken")
-    # One top-level key per line, and the NTP host without its quotes. MicroPython's
-    # parser accepts some invalid JSON (a trailing or a missing comma), but not this.
+    # One top-level key per line, and the NTP host without its quotes.
     config = good_config()
     lines = ['"%s": %s' % (key, json.dumps(config[key])) for key in sorted(config)]
     text = "{\n" + ",\n".join(lines) + "\n}\n"
@@ -206,11 +203,77 @@ def test_invalid_json_names_file_and_position():
     remove_file(path)
     assert message.startswith(path + " is not valid JSON ("), message
     assert message.endswith("): check commas, quotes and brackets there"), message
-    if sys.implementation.name == "cpython":
-        line = text[: text.index("pool.ntp.org")].count("\n") + 1
-        assert "line %d, column" % line in message, message
-    else:
-        assert "MicroPython does not say where" in message, message
+    before = text[: text.index("pool.ntp.org")]
+    line = before.count("\n") + 1
+    column = len(before) - before.rfind("\n")
+    assert "(line %d, column %d: invalid value: expected a string in double quotes" % (line, column) in message, message
+
+
+# Text that MicroPython's json.loads accepts (or reads differently) but JSON forbids,
+# with the position and problem check_json() reports on both runtimes.
+STRICT_CASES = (
+    ('{"a": 1,}', "line 1, column 9: comma before '}'; remove it"),
+    ('{"a": [1, 2,]}', "line 1, column 13: comma before ']'; remove it"),
+    ('{,"a": 1}', "line 1, column 2: expected a key in double quotes before ','"),
+    ("[,1]", "line 1, column 2: expected a value"),
+    ('{"a": }', "line 1, column 7: expected a value"),
+    ('{"a":, "b": 1}', "line 1, column 6: expected a value"),
+    ("[1,,2]", "line 1, column 4: expected a value"),
+    ('{"a": 1\n "b": 2}', "line 2, column 2: missing comma before this value"),
+    ('{"a": [1 2]}', "line 1, column 10: missing comma before this value"),
+    ('{"a": {} {}}', "line 1, column 10: missing comma before this value"),
+    ('{"a" 1}', "line 1, column 6: expected ':' after the key"),
+    ('{"a": 1}}', "line 1, column 9: extra text after the end"),
+    ('{"a": [1}', "line 1, column 9: '}' does not match '['"),
+    ('{"a": 01}', "line 1, column 7: invalid value"),
+    ('{"a": True}', "line 1, column 7: invalid value"),
+    ('{"a": "x', "line 1, column 7: string without its closing double quote"),
+    ('{"a": 1', "line 1, column 8: text ends with 1 bracket(s) not closed"),
+    ("  ", "line 1, column 3: no JSON value"),
+)
+
+
+def test_strict_check_rejects_lenient_json():
+    from alerts.config import check_json
+
+    for text, expected in STRICT_CASES:
+        problem = check_json(text)
+        assert problem is not None, text
+        assert problem.startswith(expected), (text, problem)
+
+
+def test_strict_check_accepts_valid_json():
+    from alerts.config import check_json
+
+    valid = (
+        '{"a": -1.5e3, "b": [true, false, null, {}, []], "c": "q\\"\\\\", "d": 0, "e": 2E+2}',
+        "[]",
+        ' "text" ',
+        config_text(good_config()),
+    )
+    for text in valid:
+        assert check_json(text) is None, text
+        json.loads(text)
+
+
+def config_text(config, trailing_comma=False):
+    """Return config as JSON with one top-level key per line (MicroPython has no indent=)."""
+    lines = ['"%s": %s' % (key, json.dumps(config[key])) for key in sorted(config)]
+    return "{\n" + ",\n".join(lines) + (",\n" if trailing_comma else "\n") + "}\n"
+
+
+def test_trailing_comma_config_not_loaded():
+    from alerts.config import load
+
+    path = config_path("comma")
+    # A stray comma after the last key, as an edit by hand leaves it.
+    text = config_text(good_config(), trailing_comma=True)
+    with open(path, "w") as file:
+        file.write(text)
+    message = str(raises(ConfigError, load, path, config_path("no-board")))
+    remove_file(path)
+    line = text.count("\n")
+    assert "is not valid JSON (line %d, column 1: comma before '}'; remove it)" % line in message, message
 
 
 def test_secret_in_broken_json_not_shown():

@@ -196,3 +196,65 @@ def test_state_survives_restore():
     # The cap of 2 is used up by the restored alert and this normal.
     assert after.limit.allow(T0 + 300) is False
     assert after.tick(T0 + 3600)[0]["kind"] == "heartbeat"
+
+
+def rule_state_path():
+    import os
+
+    path = "/tmp/alerts-rule-state-test.json"
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return path
+
+
+def test_rule_state_file_survives_reset():
+    from alerts.rulestate import RuleState
+
+    path = rule_state_path()
+    spec = [{"name": "hot", "sensor": "temp", "above": 30, "hysteresis": 2, "min_interval_s": 600}]
+    before = make_rules(spec)
+    saved = RuleState(before, path)
+    assert feed(before, "temp", [20, 31]) == ["alert"]
+    assert saved.save() is True
+    # Another reading inside the alert changes no decision, so nothing is written.
+    feed(before, "temp", [32], start=T0 + 120)
+    assert saved.save() is False
+
+    after = make_rules(spec)
+    assert RuleState(after, path).load() is True
+    assert after.active() == ["hot"]
+    assert after.rules[0].last_sent == T0 + 60
+    assert feed(after, "temp", [33, 27], start=T0 + 300) == ["normal"]
+    # min_interval_s still counts from the alert sent before the reset.
+    assert feed(after, "temp", [31], start=T0 + 400) == []
+
+
+def test_rule_state_missing_or_broken_file():
+    from alerts.rulestate import RuleState
+
+    path = rule_state_path()
+    rules = make_rules([{"name": "hot", "sensor": "temp", "above": 30}])
+    assert RuleState(rules, path).load() is False
+    with open(path, "w") as file:
+        file.write('{"rules": ')
+    assert RuleState(rules, path).load() is False
+    assert rules.active() == []
+
+
+def test_rule_state_from_unset_clock_keeps_open_alert():
+    import json
+
+    from alerts.rulestate import RuleState
+
+    path = rule_state_path()
+    unset = 946684800 + 300  # saved before NTP, in an earlier boot
+    state = {"rules": {"hot": [True, True, False, unset, 0, None]}, "sent": [unset], "timeline": "0badc0de"}
+    with open(path, "w") as file:
+        file.write(json.dumps(state))
+    rules = make_rules([{"name": "hot", "sensor": "temp", "above": 30}])
+    assert RuleState(rules, path).load() is True
+    assert rules.active() == ["hot"]
+    assert rules.rules[0].last_sent is None
+    assert rules.limit.sent == []

@@ -40,6 +40,10 @@ SIM_WIFI = {"ssid": "sim-network", "password": "sim-wifi-password"}
 RESET_STATUS = 3
 DEEPSLEEP_STATUS = 4
 WATCHDOG_FILE = "watchdog.json"
+# sim_board/machine.py keeps RTC memory here; a power cycle clears it.
+RTC_FILE = "rtc_memory.bin"
+# sim_board/esp32.py's wake_on_ext0() writes the deep-sleep wake pin and level here.
+WAKE_PIN_FILE = "wake_pin.json"
 # Real seconds given to the board after the scenario's end to empty its outbox.
 DRAIN_S = 20.0
 _SLEEP_PATTERN = re.compile(r"\[machine\] deepsleep (\d+)")
@@ -56,6 +60,8 @@ _SCENARIO_KEYS = (
     "server_down",
     "ntp_down",
     "wifi_down",
+    "power_cycles",
+    "pins",
     "wifi",
     "watchdog_ms",
     "reject",
@@ -128,6 +134,22 @@ def load_scenario(path):
         raise SimError("scenario %s: speed must be a positive number (simulated seconds per real second)" % path)
     if not isinstance(duration, (int, float)) or duration <= 0:
         raise SimError("scenario %s: duration_s must be a positive number of simulated seconds" % path)
+    cycles = scenario.get("power_cycles", [])
+    if not isinstance(cycles, list) or not all(isinstance(item, (int, float)) and item >= 0 for item in cycles):
+        raise SimError("scenario %s: power_cycles must be a list of simulated seconds, e.g. [300]" % path)
+    pins = scenario.get("pins", {})
+    if not isinstance(pins, dict):
+        raise SimError('scenario %s: pins must map a pin to a timeline, e.g. {"14": [[0, 0], [420, 1]]}' % path)
+    for pin, timeline in pins.items():
+        if (
+            not isinstance(timeline, list)
+            or not timeline
+            or not all(isinstance(item, list) and len(item) == 2 and item[1] in (0, 1) for item in timeline)
+            or [item[0] for item in timeline] != sorted(item[0] for item in timeline)
+        ):
+            raise SimError(
+                "scenario %s: pins.%s must be a list of [seconds, 0 or 1] pairs with increasing seconds" % (path, pin)
+            )
     for item in scenario.get("reject", []):
         if (
             not isinstance(item, dict)
@@ -349,6 +371,11 @@ class Board:
         self._reader = None
 
     def start(self):
+        # A wake pin is armed again before each deep sleep.
+        try:
+            (self.directory / WAKE_PIN_FILE).unlink()
+        except FileNotFoundError:
+            pass
         command = [self.executable]
         if self.heap:
             command += ["-X", "heapsize=%s" % self.heap]
@@ -413,6 +440,31 @@ class Board:
         self.restarts += 1
         self.start()
 
+    def wake_pin(self, pins, elapsed):
+        """Return (pin, level) when the wake pin armed before deep sleep reached its level, else None."""
+        try:
+            wake = json.loads((self.directory / WAKE_PIN_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        timeline = pins.get(wake.get("pin"))
+        if not timeline:
+            return None
+        level = timeline_value(timeline, elapsed)
+        return (wake["pin"], level) if level == wake.get("level") else None
+
+    def power_cycle(self):
+        """Cut the power and restore it: the process ends at once and RTC memory is lost."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.wait_output()
+        self.clear_watchdog()
+        try:
+            (self.directory / RTC_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        self.restarts += 1
+        self.start()
+
     def wait_output(self):
         if self._reader is not None:
             self._reader.join(timeout=5)
@@ -433,6 +485,16 @@ class Board:
 
 def simulated_elapsed(settings):
     return (time.time_ns() - settings["wall_start_ns"]) * settings["speed"] / 1e9
+
+
+def timeline_value(timeline, elapsed):
+    """Return the value of a [[seconds, value], ...] timeline at elapsed simulated seconds."""
+    value = timeline[0][1]
+    for seconds, item in timeline:
+        if seconds > elapsed:
+            break
+        value = item
+    return value
 
 
 def in_periods(elapsed, periods):
@@ -582,6 +644,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
         "wifi": SIM_WIFI,
         "ntp_down": scenario.get("ntp_down", []),
         "wifi_down": scenario.get("wifi_down", []),
+        "pins": scenario.get("pins", {}),
     }
     duration = scenario["duration_s"]
     print(
@@ -598,6 +661,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
     problems = []
     sleep_until = None
     drain_deadline = None
+    power_cycles = sorted(scenario.get("power_cycles", []))
     expected_count = len(scenario["expect"])
     try:
         while True:
@@ -611,8 +675,23 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
                 elif not down and not server.running:
                     print("sim   | t=%ds: SMTP server up again" % elapsed, flush=True)
                     server.start()
+            if power_cycles and elapsed >= power_cycles[0]:
+                power_cycles.pop(0)
+                print("sim   | t=%ds: power cycle: board off and on again" % elapsed, flush=True)
+                sleep_until = None
+                if board.poll() is None:
+                    board.power_cycle()
+                else:
+                    board.restarts += 1
+                    board.start()
+                continue
             if sleep_until is not None:
-                if time.monotonic() >= sleep_until:
+                woken = board.wake_pin(scenario.get("pins", {}), elapsed)
+                if woken is not None:
+                    print(
+                        "sim   | t=%ds: pin %s changed to %d: it wakes the board from deep sleep" % ((elapsed,) + woken)
+                    )
+                if woken is not None or time.monotonic() >= sleep_until:
                     sleep_until = None
                     board.restarts += 1
                     board.start()

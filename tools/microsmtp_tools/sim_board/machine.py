@@ -34,7 +34,7 @@ class Pin:
 
     def value(self, value=None):
         if value is None:
-            return self._value
+            return _timeline_value(self.pin, self._value)
         self._value = 1 if value else 0
         return None
 
@@ -44,8 +44,25 @@ class Pin:
     def off(self):
         self.value(0)
 
-    def irq(self, handler=None, trigger=IRQ_RISING | IRQ_FALLING):
+    def irq(self, handler=None, trigger=IRQ_RISING | IRQ_FALLING, wake=None):
+        # The handler is never called: the firmware also polls the pin every interval_s.
         self._handler = handler
+
+
+def _timeline_value(pin, default):
+    """Return the level of pin from the scenario's ``pins`` timelines, or default."""
+    import sim_clock
+
+    timeline = (sim_clock.settings().get("pins") or {}).get(str(pin))
+    if not timeline:
+        return default
+    elapsed = sim_clock.elapsed()
+    value = timeline[0][1]
+    for seconds, level in timeline:
+        if seconds > elapsed:
+            break
+        value = level
+    return 1 if value else 0
 
 
 class ADC:
