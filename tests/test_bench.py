@@ -3,26 +3,48 @@
 Only counts and sizes are checked, never durations.
 """
 
+import contextlib
+import io
+import logging
 import re
 
 import pytest
 
-from microsmtp_tools import cli
+from microsmtp_tools import bench, cli
 
 CLIENTS = ("microsmtp (CPython)", "microsmtp (MicroPython, .mpy)", "smtplib (CPython)", "aiosmtplib (CPython)")
 
 
-@pytest.fixture(scope="module")
-def output(micropython):
-    import contextlib
-    import io
+class RecordList(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
 
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Run the bench once; return (stdout, records logged on aiosmtpd's "mail.log" logger)."""
     stream = io.StringIO()
-    with contextlib.redirect_stdout(stream):
-        status = cli.main(["bench", "--quick", "--rtt", "10"])
+    # A handler on the logger itself receives only the records that pass its filters.
+    handler = RecordList()
+    logger = logging.getLogger("mail.log")
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(stream):
+            status = cli.main(["bench", "--quick", "--rtt", "10"])
+    finally:
+        logger.removeHandler(handler)
     text = stream.getvalue()
     assert status == 0, text
-    return text
+    return text, handler.records
+
+
+@pytest.fixture(scope="module")
+def output(run, micropython):
+    return run[0]
 
 
 def section(text, title):
@@ -71,3 +93,45 @@ def test_mpy_sizes(output):
     assert set(sizes) == {"xtensawin", "armv6m", "source"}
     for arch in ("xtensawin", "armv6m"):
         assert 5000 < int(sizes[arch]) < int(sizes["source"]), sizes
+
+
+def test_versions_labelled(output, micropython):
+    lines = output.splitlines()
+
+    runtime = [line for line in lines if line.startswith("MicroPython unix port (%s): " % micropython)]
+    compiler = [line for line in lines if line.startswith("mpy-cross (compiles the .mpy files): ")]
+    assert len(runtime) == 1, output
+    assert len(compiler) == 1, output
+    assert runtime[0].endswith(bench.micropython_version(micropython))
+    assert re.search(r": MicroPython \d+\.\d+\.\d+(-\w+)?; ", runtime[0]), runtime[0]
+    assert "mpy-cross emitting mpy v6" in compiler[0]
+
+
+def test_micropython_version_from_runtime(micropython):
+    import subprocess
+
+    version = bench.micropython_version(micropython)
+    banner = subprocess.run(
+        [micropython, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+
+    assert version.startswith("MicroPython "), version
+    # The build line of sys.version ("MicroPython HASH on DATE") is part of the text.
+    assert banner.split("; ", 1)[1] in version, (banner, version)
+
+
+def test_login_data_log_hidden(run):
+    messages = [record.getMessage() for record in run[1]]
+
+    assert not [message for message in messages if "login_data is deprecated" in message], messages
+
+
+def test_login_data_filter_only_that_message():
+    login_data_filter = bench.LoginDataFilter()
+
+    def record(message):
+        return logging.LogRecord("mail.log", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not login_data_filter.filter(record("Session.login_data is deprecated and will be removed in version 2.0"))
+    assert login_data_filter.filter(record("auth_required == True but auth_require_tls == False"))
+    assert login_data_filter.filter(record("%s:%d EOF received"))

@@ -2,10 +2,12 @@
 
 import importlib.util
 import json
+import re
 import ssl
 
 import pytest
 import trustme
+from raw_server import RawServer
 
 import unix_port
 from microsmtp_tools import certs, cli
@@ -21,6 +23,10 @@ def root_line(out):
     lines = [line for line in out.splitlines() if line.startswith("root the board needs: ")]
     assert lines, out
     return lines[0]
+
+
+def pem_blocks(text):
+    return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", text, flags=re.DOTALL)
 
 
 def load_module(path):
@@ -91,11 +97,86 @@ def test_probe_without_starttls_on_plaintext_port(smtp_server, capsys):
     assert "add --starttls" in err or "timed out" in err
 
 
-def test_probe_connection_refused(capsys):
-    status, out, err = run(["certs", "probe", "127.0.0.1:1", "--starttls"], capsys)
+@pytest.fixture
+def raw_server():
+    """Start RawServer(handler) servers and stop them at teardown."""
+    started = []
 
-    assert status == 69
-    assert "connecting to 127.0.0.1:1 failed" in err
+    def start(handler):
+        server = RawServer(handler)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_probe_connection_refused(closed_port, capsys):
+    status, out, err = run(["certs", "probe", "127.0.0.1:%d" % closed_port, "--starttls"], capsys)
+
+    # A refused connection may succeed later: 75 (EX_TEMPFAIL), as `microsmtp send` returns.
+    assert status == 75, out + err
+    assert "connecting to 127.0.0.1:%d failed" % closed_port in err
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that is bound but not listening, so connecting is refused."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_probe_greeting_timeout(raw_server, capsys):
+    server = raw_server(lambda connection: connection.stall(10))
+
+    status, out, err = run(["certs", "probe", "127.0.0.1:%d" % server.port, "--starttls", "--timeout", "0.5"], capsys)
+
+    assert status == 75, out + err
+    assert "timed out after 0.5 s" in err
+
+
+@pytest.mark.parametrize("greeting, expected", [(b"421 busy, try later\r\n", 75), (b"554 no service\r\n", 69)])
+def test_probe_greeting_reply_code(greeting, expected, raw_server, capsys):
+    server = raw_server(lambda connection: connection.send(greeting))
+
+    status, out, err = run(["certs", "probe", "127.0.0.1:%d" % server.port, "--starttls"], capsys)
+
+    assert status == expected, out + err
+    assert "expected 220, got: %s" % greeting.decode().strip() in err
+
+
+def test_probe_invalid_options(closed_port, tmp_path, capsys):
+    argv = ["certs", "probe", "127.0.0.1:%d" % closed_port, "--ca-bundle", str(tmp_path / "missing.pem")]
+
+    status, out, err = run(argv, capsys)
+
+    # The bundle is read before connecting, so the refused port does not matter.
+    assert status == 78, out + err
+    assert "reading the CA bundle %s failed" % (tmp_path / "missing.pem") in err
+
+
+def test_probe_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["certs", "probe", "smtp.example.com"])
+
+    assert exit_info.value.code == 2
+    assert "give HOST:PORT" in capsys.readouterr().err
+
+
+def test_probe_help_lists_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["certs", "probe", "--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert "75 temporary failure: connection refused, reset or timed out" in out
+    assert "69 permanent failure" in out
+    assert "78 invalid input" in out
+    assert "2 usage error" in out
 
 
 def test_build_from_probe_loads_on_micropython(certs, smtp_server, tmp_path, capsys, micropython):
@@ -167,3 +248,55 @@ def test_build_rejects_non_certificate(tmp_path, capsys):
 
     assert status == 78
     assert "not a PEM or DER X.509 certificate" in err
+
+
+def test_build_pem_accepted_by_send(certs, smtp_server, tmp_path, monkeypatch, capsys):
+    pem = tmp_path / "roots.pem"
+    module = tmp_path / "ca_roots.py"
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(certs.other_ca.cert_pem.bytes())
+    # The trusted test CA comes second, so send must read every block of the bundle.
+    argv = ["certs", "build", "--cert", str(other_ca), "--cert", str(certs.ca_pem_path), "--pem", str(pem)]
+
+    status, out, err = run(argv + ["--no-module", "-o", str(module), "--no-measure"], capsys)
+
+    assert status == 0, out + err
+    assert "wrote %s (PEM bundle" % pem in out
+    assert not module.exists()
+    blocks = pem_blocks(pem.read_text(encoding="ascii"))
+    assert [ssl.PEM_cert_to_DER_cert(block) for block in blocks] == [certs.other_ca_der, certs.ca_der]
+    server = smtp_server("starttls", users={"alice": "secret"})
+    monkeypatch.setenv("SMTP_PASSWORD", "secret")
+    send = ["send", "--host", server.host, "--port", str(server.port), "--server-name", "localhost", "--ca", str(pem)]
+    send += ["--user", "alice", "--from", "alerts@example.com", "--to", "ops@example.com"]
+    send += ["--subject", "PEM bundle", "--body", "ok"]
+
+    status, out, err = run(send, capsys)
+
+    assert status == 0, out + err
+    assert len(server.messages) == 1
+    assert server.messages[0].tls is True
+    assert server.messages[0].user == "alice"
+
+
+def test_build_pem_with_module(certs, tmp_path, capsys):
+    pem = tmp_path / "pem" / "roots.pem"
+    module = tmp_path / "ca_roots.py"
+
+    status, out, err = run(
+        ["certs", "build", "--cert", str(certs.ca_der_path), "-o", str(module), "--pem", str(pem), "--no-measure"],
+        capsys,
+    )
+
+    assert status == 0, out + err
+    assert load_module(module).ROOTS == (certs.ca_der,)
+    assert [ssl.PEM_cert_to_DER_cert(block) for block in pem_blocks(pem.read_text())] == [certs.ca_der]
+
+
+def test_build_no_module_needs_pem(certs, tmp_path, capsys):
+    argv = ["certs", "build", "--cert", str(certs.ca_pem_path), "--no-module", "-o", str(tmp_path / "x.py")]
+
+    status, out, err = run(argv, capsys)
+
+    assert status == 78
+    assert "--no-module writes nothing without --pem FILE" in err

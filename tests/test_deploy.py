@@ -6,8 +6,13 @@ The board is one socat listener for the whole module. The first deploy takes abo
 
 import contextlib
 import io
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +176,152 @@ def test_deploy_missing_ca_module(capsys, tmp_path):
 
     assert status == 78
     assert "check --ca-module" in capsys.readouterr().err
+
+
+def test_deploy_without_config_warns(first_deploy, board, ca_module, tmp_path, capsys):
+    on_board = board.directory / "config.json"
+    saved = tmp_path / "config.json"
+    shutil.move(on_board, saved)
+    try:
+        status, out, err = deploy(board, capsys, "--ca-module", str(ca_module))
+    finally:
+        shutil.move(saved, on_board)
+    kept_status, kept_out, kept_err = deploy(board, capsys, "--ca-module", str(ca_module))
+
+    assert status == 0, out + err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, err
+    assert "the board has no config.json" in warnings[0]
+    assert "--config FILE" in warnings[0]
+    assert kept_status == 0, kept_out + kept_err
+    assert "warning" not in kept_err
+    assert "kept      config.json (already on the board" in kept_out
+
+
+def board_config_error(micropython, config, tmp_path):
+    """Return the message the firmware's config loader raises on ``config`` under MicroPython."""
+    board_dir = tmp_path / "board-check"
+    board_dir.mkdir()
+    shutil.copyfile(config, board_dir / "config.json")
+    script = "from alerts.config import load, ConfigError\ntry:\n    load()\nexcept ConfigError as exc:\n    print(exc)"
+    env = dict(os.environ, MICROPYPATH=".frozen:" + str(REPO_DIR / "firmware"))
+    process = unix_port.run_micropython(["-c", script], executable=micropython, cwd=board_dir, env=env)
+    assert process.returncode == 0, unix_port.format_output(process)
+    return process.stdout.strip()
+
+
+def test_deploy_rejects_invalid_config(micropython, ca_module, tmp_path, capsys):
+    config = json.loads(CONFIG_EXAMPLE.read_text())
+    config["smtp"]["port"] = "587"
+    path = tmp_path / "invalid.json"
+    path.write_text(json.dumps(config))
+
+    # An unreachable port: the check must fail before mpremote is ever run.
+    argv = ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--ca-module", str(ca_module)]
+    status = cli.main(argv + ["--config", str(path)])
+    captured = capsys.readouterr()
+
+    board_message = board_config_error(micropython, path, tmp_path)
+    assert board_message.startswith("config.json: smtp.port is invalid"), board_message
+    assert status == 78, captured.out + captured.err
+    assert "microsmtp deploy: error: checking %s failed: %s" % (path, board_message) in captured.err
+    assert "deploy:" not in captured.out
+
+
+def test_deploy_rejects_config_syntax(ca_module, tmp_path, capsys):
+    path = tmp_path / "broken.json"
+    path.write_text('{"device": "greenhouse-1",\n}')
+
+    argv = ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--ca-module", str(ca_module)]
+    status = cli.main(argv + ["--config", str(path)])
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "%s is not valid JSON (line 2, column 1" % path in err
+
+
+# -- the virtual board as a program ---------------------------------------------------------
+
+
+def processes_in(directory):
+    """Return the ids of processes whose working directory is ``directory`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == directory:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def stop_board_process(process):
+    """End a virtual board process with SIGTERM, so it stops its socat too, and SIGKILL as a last resort."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_virtual_board_help(tmp_path):
+    command = [sys.executable, "-m", "microsmtp_tools.virtual_board", "--help"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        stop_board_process(process)
+
+    assert process.returncode == 0, err
+    assert "usage: python -m microsmtp_tools.virtual_board" in out
+    assert "kill PID" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# SIGINT runs through a launcher that sets SIGINT to its default first, because a test
+# run started in the background of a script inherits SIGINT as ignored.
+LAUNCHERS = {
+    signal.SIGTERM: ["-m", "microsmtp_tools.virtual_board"],
+    signal.SIGINT: [
+        "-c",
+        "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "from microsmtp_tools.virtual_board import main; sys.exit(main())",
+    ],
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_virtual_board_stops_on_signal(signum, micropython, tmp_path):
+    if shutil.which("socat") is None:
+        pytest.fail(SOCAT_MISSING + "; run make setup or bash .ci/run", pytrace=False)
+    folder = tmp_path / "board"
+    command = [sys.executable, *LAUNCHERS[signum], str(folder), "--micropython", micropython]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first_line = process.stdout.readline()
+        assert first_line.startswith("virtual board in %s at socket://127.0.0.1:" % folder), first_line
+        port = int(first_line.split("socket://127.0.0.1:")[1].split(";")[0])
+        # A connection starts a MicroPython process, which the stop must end too.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            banner = b""
+            while b">>> " not in banner:
+                chunk = connection.recv(1024)
+                assert chunk, banner
+                banner += chunk
+            running = processes_in(folder)
+            assert len(running) >= 2, running
+
+            process.send_signal(signum)
+            out, err = process.communicate(timeout=30)
+    finally:
+        stop_board_process(process)
+
+    assert process.returncode == 0, out + err
+    assert "virtual board: stopping on %s" % signum.name in out
+    assert processes_in(folder) == []
 
 
 @pytest.mark.parametrize("arch", ["xtensawin", "armv6m"])

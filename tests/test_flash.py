@@ -72,7 +72,55 @@ def test_esptool_command_per_chip(board, chip, offset, esp_image, capsys):
     status = cli.main(["flash", "--board", board, "--port", "/dev/ttyUSB0", "--firmware", str(esp_image), "--dry-run"])
     out = capsys.readouterr().out
     assert status == 0
-    assert "running: esptool --chip %s --port /dev/ttyUSB0 --baud 460800 write-flash -z %s" % (chip, offset) in out
+    assert "would run: esptool --chip %s --port /dev/ttyUSB0 --baud 460800 write-flash -z %s" % (chip, offset) in out
+
+
+def test_esp_dry_run_flashes_nothing(esp_image, capsys):
+    argv = ["flash", "--board", "ESP32_GENERIC", "--port", "/dev/ttyUSB0", "--firmware", str(esp_image)]
+
+    status = cli.main(argv + ["--dry-run", "--erase"])
+
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "would run: esptool --chip esp32 --port /dev/ttyUSB0 --baud 460800 erase-flash" in out
+    assert "would run: esptool --chip esp32 --port /dev/ttyUSB0 --baud 460800 write-flash -z 0x1000" in out
+    assert "dry run: nothing was erased or flashed" in out
+    assert "flashed %s" % esp_image.name not in out
+    assert "running:" not in out
+
+
+def test_uf2_dry_run_without_drive(uf2_image, tmp_path, monkeypatch, capsys):
+    # No drive is mounted and no picotool is on PATH, which makes a real run fail.
+    monkeypatch.setattr(flash, "DRIVE_PATTERNS", (str(tmp_path / "no-media") + "/*/%s",))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+
+    status = cli.main(["flash", "--board", "RPI_PICO_W", "--firmware", str(uf2_image), "--dry-run"])
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "would copy %s to <RPI-RP2 drive>/%s" % (uf2_image, uf2_image.name) in out
+    assert "no RPI-RP2 drive is mounted now" in out
+    assert "dry run: nothing was copied" in out
+
+
+def test_uf2_dry_run_with_drive(uf2_image, drive, tmp_path, capsys):
+    unmounted = tmp_path / "not-mounted" / "RPI-RP2"
+    argv = ["flash", "--board", "RPI_PICO_W", "--firmware", str(uf2_image), "--dry-run"]
+
+    status = cli.main(argv + ["--drive", str(drive)])
+    out = capsys.readouterr().out
+    planned = cli.main(argv + ["--drive", str(unmounted)])
+    planned_out = capsys.readouterr().out
+
+    assert status == 0, out
+    assert "would copy %s to %s" % (uf2_image, drive / uf2_image.name) in out
+    assert "dry run: nothing was copied" in out
+    assert "copied; the board restarts" not in out
+    assert not (drive / uf2_image.name).exists()
+    assert planned == 0, planned_out
+    assert "would copy %s to %s" % (uf2_image, unmounted / uf2_image.name) in planned_out
+    assert "note: %s does not exist now" % unmounted in planned_out
+    assert not unmounted.exists()
 
 
 def test_esptool_erase_and_baud(esp_image):

@@ -4,7 +4,9 @@
 server sends and looks up the root that chain leads to in certifi's copy of Mozilla's
 CA bundle. ``certs build`` writes ``ca_roots.py``, the module the board imports:
 ``ROOTS = (b"<DER>", ...)``, one root per entry, which the board loads with
-``SSLContext.load_verify_locations(cadata=...)``, one call per root.
+``SSLContext.load_verify_locations(cadata=...)``, one call per root. With ``--pem FILE``
+it also writes the roots as a PEM bundle, the form ``microsmtp send --ca`` and
+``sim --ca`` take.
 
 The root is looked up the way mbedTLS (the TLS library of MicroPython boards) builds
 a path: starting from the server's certificate, at each step it first looks for a
@@ -201,12 +203,18 @@ def parse_address(value):
     return host.strip("[]"), int(port)
 
 
+def _reply_status(code):
+    """Return the exit status for an unexpected reply code: 4xx is temporary, as in ``microsmtp send``."""
+    return EX_TEMPFAIL if code.startswith("4") else EX_UNAVAILABLE
+
+
 def _read_reply(stream, step):
     lines = []
     while True:
         line = stream.readline(1024)
         if not line:
-            raise ToolError(step, "the server closed the connection; check HOST:PORT and --starttls", EX_UNAVAILABLE)
+            # A lost connection is temporary, as in `microsmtp send`.
+            raise ToolError(step, "the server closed the connection; check HOST:PORT and --starttls", EX_TEMPFAIL)
         lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
         if len(line) < 4 or line[3:4] != b"-":
             break
@@ -221,13 +229,13 @@ def _starttls(sock, address):
         step = "reading the greeting of %s" % address
         code, lines = _read_reply(stream, step)
         if code != "220":
-            raise ToolError(step, "expected 220, got: %s" % lines[-1], EX_UNAVAILABLE)
+            raise ToolError(step, "expected 220, got: %s" % lines[-1], _reply_status(code))
         local = sock.getsockname()[0]
         literal = "[IPv6:%s]" % local if ":" in local else "[%s]" % local
         sock.sendall(b"EHLO " + literal.encode("ascii") + b"\r\n")
         code, lines = _read_reply(stream, "EHLO to %s" % address)
         if code != "250":
-            raise ToolError("EHLO to %s" % address, "expected 250, got: %s" % lines[-1], EX_UNAVAILABLE)
+            raise ToolError("EHLO to %s" % address, "expected 250, got: %s" % lines[-1], _reply_status(code))
         if not any(line[4:].strip().upper() == "STARTTLS" for line in lines):
             raise ToolError(
                 "EHLO to %s" % address,
@@ -237,7 +245,7 @@ def _starttls(sock, address):
         sock.sendall(b"STARTTLS\r\n")
         code, lines = _read_reply(stream, "STARTTLS at %s" % address)
         if code != "220":
-            raise ToolError("STARTTLS at %s" % address, "expected 220, got: %s" % lines[-1], EX_UNAVAILABLE)
+            raise ToolError("STARTTLS at %s" % address, "expected 220, got: %s" % lines[-1], _reply_status(code))
     finally:
         stream.close()
 
@@ -249,8 +257,11 @@ def _open_tls(host, port, starttls, server_name, context, timeout):
     except TimeoutError:
         raise ToolError("connecting to %s" % address, "timed out after %g s" % timeout, EX_TEMPFAIL) from None
     except OSError as exc:
+        # Refused, unreachable or a name that does not resolve: temporary, as in `microsmtp send`.
         raise ToolError(
-            "connecting to %s" % address, "%s; check HOST:PORT" % (exc.strerror or exc), EX_UNAVAILABLE
+            "connecting to %s" % address,
+            "%s; check HOST:PORT, or try again later" % (exc.strerror or exc),
+            EX_TEMPFAIL,
         ) from None
     try:
         if starttls:
@@ -259,6 +270,13 @@ def _open_tls(host, port, starttls, server_name, context, timeout):
     except TimeoutError:
         sock.close()
         raise ToolError("talking to %s" % address, "timed out after %g s" % timeout, EX_TEMPFAIL) from None
+    except ssl.SSLError:
+        sock.close()
+        raise
+    except OSError as exc:
+        # A reset or closed connection, not a TLS failure (ssl.SSLError is handled above).
+        sock.close()
+        raise ToolError("talking to %s" % address, "%s; try again later" % (exc.strerror or exc), EX_TEMPFAIL) from None
     except BaseException:
         sock.close()
         raise
@@ -326,13 +344,14 @@ def run_probe(args):
     host, port = args.address
     server_name = args.server_name or host
     out = sys.stdout
+    # Loaded first, so a wrong --ca-bundle fails (78) before any network step.
+    bundle = load_bundle(args.ca_bundle)
     chain = fetch_chain(host, port, args.starttls, server_name, args.timeout)
     print("%s:%d sent %d certificate(s)%s:" % (host, port, len(chain), " after STARTTLS" if args.starttls else ""))
     print_chain(chain, out)
     if len(chain) == 1 and not _CHAIN_AVAILABLE:
         print("note: this Python shows only the server's own certificate, not its intermediates")
 
-    bundle = load_bundle(args.ca_bundle)
     bundle_name = args.ca_bundle or "certifi's Mozilla CA bundle"
     root = find_root(chain, bundle)
     status = EX_OK
@@ -360,10 +379,18 @@ def run_probe(args):
             "root": root.pem() if root is not None else None,
             "root_subject": root.subject if root is not None else None,
         }
-        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save).write_text(json.dumps(result, indent=2) + "\n")
+        write_output(args.save, json.dumps(result, indent=2) + "\n", "--save")
         print("saved to %s (use: microsmtp certs build --probe %s)" % (args.save, args.save))
     return status
+
+
+def write_output(path, text, option):
+    """Write text to path, creating its folder; raise ToolError naming ``option`` on failure."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ToolError("writing %s" % path, "%s; check %s" % (exc.strerror or exc, option)) from None
 
 
 # -- build ----------------------------------------------------------------------------
@@ -494,7 +521,26 @@ def measure_heap(roots):
     return result
 
 
+def render_pem(roots):
+    """Return a PEM bundle of [(Certificate, sources)], each root preceded by comment lines."""
+    blocks = []
+    for cert, sources in roots:
+        # Text outside BEGIN/END lines is ignored by PEM readers (OpenSSL, CPython's ssl,
+        # send --ca), but send --ca rejects non-ASCII bytes, and some subjects have them.
+        header = "# %s\n# valid %s, sha256 %s, from %s\n" % (
+            cert.subject.encode("ascii", "backslashreplace").decode("ascii"),
+            cert.validity(),
+            cert.sha256,
+            ", ".join(sources).encode("ascii", "backslashreplace").decode("ascii"),
+        )
+        blocks.append(header + cert.pem())
+    return "".join(blocks)
+
+
 def run_build(args):
+    if args.no_module and not args.pem:
+        raise ToolError("building the CA files", "--no-module writes nothing without --pem FILE")
+
     roots = collect_roots(args)
     if not roots:
         raise ToolError(
@@ -525,10 +571,13 @@ def run_build(args):
             " stays small; on rp2 (Pico W) parsing takes GC heap: at least the DER size per root, plus mbedTLS's"
             " certificate structure"
         )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render_module(roots))
-    print("wrote %s" % output)
+
+    if not args.no_module:
+        write_output(args.output, render_module(roots), "-o")
+        print("wrote %s" % args.output)
+    if args.pem:
+        write_output(args.pem, render_pem(roots), "--pem")
+        print("wrote %s (PEM bundle, for microsmtp send --ca and sim --ca)" % args.pem)
     return EX_OK
 
 
@@ -556,7 +605,12 @@ def add_parser(subcommands):
             "chain the server sends and the root CA in certifi's Mozilla bundle that anchors it, "
             "then check that this root alone verifies the chain and the name."
         ),
-        epilog="exit status: 0 root found and checked, 69 root not found or check failed, 75 timed out, 78 bad input",
+        epilog=(
+            "exit status (as for microsmtp send): 0 root found and checked; 75 temporary failure: "
+            "connection refused, reset or timed out, or a 4xx reply (try again later); 69 permanent "
+            "failure: TLS handshake failed, no STARTTLS, a 5xx reply, root not found in the bundle, or "
+            "verification with the root failed; 78 invalid input (--ca-bundle, --save); 2 usage error"
+        ),
         allow_abbrev=False,
     )
     probe.add_argument(
@@ -580,7 +634,8 @@ def add_parser(subcommands):
         help="write the CA module (ca_roots.py) from providers, certificate files or probe results",
         description=(
             "Write ca_roots.py with ROOTS = (DER bytes, ...), one entry per distinct root, from "
-            "named providers, PEM or DER files and probe results. Prints each root's size and the "
+            "named providers, PEM or DER files and probe results, and with --pem the same roots as a "
+            "PEM bundle for the host tools. Prints each root's size and the "
             "heap that parsing it takes under the MicroPython unix port."
         ),
         epilog="providers and their roots: %s. The provider table was compiled from public "
@@ -607,6 +662,12 @@ def add_parser(subcommands):
     build.add_argument(
         "-o", "--output", default=DEFAULT_OUTPUT, metavar="FILE", help="module to write (default: %s)" % DEFAULT_OUTPUT
     )
+    build.add_argument(
+        "--pem",
+        metavar="FILE",
+        help="also write the same roots as a PEM bundle, for `microsmtp send --ca FILE` and `sim --ca FILE`",
+    )
+    build.add_argument("--no-module", action="store_true", help="write only the --pem bundle, not the CA module (-o)")
     build.add_argument("--no-measure", action="store_true", help="skip the heap measurement under the unix port")
     build.set_defaults(handler=_handle(run_build))
     return parser

@@ -11,9 +11,12 @@ the virtual board a soft reset would end the MicroPython process).
 """
 
 import hashlib
+import importlib.util
+import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import common, mpy
@@ -215,19 +218,57 @@ def build_plan(args, arch, stage_dir):
             shutil.copyfile(board_json, target)
             plan.add("board.json", target)
     if args.config:
-        config = Path(args.config)
-        if not config.is_file():
-            raise ToolError("reading the configuration", "%s not found; check --config" % config)
-        import json
+        target = stage_dir / CONFIG_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.config, target)
+        plan.add(CONFIG_NAME, target)
+    return plan
 
+
+def load_config_module(firmware_dir):
+    """Import firmware_dir/alerts/config.py, the board's own config checks, or return None.
+
+    It is plain Python that also runs on CPython. It is loaded under a private name,
+    so it cannot clash with another ``alerts`` package on sys.path.
+    """
+    path = Path(firmware_dir) / "alerts" / "config.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("microsmtp_tools._board_alerts_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_config(args):
+    """Validate --config on this PC as the board will at boot; return a one-line summary.
+
+    Raises ToolError (exit 78) with the message the board would log, so an invalid
+    file is rejected before the board is contacted.
+    """
+    config = Path(args.config)
+    if not config.is_file():
+        raise ToolError("reading the configuration", "%s not found; check --config" % config)
+    module = load_config_module(args.firmware_dir)
+    if module is None:
         try:
             json.loads(config.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ToolError("reading the configuration", "%s is not valid JSON: %s" % (config, exc)) from None
-        target = stage_dir / CONFIG_NAME
-        shutil.copyfile(config, target)
-        plan.add(CONFIG_NAME, target)
-    return plan
+        return "JSON syntax checked only, because %s/alerts/config.py is missing" % args.firmware_dir
+    board_json = common.BOARDS_DIR / args.board / "board.json" if args.board else None
+    with tempfile.TemporaryDirectory(prefix="microsmtp-deploy-") as empty:
+        if board_json is None or not board_json.is_file():
+            # load() skips a missing board.json, which is the case without --board.
+            board_json = Path(empty) / "board.json"
+        try:
+            loaded = module.load(str(config), str(board_json))
+        except module.ConfigError as exc:
+            raise ToolError(
+                "checking %s" % config,
+                "%s (the board would stop at boot with this message); fix the file and deploy again" % exc,
+            ) from None
+    return module.describe(loaded)
 
 
 def frozen_stale_paths():
@@ -245,8 +286,11 @@ def _copy_commands(plan, remotes):
 
 
 def run_deploy(args):
-    board = Mpremote(args.port)
     out = sys.stdout
+    # 0. Check config.json first, so an invalid file stops the deploy before the board is touched.
+    if args.config:
+        print("config: %s is valid: %s" % (args.config, check_config(args)), file=out)
+    board = Mpremote(args.port)
 
     # 1. Find the architecture. Without --arch or --board the board reports its .mpy format.
     board_mpy = 0
@@ -273,7 +317,9 @@ def run_deploy(args):
         managed = [(package, []) for package in MANAGED_PACKAGES]
     prepare = _PREPARE_SCRIPT % {"dirs": plan.directories(), "managed": managed, "stale": stale}
     hashes_script = _HASH_SCRIPT % {"files": sorted(plan.files)}
-    output = board.exec(prepare + hashes_script, what="reading the board's files")
+    # config.json is hashed even without --config, to tell whether the board has one.
+    first_hashes = _HASH_SCRIPT % {"files": sorted(set(plan.files) | {CONFIG_NAME})}
+    output = board.exec(prepare + first_hashes, what="reading the board's files")
     for line in output.splitlines():
         if line.startswith("REMOVED "):
             print("removed %s (stale)" % line.split(" ", 1)[1], file=out)
@@ -281,6 +327,16 @@ def run_deploy(args):
             board_mpy = int(line.split()[1])
     resolve_arch(args, board_mpy)
     on_board = _parse_hashes(output)
+    if not args.config:
+        if on_board.get(CONFIG_NAME) is None:
+            print(
+                "microsmtp deploy: warning: the board has no %s, so main.py will stop at boot; "
+                "deploy again with --config FILE (start from config.example.json)" % CONFIG_NAME,
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print("kept      %s (already on the board; no --config given)" % CONFIG_NAME, file=out)
 
     # 4. Copy what differs.
     local = {remote: sha256_file(path) for remote, path in plan.files.items()}
@@ -336,7 +392,7 @@ def add_parser(subcommands):
             "this project supports >= 1.22."
         ),
         epilog="exit status: 0 deployed, 69 board not reachable, 70 self-test failed, 74 verification failed, "
-        "78 bad input. Virtual board: --port socket://127.0.0.1:PORT --no-reset "
+        "78 bad input or invalid --config. Virtual board: --port socket://127.0.0.1:PORT --no-reset "
         "(see python -m microsmtp_tools.virtual_board)",
         allow_abbrev=False,
     )
@@ -356,7 +412,13 @@ def add_parser(subcommands):
         choices=[arch for arch in mpy.ARCHES if arch],
         help="mpy-cross architecture (default: from --board, else what the board reports)",
     )
-    parser.add_argument("--config", metavar="FILE", help="the board's configuration, copied as config.json")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the board's configuration, copied as config.json after it passes the board's own checks "
+        "(firmware/alerts/config.py) on this PC; without it the board keeps its config.json, "
+        "and deploy warns if there is none",
+    )
     parser.add_argument(
         "--ca-module",
         metavar="FILE",

@@ -87,11 +87,16 @@ def flash_esp(args):
     if not args.port:
         raise ToolError("choosing the serial port", "give --port, e.g. /dev/ttyUSB0, /dev/ttyACM0 or COM4")
     firmware = _check_image(args.firmware, args.board)
-    for command in esptool_command(chip, args.port, args.baud, firmware, args.erase):
-        # command[:3] is "python -m esptool".
+    commands = esptool_command(chip, args.port, args.baud, firmware, args.erase)
+    if args.dry_run:
+        for command in commands:
+            # command[:3] is "python -m esptool".
+            print("would run: esptool %s" % " ".join(command[3:]))
+        changed = "erased or flashed" if args.erase else "flashed"
+        print("dry run: nothing was %s; leave out --dry-run to flash" % changed)
+        return EX_OK
+    for command in commands:
         print("running: esptool %s" % " ".join(command[3:]), flush=True)
-        if args.dry_run:
-            continue
         # esptool prints its own progress on the terminal.
         process = subprocess.run(command)
         if process.returncode != 0:
@@ -135,19 +140,52 @@ def find_drive(board, drive=None):
     return None
 
 
+def plan_rp2(args, firmware):
+    """Print what flash_rp2 would copy or run, change nothing, and return EX_OK.
+
+    A dry run works without a board. With no drive mounted, the plan names the drive by
+    its label and, when picotool is installed, shows the command a real run would use.
+    """
+    label = RP2_BOARDS[args.board][0]
+    if args.drive is not None and Path(args.drive).exists():
+        # An existing --drive is checked as in a real run, so a wrong drive shows up now.
+        drive = find_drive(args.board, args.drive)
+    else:
+        drive = find_drive(args.board) if args.drive is None else None
+    if drive is not None:
+        print("would copy %s to %s" % (firmware, drive / firmware.name))
+    else:
+        where = args.drive if args.drive is not None else "<%s drive>" % label
+        print("would copy %s to %s" % (firmware, Path(where) / firmware.name))
+        if args.drive is None:
+            print("note: no %s drive is mounted now; hold BOOTSEL while plugging the board in" % label)
+        else:
+            print("note: %s does not exist now; hold BOOTSEL while plugging the board in" % args.drive)
+        picotool = shutil.which("picotool")
+        if picotool is not None and args.drive is None:
+            print("      without the drive, a real run would use: %s" % " ".join(picotool_command(picotool, firmware)))
+    print("dry run: nothing was copied; leave out --dry-run to flash")
+    return EX_OK
+
+
+def picotool_command(picotool, firmware):
+    return [picotool, "load", "-x", str(firmware), "-f"]
+
+
 def flash_rp2(args):
     firmware = _check_image(args.firmware, args.board)
     if args.erase:
         print("note: --erase is not supported for rp2 boards; the file system is kept (use picotool erase)")
+    if args.dry_run:
+        return plan_rp2(args, firmware)
     drive = find_drive(args.board, args.drive)
     if drive is not None:
         target = drive / firmware.name
         print("copying %s to %s" % (firmware, target), flush=True)
-        if not args.dry_run:
-            with open(firmware, "rb") as source, open(target, "wb") as output:
-                shutil.copyfileobj(source, output)
-                output.flush()
-                os.fsync(output.fileno())
+        with open(firmware, "rb") as source, open(target, "wb") as output:
+            shutil.copyfileobj(source, output)
+            output.flush()
+            os.fsync(output.fileno())
         print("copied; the board restarts into MicroPython when the copy is complete")
         return EX_OK
     picotool = shutil.which("picotool")
@@ -159,16 +197,15 @@ def flash_rp2(args):
             "hold BOOTSEL while plugging the board in, then give --drive PATH if it is mounted elsewhere" % label,
             EX_UNAVAILABLE,
         )
-    command = [picotool, "load", "-x", str(firmware), "-f"]
+    command = picotool_command(picotool, firmware)
     print("running: %s" % " ".join(command), flush=True)
-    if not args.dry_run:
-        process = subprocess.run(command)
-        if process.returncode != 0:
-            raise ToolError(
-                "picotool",
-                "exited with status %d; put the board into BOOTSEL mode" % process.returncode,
-                EX_UNAVAILABLE,
-            )
+    process = subprocess.run(command)
+    if process.returncode != 0:
+        raise ToolError(
+            "picotool",
+            "exited with status %d; put the board into BOOTSEL mode" % process.returncode,
+            EX_UNAVAILABLE,
+        )
     return EX_OK
 
 
@@ -191,7 +228,7 @@ def add_parser(subcommands):
             "https://micropython.org/download/BOARD/ (e.g. https://micropython.org/download/RPI_PICO_W/), "
             "and `microsmtp firmware` builds one with this project frozen in."
         ),
-        epilog="exit status: 0 flashed, 69 board or tool failed, 78 bad input",
+        epilog="exit status: 0 flashed (or, with --dry-run, planned), 69 board or tool failed, 78 bad input",
         allow_abbrev=False,
     )
     parser.add_argument("--board", required=True, choices=boards, help="board type")
@@ -211,7 +248,12 @@ def add_parser(subcommands):
         "--erase", action="store_true", help="erase the whole flash first, including the file system (ESP32 only)"
     )
     parser.add_argument("--drive", metavar="PATH", help="mounted BOOTSEL drive of a Pico (default: searched)")
-    parser.add_argument("--dry-run", action="store_true", help="print what would run or be copied, change nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the esptool commands or the copy that would run, and change nothing; "
+        "works without a board attached (the serial port is not opened, the drive need not be mounted)",
+    )
     parser.set_defaults(handler=handle)
     return parser
 
