@@ -312,6 +312,13 @@ def build_cases():
         {"faults": {"tls": Fault.partial_tls()}},
     )
     add(
+        "close_before_tls_handshake",
+        "ConnectionLost",
+        "tls",
+        True,
+        {"faults": {"tls": Fault.close()}},
+    )
+    add(
         "reset_mid_implicit_tls_handshake",
         "ConnectionLost",
         "tls",

@@ -97,8 +97,8 @@ class App:
                 # Dated by correct_times() once NTP has replied.
                 record["timeline"] = timeline
             try:
-                name = self.outbox.put(record, clock.now())
-            except OutboxError as exc:
+                name = self._put(record)
+            except (OutboxError, MemoryError) as exc:
                 log.error("alert %s %s lost: %s" % (record["kind"], record.get("rule") or record.get("sensor"), exc))
                 continue
             log.info(
@@ -110,6 +110,17 @@ class App:
         # After the outbox: a reset in between repeats an alert rather than losing it.
         self.save_rule_state()
         self.update_led()
+
+    def _put(self, record):
+        # Listing the outbox and writing the entry allocate; after a fragmented heap
+        # fails, one collection usually frees enough for a second attempt.
+        try:
+            return self.outbox.put(record, clock.now())
+        except MemoryError:
+            import gc
+
+            gc.collect()
+            return self.outbox.put(record, clock.now())
 
     def save_rule_state(self):
         if self.rule_state is None:

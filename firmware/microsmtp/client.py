@@ -67,6 +67,11 @@ MIN_CLOCK_YEAR = 2025
 
 _READ_SIZE = 1024
 
+# mbedTLS error numbers (mbedtls/ssl.h, mbedtls/net_sockets.h) that report a closed or
+# broken connection rather than a TLS failure: SSL_CONN_EOF, SSL_PEER_CLOSE_NOTIFY,
+# NET_CONN_RESET, NET_RECV_FAILED and NET_SEND_FAILED.
+_MBEDTLS_CONNECTION_ERRORS = (-0x7280, -0x7880, -0x0050, -0x004C, -0x004E)
+
 
 def clock_is_set():
     return time.gmtime()[0] >= MIN_CLOCK_YEAR
@@ -453,8 +458,10 @@ class SMTP:
 
     def _is_tls_error(self, exc):
         if MICROPYTHON:
-            # mbedTLS errors arrive as OSError with a negative error number.
-            return bool(exc.args) and isinstance(exc.args[0], int) and exc.args[0] < 0
+            # mbedTLS errors arrive as OSError with a negative error number. Those that
+            # mean the peer closed or the network failed are connection losses.
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            return code < 0 and code not in _MBEDTLS_CONNECTION_ERRORS
         import ssl
 
         return isinstance(exc, ssl.SSLError)

@@ -465,6 +465,9 @@ class Session:
 
     def _command(self, line, kind, transaction=None, argument=None, redacted=None):
         self._check_nothing_unsolicited()
+        if not self._expected:
+            # The first command of a group names the stage while the group is written.
+            self.stage = kind
         self._out.append(line + b"\r\n")
         self._expected.append((kind, transaction, argument))
         if self._log is not None:

@@ -28,7 +28,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from . import common, mpy
-from .common import EX_OK, EX_SOFTWARE, ToolError
+from .common import AIOSMTPD_LOGGER, EX_OK, EX_SOFTWARE, LoginDataFilter, ToolError
 from .proxy import LatencyProxy
 
 SENDER = "alerts@example.com"
@@ -86,17 +86,6 @@ if len(v) > 3 and v[3]:
 print(text + "; " + sys.version.split("; ", 1)[-1] + "; " + getattr(sys.implementation, "_machine", "?"))
 """
 
-# aiosmtpd 1.4.6 logs this through logging (logger "mail.log") on every AUTH, because its
-# own AUTH code uses the deprecated attribute. It is unrelated to the clients measured.
-AIOSMTPD_LOGGER = "mail.log"
-LOGIN_DATA_MESSAGE = "Session.login_data is deprecated"
-
-
-class LoginDataFilter(logging.Filter):
-    """Drops aiosmtpd's Session.login_data deprecation record and lets every other record through."""
-
-    def filter(self, record):
-        return not record.getMessage().startswith(LOGIN_DATA_MESSAGE)
 
 
 def micropython_version(micropython):

@@ -5,6 +5,7 @@ checkout: they read firmware/ and boards/ next to tools/. Exit statuses follow
 sysexits.h, as in ``microsmtp send``.
 """
 
+import logging
 import os
 import shutil
 import sys
@@ -75,3 +76,16 @@ def require_checkout_dir(path, what):
             "(firmware/ and boards/ next to tools/), or give the folder explicitly" % path,
         )
     return Path(path)
+
+
+# aiosmtpd 1.4.6 logs this through logging (logger "mail.log") on every AUTH, because its
+# own AUTH code uses the deprecated attribute. It says nothing about the client.
+AIOSMTPD_LOGGER = "mail.log"
+LOGIN_DATA_MESSAGE = "Session.login_data is deprecated"
+
+
+class LoginDataFilter(logging.Filter):
+    """Drops aiosmtpd's Session.login_data deprecation record and lets every other record through."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith(LOGIN_DATA_MESSAGE)

@@ -232,12 +232,13 @@ class LocalServer:
         return None
 
     def start(self):
-        import warnings
+        import logging
 
         from aiosmtpd.controller import Controller
 
-        # aiosmtpd 1.4 warns about its own use of Session.login_data.
-        warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+        from .common import AIOSMTPD_LOGGER, LoginDataFilter
+
+        logging.getLogger(AIOSMTPD_LOGGER).addFilter(LoginDataFilter())
 
         handler = self._handler()
         controller = Controller(
