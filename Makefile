@@ -15,7 +15,7 @@ MICROPYTHON_HEAP ?= 512K
 # 1 makes `make test` succeed when pytest collects no tests (pytest exit status 5).
 ALLOW_NO_TESTS ?= 0
 
-.PHONY: setup test test-micropython lint clean check typecheck stubs deploy flash firmware bench
+.PHONY: setup test test-micropython lint clean check typecheck stubs deploy flash firmware bench soak
 
 setup: $(SETUP_STAMP)
 
@@ -40,6 +40,11 @@ test: setup
 
 test-micropython: setup
 	$(VENV)/bin/micropython -X heapsize=$(MICROPYTHON_HEAP) tests/core/run.py $(CORE_TESTS)
+
+# The full soak: 1000 alerts in each mode (pipelined, lock-step) through a server that
+# fails at random, from the MicroPython unix port; prints the figures. `make test` runs 60.
+soak: setup
+	MICROSMTP_SOAK_ALERTS=1000 $(VENV_PYTHON) -m pytest -s $(PYTEST_ARGS) tests/test_soak.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
