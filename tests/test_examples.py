@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from alerts import config
 
 REPO = Path(__file__).resolve().parent.parent
