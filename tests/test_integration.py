@@ -217,6 +217,43 @@ def test_partly_refused_recipients(runtime, smtp_server, certs, extensions):
     assert server.wait_for_messages(1)[0].rcpt_tos == ["ops@example.com"]
 
 
+def test_every_recipient_refused(runtime, smtp_server, certs, extensions):
+    refusal = "554 5.7.1 Relay access denied"
+    server = smtp_server(
+        "starttls",
+        rcpt_replies={"a@elsewhere.example": refusal, "b@elsewhere.example": refusal},
+        ehlo_extra=extensions,
+    )
+    spec = message_spec(to=["a@elsewhere.example", "b@elsewhere.example"])
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=[spec])))
+    assert outcome["error"] == "RecipientsRefused", outcome
+    assert outcome["code"] == 554
+    assert outcome["enhanced"] == "5.7.1"
+    assert not outcome["transient"]
+    assert server.messages == []
+
+
+def test_message_over_size_refused_before_mail(runtime, smtp_server, certs):
+    server = smtp_server("starttls", data_size_limit=2000)
+    spec = message_spec(text="x" * 3000 + "\n")
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=[spec])))
+    assert outcome["error"] == "InvalidInputError", outcome
+    assert "2000" in outcome["message"]
+    assert b"MAIL FROM" not in client_lines(server)
+    assert server.messages == []
+
+
+def test_auth_login_when_plain_not_offered(runtime, smtp_server, certs):
+    server = smtp_server("starttls", auth_mechanisms=("LOGIN",))
+    result = run_client(runtime, params_for(server, certs))
+    outcome = only_outcome(result)
+    assert outcome["ok"], outcome
+    assert b"AUTH LOGIN\r\n" in client_lines(server)
+    assert server.wait_for_messages(1)[0].user == "alice"
+    transcript = "\n".join(result["transcript"])
+    assert base64.b64encode(PASSWORD.encode()).decode() not in transcript
+
+
 def test_transcript_redacts_credentials(runtime, smtp_server, certs):
     server = smtp_server("starttls")
     result = run_client(runtime, params_for(server, certs))
