@@ -61,6 +61,34 @@ _REPLIES = {
 }
 
 
+def read_sasl_credentials(dialogue, words):
+    """Run the PLAIN or LOGIN exchange of an AUTH command; return (user, password).
+
+    ``words`` is the AUTH line split on spaces; ``dialogue`` needs ``send()`` and
+    ``read_line()``. Returns None for another mechanism, and empty credentials for a
+    PLAIN response that is not valid base64 of three NUL-separated parts.
+    """
+    mechanism = words[1].upper() if len(words) > 1 else b""
+    if mechanism == b"PLAIN":
+        if len(words) > 2:
+            response = words[2]
+        else:
+            dialogue.send(b"334 \r\n")
+            response = dialogue.read_line().strip()
+        try:
+            parts = base64.b64decode(response, validate=True).split(b"\0")
+        except ValueError:
+            parts = []
+        return (parts[1], parts[2]) if len(parts) == 3 else (b"", b"")
+    if mechanism == b"LOGIN":
+        dialogue.send(b"334 VXNlcm5hbWU6\r\n")
+        user = base64.b64decode(dialogue.read_line().strip())
+        dialogue.send(b"334 UGFzc3dvcmQ6\r\n")
+        password = base64.b64decode(dialogue.read_line().strip())
+        return user, password
+    return None
+
+
 class Fault:
     """What the server does at a stage instead of its normal behaviour; see the module docstring."""
 
@@ -461,28 +489,11 @@ class _Dialogue:
         if fault is not None:
             self.apply("auth", fault)
             return
-        mechanism = words[1].upper() if len(words) > 1 else b""
-        if mechanism == b"PLAIN":
-            if len(words) > 2:
-                response = words[2]
-            else:
-                self.send(b"334 \r\n")
-                response = self.read_line().strip()
-            try:
-                parts = base64.b64decode(response, validate=True).split(b"\0")
-            except ValueError:
-                parts = []
-            ok = len(parts) == 3 and self.check(parts[1], parts[2])
-        elif mechanism == b"LOGIN":
-            self.send(b"334 VXNlcm5hbWU6\r\n")
-            user = base64.b64decode(self.read_line().strip())
-            self.send(b"334 UGFzc3dvcmQ6\r\n")
-            password = base64.b64decode(self.read_line().strip())
-            ok = self.check(user, password)
-        else:
+        credentials = read_sasl_credentials(self, words)
+        if credentials is None:
             self.send(b"504 5.5.4 Unrecognized authentication type\r\n")
             return
-        self.send(_REPLIES["auth_ok"] if ok else _REPLIES["auth_failed"])
+        self.send(_REPLIES["auth_ok"] if self.check(*credentials) else _REPLIES["auth_failed"])
 
     def check(self, user, password):
         name = user.decode("utf-8", "replace")

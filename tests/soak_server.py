@@ -26,13 +26,14 @@ lists them with the connection's number in order. Each connection draws from its
 from ``seed`` and the connection's number. Listens only on 127.0.0.1.
 """
 
-import base64
 import collections
 import random
 import socket
 import ssl
 import struct
 import threading
+
+from fault_server import read_sasl_credentials
 
 HOST = "127.0.0.1"
 USERS = {"alice": "secret"}
@@ -431,28 +432,11 @@ class _Dialogue:
         if self.authenticated:
             self.send(_ERRORS["auth_twice"])
             return
-        mechanism = words[1].upper() if len(words) > 1 else b""
-        if mechanism == b"PLAIN":
-            if len(words) > 2:
-                response = words[2]
-            else:
-                self.send(b"334 \r\n")
-                response = self.read_line().strip()
-            try:
-                parts = base64.b64decode(response, validate=True).split(b"\0")
-            except ValueError:
-                parts = []
-            ok = len(parts) == 3 and self.check(parts[1], parts[2])
-        elif mechanism == b"LOGIN":
-            self.send(b"334 VXNlcm5hbWU6\r\n")
-            user = base64.b64decode(self.read_line().strip())
-            self.send(b"334 UGFzc3dvcmQ6\r\n")
-            password = base64.b64decode(self.read_line().strip())
-            ok = self.check(user, password)
-        else:
+        credentials = read_sasl_credentials(self, words)
+        if credentials is None:
             self.send(_ERRORS["auth_mechanism"])
             return
-        if not ok:
+        if not self.check(*credentials):
             self.send(_ERRORS["auth_failed"])
             return
         if self.reply("auth", _OK["auth"]):
