@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import time
 
 import mta as mta_module
 import pytest
@@ -129,6 +130,30 @@ def check_delivered(mta, outcome, address="ops@example.com"):
     return delivered
 
 
+def settled_log_offset(mta, timeout=10):
+    """Return the log length once every earlier smtpd connection has logged its disconnect.
+
+    smtpd writes a connection's "disconnect from" line after the client has gone, so a
+    previous test's line could otherwise land in this test's part of the log.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        log = mta.log_text()
+        if log.count(": connect from ") <= log.count(": disconnect from ") or time.monotonic() > deadline:
+            return len(log)
+        time.sleep(0.05)
+
+
+def wait_for_sessions(mta, listener, start, timeout=10):
+    """Return this test's "disconnect from" lines of one listener, waiting for the first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sessions = smtpd_sessions(mta.log_text()[start:], listener)
+        if sessions or time.monotonic() > deadline:
+            return sessions
+        time.sleep(0.05)
+
+
 def smtpd_sessions(log, listener):
     """Return the "disconnect from" lines of one listener's smtpd in a Postfix log."""
     pattern = re.compile(r"postfix/%s/smtpd\[\d+\]: disconnect from .*" % re.escape(listener))
@@ -136,7 +161,7 @@ def smtpd_sessions(log, listener):
 
 
 def test_starttls_auth_plain_delivers_byte_for_byte(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     result = run_scenario(runtime, "deliver", params_for(mta, certs, runtime))
     outcome = only_outcome(result)
     assert outcome["ok"], outcome
@@ -146,8 +171,12 @@ def test_starttls_auth_plain_delivers_byte_for_byte(runtime, mta, certs):
     transcript = "\n".join(result["transcript"])
     assert "--> STARTTLS" in transcript
     assert "--> AUTH PLAIN <redacted>" in transcript
-    log = mta.wait_for_log("sasl_method=PLAIN, sasl_username=alice", start)
-    assert "starttls=1 auth=1 mail=1 rcpt=1 " in log
+    mta.wait_for_log("sasl_method=PLAIN, sasl_username=alice", start)
+    # smtpd writes the per-connection counters when it sees the disconnect, which can
+    # come after the client has already returned.
+    sessions = wait_for_sessions(mta, "submission", start)
+    assert len(sessions) == 1, sessions
+    assert "starttls=1 auth=1 mail=1 rcpt=1 " in sessions[0]
 
 
 def test_utf8_subject_and_attachment_intact(runtime, mta, certs):
@@ -167,7 +196,7 @@ def test_utf8_subject_and_attachment_intact(runtime, mta, certs):
 
 
 def test_auth_login_when_only_login_offered(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     result = run_scenario(runtime, "deliver", params_for(mta, certs, runtime, "submission_login"))
     outcome = only_outcome(result)
     assert outcome["ok"], outcome
@@ -179,18 +208,17 @@ def test_auth_login_when_only_login_offered(runtime, mta, certs):
 
 
 def test_implicit_tls_delivers(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     result = run_scenario(runtime, "deliver", params_for(mta, certs, runtime, "smtps"))
     outcome = only_outcome(result)
     assert outcome["ok"], outcome
     check_delivered(mta, outcome)
     assert "--> STARTTLS" not in "\n".join(result["transcript"])
-    log = mta.wait_for_log("disconnect from", start)
-    assert smtpd_sessions(log, "smtps"), log
+    assert wait_for_sessions(mta, "smtps", start)
 
 
 def test_several_messages_one_session(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     specs = [
         message_spec(runtime, subject="Alarm %d" % number, to=["ops@example.com", "team@example.com"])
         for number in range(3)
@@ -200,15 +228,14 @@ def test_several_messages_one_session(runtime, mta, certs):
     for outcome in result["outcomes"]:
         check_delivered(mta, outcome, "ops@example.com")
         check_delivered(mta, outcome, "team@example.com")
-    log = mta.wait_for_log("disconnect from", start)
-    sessions = smtpd_sessions(log, "submission")
-    assert len(sessions) == 1, log
+    sessions = wait_for_sessions(mta, "submission", start)
+    assert len(sessions) == 1, sessions
     assert "auth=1 mail=3 rcpt=6 " in sessions[0]
     assert " quit=1 " in sessions[0]
 
 
 def test_wrong_password_is_permanent_535(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     result = run_scenario(runtime, "deliver", params_for(mta, certs, runtime, password="wrong-password"))
     outcome = only_outcome(result)
     assert outcome["error"] == "AuthError", outcome
@@ -216,7 +243,7 @@ def test_wrong_password_is_permanent_535(runtime, mta, certs):
     assert outcome["stage"] == "auth"
     assert not outcome["transient"]
     assert "wrong-password" not in json.dumps(result)
-    session = smtpd_sessions(mta.wait_for_log("disconnect from", start), "submission")
+    session = wait_for_sessions(mta, "submission", start)
     assert len(session) == 1
     assert "auth=0/1" in session[0]
     # Postfix accepts MAIL without AUTH (a MAIL pipelined behind AUTH, as RFC 4954
@@ -225,7 +252,7 @@ def test_wrong_password_is_permanent_535(runtime, mta, certs):
 
 
 def test_auth_before_tls_never_sent(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     result = run_scenario(runtime, "deliver", params_for(mta, certs, runtime, security="none"))
     outcome = only_outcome(result)
     assert outcome["error"] == "SecurityError", outcome
@@ -233,9 +260,8 @@ def test_auth_before_tls_never_sent(runtime, mta, certs):
     assert not outcome["transient"]
     assert not any(line.startswith("--> AUTH") for line in result["transcript"])
 
-    log = mta.wait_for_log("disconnect from", start)
-    sessions = smtpd_sessions(log, "submission")
-    assert len(sessions) == 1, log
+    sessions = wait_for_sessions(mta, "submission", start)
+    assert len(sessions) == 1, sessions
     # Postfix counts each command in the disconnect line: "ehlo=1 commands=1" or similar.
     assert "auth=" not in sessions[0]
     assert "ehlo=1" in sessions[0]
@@ -269,7 +295,7 @@ def big_spec(runtime):
 
 
 def test_message_over_size_refused_before_data(runtime, mta, certs):
-    start = len(mta.log_text())
+    start = settled_log_offset(mta)
     params = params_for(mta, certs, runtime, "submission_small", messages=[big_spec(runtime)])
     result = run_scenario(runtime, "deliver", params)
     outcome = only_outcome(result)
@@ -278,7 +304,7 @@ def test_message_over_size_refused_before_data(runtime, mta, certs):
     assert not outcome["transient"]
     assert "SIZE" in outcome["message"]
     assert not any(line.startswith(("--> DATA", "--> BDAT")) for line in result["transcript"])
-    session = smtpd_sessions(mta.wait_for_log("disconnect from", start), "submission_small")
+    session = wait_for_sessions(mta, "submission_small", start)
     assert len(session) == 1
     assert "data=" not in session[0] and "bdat=" not in session[0]
 
