@@ -37,7 +37,8 @@ import struct
 import threading
 import time
 
-HOST = "127.0.0.1"
+from raw_server import loopback_listener
+
 GREETING = b"220 fault.example ESMTP test server\r\n"
 DEFAULT_EHLO = ("SIZE 1000000", "8BITMIME", "ENHANCEDSTATUSCODES", "AUTH PLAIN LOGIN")
 USERS = {"alice": "secret"}
@@ -213,10 +214,7 @@ class FaultServer:
         if cert is not None:
             self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             cert.configure_cert(self._context)
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, 0))
-        self._listener.listen(16)
+        self._listener = loopback_listener()
         self.host, self.port = self._listener.getsockname()
         self._sockets = []
         self._stopping = False

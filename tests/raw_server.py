@@ -10,13 +10,19 @@ import ssl
 import threading
 
 
+def loopback_listener(backlog=16):
+    """Return a listening TCP socket on 127.0.0.1 at a port the OS chose."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    return listener
+
+
 class RawServer:
     def __init__(self, handler):
         self._handler = handler
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
+        self._listener = loopback_listener(8)
         self.host, self.port = self._listener.getsockname()
         self._stopping = threading.Event()
         self._connections = []

@@ -34,8 +34,8 @@ import struct
 import threading
 
 from fault_server import read_sasl_credentials
+from raw_server import loopback_listener
 
-HOST = "127.0.0.1"
 USERS = {"alice": "secret"}
 MAX_SIZE = 1000000
 # Seconds a connection may stay silent before the server closes it. This is longer
@@ -188,10 +188,7 @@ class SoakServer:
         self._lock = threading.Lock()
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(self._context)
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, 0))
-        self._listener.listen(16)
+        self._listener = loopback_listener()
         self.host, self.port = self._listener.getsockname()
         self._threads = []
         self._dialogues = []
