@@ -65,9 +65,12 @@ def build_message(spec):
         spec.get("subject", ""),
         spec.get("text", ""),
         cc=spec.get("cc", ()),
+        bcc=spec.get("bcc", ()),
+        reply_to=spec.get("reply_to"),
         attachments=attachments,
         date=tuple(spec["date"]) if "date" in spec else None,
         message_id=spec.get("message_id"),
+        headers=[tuple(pair) for pair in spec.get("headers", [])],
     )
 
 
@@ -165,26 +168,6 @@ async def retry(params):
     return {"outcomes": outcomes, "transcript": transcript}
 
 
-def build_any_message(spec):
-    """Build a Message like build_message, also with "bcc", "reply_to" and "headers"."""
-    attachments = []
-    for item in spec.get("attachments", []):
-        attachments.append(Attachment(item["filename"], unb64(item["data"]), item.get("content_type", "text/csv")))
-    return Message(
-        spec["sender"],
-        spec["to"],
-        spec.get("subject", ""),
-        spec.get("text", ""),
-        cc=spec.get("cc", ()),
-        bcc=spec.get("bcc", ()),
-        reply_to=spec.get("reply_to"),
-        attachments=attachments,
-        date=tuple(spec["date"]) if "date" in spec else None,
-        message_id=spec.get("message_id"),
-        headers=[tuple(pair) for pair in spec.get("headers", [])],
-    )
-
-
 async def check_input(params):
     """Build a Message from params["messages"][0] and send it, or report the error.
 
@@ -193,7 +176,7 @@ async def check_input(params):
     """
     transcript = []
     try:
-        message = build_any_message(params["messages"][0])
+        message = build_message(params["messages"][0])
     except SMTPError as exc:
         outcome = error_outcome(exc)
         outcome["built"] = False
