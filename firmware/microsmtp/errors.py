@@ -53,7 +53,7 @@ class ClockNotSetError(ConfigError):
 
 
 class ReplyError(SMTPError):
-    """The server answered a command with an error reply."""
+    """The server replied to a command with an error code."""
 
     def __init__(self, message, code=None, enhanced=None, text="", stage=None):
         super().__init__(message, code, enhanced, text, stage)

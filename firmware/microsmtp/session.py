@@ -375,7 +375,7 @@ class Session:
             return
         if not self._expected and not self._queued and (self._parser.buffered or self._eof):
             # The server already sent an unsolicited reply (usually a 421) or hung up,
-            # so QUIT would reach nobody.
+            # so there is no one left to receive QUIT.
             self._state = _CLOSED
             return
         self._quit_requested = True
@@ -458,7 +458,7 @@ class Session:
         # after it by one, so the session stops here instead.
         if not self._expected and self._parser.buffered:
             raise ProtocolError(
-                "the server sent %d octets that answer no command; it is broken, or something on the path "
+                "the server sent %d octets that reply to no command; it is broken, or something on the path "
                 "inserts data" % self._parser.buffered,
                 stage=self.stage,
             )
@@ -772,7 +772,7 @@ class Session:
             challenge = reply.lines[0].encode()
             answer = mechanism.respond(challenge)
             if answer is None:
-                # "*" cancels the exchange (RFC 4954 section 4); the server answers 501.
+                # "*" cancels the exchange (RFC 4954 section 4); the server replies 501.
                 self._command(b"*", "auth")
             else:
                 if answer:
@@ -825,9 +825,9 @@ class Session:
             transaction.accepted[address] = reply
             transaction.batch_accepted.append(address)
         elif reply.code == 452 and transaction.batch_accepted and transaction.content_reusable:
-            # RFC 5321 section 4.5.3.1.10: "too many recipients" asks for the rest to
-            # come in a later transaction. Each batch must get at least one recipient
-            # accepted, so a server that always answers 452 cannot cause a loop.
+            # RFC 5321 section 4.5.3.1.10: "too many recipients" asks the client to send the rest
+            # in a later transaction. Each batch must get at least one recipient
+            # accepted, so a server that always replies 452 cannot cause a loop.
             transaction.deferred.append(rcpt)
         else:
             transaction.refused[address] = reply
@@ -835,7 +835,7 @@ class Session:
             return
         if not transaction.batch_accepted:
             # With PIPELINING, DATA is already on its way; its reply is read and, if the
-            # server accepts it anyway, answered with an empty message that fails.
+            # server accepts it anyway, followed by an empty message that the server rejects.
             self._fail_transaction(transaction, transaction.all_refused_error())
 
     def _on_data(self, transaction, reply):
