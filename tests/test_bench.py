@@ -60,7 +60,7 @@ def section(text, title):
 
 
 def test_round_trips_per_alert(output):
-    rows = section(output, "round trips, one alert")
+    rows = section(output, "round trips, one alert, STARTTLS")
 
     assert set(rows) == set(CLIENTS)
     # At least: connection, EHLO, STARTTLS, TLS handshake, AUTH, MAIL..DATA, content.
@@ -69,13 +69,39 @@ def test_round_trips_per_alert(output):
 
 
 def test_round_trips_for_flush(output):
-    single = section(output, "round trips, one alert")
-    flush = section(output, "round trips, flush of 5 queued messages")
+    single = section(output, "round trips, one alert, STARTTLS")
+    flush = section(output, "round trips, flush of 5 queued messages, one session, STARTTLS")
 
     assert set(flush) == set(CLIENTS)
     for name, trips in flush.items():
         # One session: the setup is paid once, each further message adds 1 to 4 trips.
         assert single[name] + 4 <= trips <= single[name] + 4 * 4, (name, single[name], trips)
+
+
+def test_round_trips_implicit_tls(output):
+    implicit = section(output, "round trips, one alert, implicit TLS")
+    starttls = section(output, "round trips, one alert, STARTTLS")
+
+    assert set(implicit) == set(CLIENTS)
+    for name, trips in implicit.items():
+        # No plaintext EHLO and no STARTTLS, but the greeting waits for the end of the
+        # TLS handshake: at least one wait fewer than STARTTLS.
+        assert 4 <= trips < starttls[name], (name, trips, starttls[name])
+
+
+def test_headroom_figure(output, heap_k):
+    match = re.search(r"heap one alert needs on top of the loaded library: (\d+) bytes \(steps of 4096\)", output)
+
+    assert match, output
+    # A TLS session and one message need some KB; loading the library is not part of it.
+    assert 4096 <= int(match.group(1)) < heap_k * 1024, output
+
+
+@pytest.fixture(scope="module")
+def heap_k(output):
+    match = re.search(r"heap for one verified alert \(unix port, \.mpy, STARTTLS \+ AUTH\): (\d+)K", output)
+    assert match, output
+    return int(match.group(1))
 
 
 def test_heap_figure(output):

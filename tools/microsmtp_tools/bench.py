@@ -37,6 +37,9 @@ USER, PASSWORD = "alice", "secret"
 SERVER_NAME = "localhost"
 BODY = "Greenhouse air at 36.4 C, above 35 C.\nTime: 2026-08-01 14:05 UTC\n"
 FLUSH_COUNT = 20
+# Security modes measured, as microsmtp names them: STARTTLS on a submission port and
+# implicit TLS from the first byte (port 465 on a real server).
+SECURITY_MODES = ("starttls", "tls")
 MPY_ARCHES = ("xtensawin", "armv6m")
 
 # Runs under the unix port: sends job["count"] messages over one connection (one with
@@ -51,7 +54,15 @@ f = open(job["ca"], "rb")
 ca = f.read()
 f.close()
 options = dict(port=job["port"], username=job["user"], password=job["password"], ca_roots=[ca],
-               server_hostname=job["server_name"], timeout_ms=60000)
+               server_hostname=job["server_name"], security=job["security"], timeout_ms=60000)
+
+# With "headroom", the library is loaded first and a ballast leaves only that many
+# bytes free, which measures the send without the cost of loading the code.
+ballast = None
+if job.get("headroom"):
+    import gc
+    gc.collect()
+    ballast = bytearray(gc.mem_free() - job["headroom"])
 
 def message(i):
     return microsmtp.Message(job["sender"], job["recipient"], subject="bench %d" % i, text=job["body"])
@@ -87,7 +98,6 @@ print(text + "; " + sys.version.split("; ", 1)[-1] + "; " + getattr(sys.implemen
 """
 
 
-
 def micropython_version(micropython):
     """Return the unix port's version line, e.g. "MicroPython 1.29.0-preview; MicroPython 9458e3a on ..."."""
     try:
@@ -115,22 +125,40 @@ def _import_test_servers():
 
 
 class Target:
-    """A running SMTP server the clients talk to through the proxy."""
+    """A running SMTP server the clients talk to through the proxy.
 
-    def __init__(self, name, port, stop, delivered):
+    ``ports`` maps a security mode ("starttls", "tls") to the server's port for it.
+    """
+
+    def __init__(self, name, ports, stop, delivered):
         self.name = name
-        self.port = port
+        self.ports = ports
         self.stop = stop
         self.delivered = delivered
 
 
 def start_aiosmtpd(cert_set):
     servers = _import_test_servers()
-    server = servers.SMTPTestServer(
-        "starttls", cert_set.server_cert, ehlo_extra=("PIPELINING",), users={USER: PASSWORD}
-    )
+    started = []
+    try:
+        for mode in SECURITY_MODES:
+            started.append(
+                servers.SMTPTestServer(mode, cert_set.server_cert, ehlo_extra=("PIPELINING",), users={USER: PASSWORD})
+            )
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+
+    def stop():
+        for server in started:
+            server.stop()
+
     return Target(
-        "aiosmtpd 1.4 (STARTTLS, AUTH PLAIN, PIPELINING)", server.port, server.stop, lambda: len(server.messages)
+        "aiosmtpd 1.4 (STARTTLS or implicit TLS, AUTH PLAIN, PIPELINING)",
+        {mode: server.port for mode, server in zip(SECURITY_MODES, started, strict=True)},
+        stop,
+        lambda: sum(len(server.messages) for server in started),
     )
 
 
@@ -153,8 +181,8 @@ def start_postfix(cert_set):
         server.cleanup()
 
     return Target(
-        "Postfix + Dovecot SASL (submission, STARTTLS)",
-        server.ports["submission"],
+        "Postfix + Dovecot SASL (submission with STARTTLS, smtps with implicit TLS)",
+        {"starttls": server.ports["submission"], "tls": server.ports["smtps"]},
         stop,
         lambda: len(server.delivered(RECIPIENT)),
     )
@@ -183,10 +211,17 @@ class Clients:
         message.set_content(BODY)
         return message
 
-    def microsmtp_cpython(self, port, count):
+    def microsmtp_cpython(self, port, count, security="starttls"):
         import microsmtp
 
-        options = dict(port=port, username=USER, password=PASSWORD, ca_roots=[self.ca_der], server_hostname=SERVER_NAME)
+        options = dict(
+            port=port,
+            username=USER,
+            password=PASSWORD,
+            ca_roots=[self.ca_der],
+            server_hostname=SERVER_NAME,
+            security=security,
+        )
 
         def message(index):
             return microsmtp.Message(SENDER, RECIPIENT, subject="bench %d" % index, text=BODY)
@@ -203,11 +238,12 @@ class Clients:
 
         asyncio.run(run())
 
-    def microsmtp_micropython(self, port, count, heap="512K"):
-        """Return True if the unix port sent the messages with this heap."""
+    def microsmtp_micropython(self, port, count, security="starttls", heap="512K", headroom=None):
+        """Return True if the unix port sent the messages with this heap (and headroom, in bytes)."""
         job = {
             "host": "127.0.0.1",
             "port": port,
+            "security": security,
             "user": USER,
             "password": PASSWORD,
             "ca": str(self.mp_dir / "ca.der"),
@@ -216,6 +252,7 @@ class Clients:
             "recipient": RECIPIENT,
             "body": BODY,
             "count": count,
+            "headroom": headroom,
         }
         job_path = self.mp_dir / "job.json"
         job_path.write_text(json.dumps(job))
@@ -231,15 +268,20 @@ class Clients:
         )
         return process.returncode == 0 and ("SENT %d" % count) in process.stdout
 
-    def smtplib(self, port, count):
-        with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
-            # The test certificate also names 127.0.0.1, the host smtplib checks.
-            smtp.starttls(context=self._context())
+    def smtplib(self, port, count, security="starttls"):
+        # The test certificate also names 127.0.0.1, the host smtplib checks.
+        if security == "tls":
+            connection = smtplib.SMTP_SSL("127.0.0.1", port, timeout=60, context=self._context())
+        else:
+            connection = smtplib.SMTP("127.0.0.1", port, timeout=60)
+        with connection as smtp:
+            if security == "starttls":
+                smtp.starttls(context=self._context())
             smtp.login(USER, PASSWORD)
             for index in range(count):
                 smtp.send_message(self._email(index))
 
-    def aiosmtplib(self, port, count):
+    def aiosmtplib(self, port, count, security="starttls"):
         try:
             import aiosmtplib
         except ImportError:
@@ -247,7 +289,12 @@ class Clients:
 
         async def run():
             smtp = aiosmtplib.SMTP(
-                hostname="127.0.0.1", port=port, start_tls=True, tls_context=self._context(), timeout=60
+                hostname="127.0.0.1",
+                port=port,
+                start_tls=security == "starttls",
+                use_tls=security == "tls",
+                tls_context=self._context(),
+                timeout=60,
             )
             await smtp.connect()
             await smtp.login(USER, PASSWORD)
@@ -272,12 +319,12 @@ def prepare_micropython(work_dir, ca_der):
 # -- measurements --------------------------------------------------------------------------
 
 
-def count_round_trips(proxy, target, send, count):
-    """Run send(port, count) through the proxy; return (round trips, seconds)."""
+def count_round_trips(proxy, target, send, count, security):
+    """Run send(port, count, security) through the proxy; return (round trips, seconds)."""
     before = target.delivered()
     proxy.reset()
     started = time.monotonic()
-    result = send(proxy.port, count)
+    result = send(proxy.port, count, security)
     elapsed = time.monotonic() - started
     if result is False:
         raise ToolError("sending through the proxy", "the MicroPython client failed", EX_SOFTWARE)
@@ -294,21 +341,45 @@ def count_round_trips(proxy, target, send, count):
 
 def bisect_heap(clients, port, low_k, high_k, step_k):
     """Return the smallest heap in KiB (multiple of step_k) that sends one alert, or None."""
-    if not clients.microsmtp_micropython(port, 1, "%dK" % high_k):
+    if not clients.microsmtp_micropython(port, 1, heap="%dK" % high_k):
         return None
     # Invariant: high_k works; low_k fails (or is the floor).
     low_k = max(step_k, low_k)
-    if clients.microsmtp_micropython(port, 1, "%dK" % low_k):
+    if clients.microsmtp_micropython(port, 1, heap="%dK" % low_k):
         return low_k
     while high_k - low_k > step_k:
         middle = (low_k + high_k) // 2 // step_k * step_k
         if middle <= low_k:
             middle = low_k + step_k
-        if clients.microsmtp_micropython(port, 1, "%dK" % middle):
+        if clients.microsmtp_micropython(port, 1, heap="%dK" % middle):
             high_k = middle
         else:
             low_k = middle
     return high_k
+
+
+def bisect_headroom(clients, port, step):
+    """Return the smallest free heap in bytes (multiple of step) that sends one alert once the
+    library is loaded, or None."""
+    low, high = 0, 256 * 1024
+    if not clients.microsmtp_micropython(port, 1, heap="1M", headroom=high):
+        return None
+    while high - low > step:
+        middle = (low + high) // 2 // step * step
+        if middle <= low:
+            middle = low + step
+        if clients.microsmtp_micropython(port, 1, heap="1M", headroom=middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def print_round_trips(out, title, proxy, target, client_list, count, security):
+    print("round trips, %s (connect to QUIT):" % title, file=out)
+    for name, send in client_list:
+        trips, elapsed = count_round_trips(proxy, target, send, count, security)
+        print("  %-30s %3d round trips  %6.2f s" % (name, trips, elapsed), file=out, flush=True)
 
 
 def mpy_sizes(work_dir):
@@ -353,7 +424,7 @@ def _run_bench(args):
             ("smtplib (CPython)", clients.smtplib),
             ("aiosmtplib (CPython)", clients.aiosmtplib),
         ]
-        heap_k = None
+        heap_k = headroom = None
         targets = [start_aiosmtpd]
         if args.server == "postfix":
             targets.append(start_postfix)
@@ -364,18 +435,18 @@ def _run_bench(args):
         for start in targets:
             target = start(cert_set)
             try:
-                with LatencyProxy("127.0.0.1", target.port, rtt_ms) as proxy:
-                    print("server: %s" % target.name, file=out)
+                print("server: %s" % target.name, file=out)
+                with LatencyProxy("127.0.0.1", target.ports["starttls"], rtt_ms) as proxy:
                     for title, count in (
                         ("one alert", 1),
                         ("flush of %d queued messages, one session" % flush_count, flush_count),
                     ):
-                        print("round trips, %s (connect to QUIT):" % title, file=out)
-                        for name, send in client_list:
-                            trips, elapsed = count_round_trips(proxy, target, send, count)
-                            print("  %-30s %3d round trips  %6.2f s" % (name, trips, elapsed), file=out, flush=True)
+                        print_round_trips(out, "%s, STARTTLS" % title, proxy, target, client_list, count, "starttls")
                     if start is start_aiosmtpd:
                         heap_k = bisect_heap(clients, proxy.port, 8, 512, step_k)
+                        headroom = bisect_headroom(clients, proxy.port, step_k * 256)
+                with LatencyProxy("127.0.0.1", target.ports["tls"], rtt_ms) as proxy:
+                    print_round_trips(out, "one alert, implicit TLS", proxy, target, client_list, 1, "tls")
             finally:
                 target.stop()
         if heap_k is None:
@@ -383,6 +454,13 @@ def _run_bench(args):
         else:
             print(
                 "heap for one verified alert (unix port, .mpy, STARTTLS + AUTH): %dK (steps of %dK)" % (heap_k, step_k),
+                file=out,
+            )
+        if headroom is None:
+            print("heap: one alert failed even with 256K free after loading the library", file=out)
+        else:
+            print(
+                "heap one alert needs on top of the loaded library: %d bytes (steps of %d)" % (headroom, step_k * 256),
                 file=out,
             )
         sizes, files = mpy_sizes(work_dir / "mpy")

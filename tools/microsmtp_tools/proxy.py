@@ -128,6 +128,10 @@ class LatencyProxy:
             )
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The proxy is stopping. Returning instead of raising keeps asyncio's server
+            # callback from logging the cancelled handler as an error.
+            pass
         finally:
             stats.closed = True
             for writer in (client_writer, server_writer):
