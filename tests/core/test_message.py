@@ -1,10 +1,11 @@
 """Message building: exact output, addresses, header encoding, bodies, dates, attachments."""
 
 import binascii
+import sys
 import time
 
 from helpers import raises
-from microsmtp import message as message_module
+from microsmtp import mime
 from microsmtp.errors import InvalidInputError
 from microsmtp.message import Attachment, Message, format_date, parse_address
 
@@ -176,6 +177,32 @@ def test_parse_address_forms():
     assert parse_address("j\u00f6rg@b\u00fccher.example") == ("", "j\u00f6rg@b\u00fccher.example")
 
 
+def test_parse_address_length_limits():
+    local = "l" * 64
+    assert parse_address(local + "@example.com") == ("", local + "@example.com")
+    longest = "a@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + "." + "e" * 60
+    assert len(longest) == 254
+    assert parse_address(longest) == ("", longest)
+    exc = raises(InvalidInputError, parse_address, longest + "e")
+    assert "exceeds 254 octets" in str(exc)
+    exc = raises(InvalidInputError, parse_address, "\u00e9" * 33 + "@example.com")
+    assert "exceeds 64 octets" in str(exc)
+
+
+def test_parse_address_error_messages():
+    cases = [
+        ("a..b@example.com", "the local part has a leading, trailing or double dot"),
+        ("a b@example.com", "' ' is not allowed in the local part unless it is quoted"),
+        ("a@exa_mple.com", "'_' is not allowed in a domain name"),
+        ("a@-example.com", "the domain has an empty label or a label starting or ending with '-'"),
+        ('"a"b"@example.com', "the quoted local part contains an unescaped '\"'"),
+        ("a@[1.2.3.4\\]", "the address literal contains '\\\\'"),
+    ]
+    for value, reason in cases:
+        exc = raises(InvalidInputError, parse_address, value)
+        assert str(exc) == "address %r is not a valid address: %s" % (value, reason)
+
+
 def test_parse_address_rejects_invalid():
     bad = ["", "   ", "no-at-sign", "a b@example.com", "a,b@example.com", "<a@example.com",
            "a@example.com>", "a@", "@example.com", "a..b@example.com", ".a@example.com",
@@ -213,6 +240,14 @@ def test_pair_versus_list_of_two():
     assert build(to=[("Bob", "b@example.com")]).recipients == ["b@example.com"]
     data = build(to=("Bob", "b@example.com")).to_bytes()
     assert header(data, "To") == "Bob <b@example.com>"
+
+
+def test_pair_name_with_at_sign():
+    msg = build(to=("Ops @ site", "ops@example.com"))
+    assert msg.recipients == ["ops@example.com"]
+    assert header(msg.to_bytes(), "To") == '"Ops @ site" <ops@example.com>'
+    exc = raises(InvalidInputError, build, to=(("Ann", "a@example.com"), "b"))
+    assert "'@' is missing" in str(exc)
 
 
 def test_display_name_quoting():
@@ -501,6 +536,14 @@ def test_body_long_ascii_line_not_seven_bit():
     assert body_of(build(text="x" * 998))[0] == "7bit"
 
 
+def test_body_long_later_line_not_seven_bit():
+    encoding, body = body_of(build(text="short\r\n" + "x" * 998 + "\r" + "y" * 999))
+    assert encoding == "quoted-printable"
+    check_wire_form(body)
+    assert body.startswith(b"short\r\n" + b"x" * 75 + b"=\r\n")
+    assert body_of(build(text="short\r\n" + "x" * 998 + "\r" + "y" * 998))[0] == "7bit"
+
+
 def test_body_base64_when_shorter():
     text = "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\n" * 20
     encoding, body = body_of(build(text=text))
@@ -692,17 +735,38 @@ def test_attachment_chunks_stream_in_slices():
 
 
 def test_boundary_avoids_text():
-    original = message_module._random_hex
+    original = mime._random_hex
     values = ["aaaa", "bbbb"]
 
     def fake_random_hex(size):
         return values.pop(0) if values else original(size)
 
-    message_module._random_hex = fake_random_hex
+    mime._random_hex = fake_random_hex
     try:
         msg = build(text="--=_aaaa\n", attachments=[("a.bin", b"x")])
     finally:
-        message_module._random_hex = original
+        mime._random_hex = original
     boundary, parts = parts_of(msg.to_bytes())
     assert boundary == b"=_bbbb"
     assert parts[0][1] == b"--=_aaaa\r\n"
+
+
+def test_plain_message_loads_no_rare_module():
+    # The encoders, the attachment code and the full input checks are imported only when
+    # a message needs them, which keeps them off a small board's heap.
+    names = ("microsmtp.checks", "microsmtp.encoding", "microsmtp.mime")
+    loaded = {}
+    for name in names:
+        if name in sys.modules:
+            loaded[name] = sys.modules.pop(name)
+    try:
+        msg = build(sender="Alerts <alerts@example.com>", to=[("Ops", "ops@example.com")],
+                    cc="Lee, Ann <ann.lee@example.org>", subject="[gh-1] Air temperature high",
+                    text="Value: 36.4 C\nThreshold: > 35.0 C\n", headers=[("X-Alert-Kind", "threshold")],
+                    message_id=None, date=None)
+        msg.to_bytes()
+        for name in names:
+            assert name not in sys.modules, name
+    finally:
+        for name in loaded:
+            sys.modules[name] = loaded[name]

@@ -1,0 +1,119 @@
+"""RFC 2047 encoded words, quoted-printable and base64 for microsmtp.message.
+
+Header text outside printable ASCII, or with a word too long to fold, becomes encoded
+words, and a body with non-ASCII text or lines over 998 octets becomes quoted-printable
+or base64 (RFC 2045). microsmtp.message imports this module only when a message needs it.
+"""
+
+import binascii
+
+_MAX_WORD = 75  # maximum length of an RFC 2047 encoded word
+
+
+def _q_piece(byte):
+    """Return one octet in RFC 2047 Q encoding, allowed in a phrase (section 5 (3))."""
+    ch = chr(byte)
+    if "a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in "!*+-/":
+        return ch
+    return "_" if ch == " " else "=%02X" % byte
+
+
+def encoded_words(text, first_max):
+    """Encode text as RFC 2047 UTF-8 encoded words, each preceded by a space.
+
+    Each word contains only whole characters and is at most 75 characters long, the
+    first at most first_max. Q encoding is used when it is not longer than B encoding.
+    """
+    data = text.encode("utf-8")
+    q_size = 0
+    for byte in data:
+        q_size += len(_q_piece(byte))
+    use_q = q_size <= (len(data) + 2) // 3 * 4
+    limit = min(max(first_max, 24), _MAX_WORD) - 12  # 12 is the length of "=?utf-8?q?" "?="
+    words = []
+    pieces = []  # Q text pieces or raw UTF-8 bytes of the current word
+    size = 0  # Q characters, or raw octets for B
+    for ch in text:
+        piece = ch.encode("utf-8")
+        if use_q:
+            octets = piece
+            piece = ""
+            for byte in octets:
+                piece += _q_piece(byte)
+        grown = size + len(piece)
+        if pieces and (grown if use_q else (grown + 2) // 3 * 4) > limit:
+            words.append(_finish_word(pieces, use_q))
+            pieces = []
+            grown = len(piece)
+            limit = _MAX_WORD - 12
+        pieces.append(piece)
+        size = grown
+    if pieces:
+        words.append(_finish_word(pieces, use_q))
+    return words
+
+
+def _finish_word(pieces, use_q):
+    if use_q:
+        return " =?utf-8?q?" + "".join(pieces) + "?="
+    return " =?utf-8?b?" + binascii.b2a_base64(b"".join(pieces)).decode().rstrip("\n") + "?="
+
+
+def encode_text(data):
+    """Return (transfer encoding, body) for UTF-8 text that cannot be sent as 7bit.
+
+    data is not empty and every line of it ends with LF. The body has CRLF line ends and
+    is the shorter of quoted-printable and base64.
+    """
+    lines = data.split(b"\n")
+    lines.pop()
+    qp_lines = []
+    for line in lines:
+        _quote_line(line, qp_lines)
+    # Base64 encodes the text with CRLF line ends, which adds one octet to each line.
+    b64_chars = (len(data) + len(lines) + 2) // 3 * 4
+    lines = None
+    qp_size = 0
+    for line in qp_lines:
+        qp_size += len(line) + 2
+    if qp_size <= b64_chars + (b64_chars + 75) // 76 * 2:
+        qp_lines.append("")
+        return b"quoted-printable", "\r\n".join(qp_lines).encode()
+    qp_lines = None
+    return b"base64", base64_lines(data.replace(b"\n", b"\r\n"))
+
+
+def _quote_line(line, out):
+    """Append the quoted-printable lines for one text line to out.
+
+    "=", non-ASCII and control octets, and a space or tab at the end of the line are
+    encoded. Soft line breaks keep every line within 76 characters.
+    """
+    pieces = []
+    size = 0
+    last = len(line) - 1
+    for index in range(len(line)):
+        byte = line[index]
+        if (33 <= byte <= 126 and byte != 61) or (byte in (9, 32) and index != last):
+            piece = chr(byte)
+        else:
+            piece = "=%02X" % byte
+        if index == 0 and line[:5] == b"From ":
+            piece = "=46"  # keeps mbox readers from mangling the line into ">From "
+        if size + len(piece) > 75:
+            out.append("".join(pieces) + "=")
+            pieces = []
+            size = 0
+        pieces.append(piece)
+        size += len(piece)
+    out.append("".join(pieces))
+
+
+def base64_lines(data):
+    """Return data as base64 lines of 76 characters with CRLF, 57 input octets a line."""
+    view = memoryview(data)
+    lines = []
+    for start in range(0, len(data), 57):
+        lines.append(binascii.b2a_base64(view[start : start + 57])[:-1])
+    lines.append(b"")
+    return b"\r\n".join(lines)
