@@ -5,6 +5,9 @@ verify the server's certificate and hostname, use STARTTLS unless told otherwise
 raise the typed errors of ``microsmtp.errors``.
 """
 
+import gc
+import sys
+
 from .client import SMTP, send
 from .errors import (
     AuthError,
@@ -19,6 +22,12 @@ from .errors import (
     SMTPError,
     Timeout,
 )
-from .message import Attachment, Message
+
+if sys.implementation.name == "micropython":
+    # Free the garbage that loading the SMTP modules left before the message modules
+    # load, so that their objects fill those holes and the heap stays less fragmented.
+    gc.collect()
+
+from .message import Attachment, Message  # noqa: E402
 
 __version__ = "0.1.0"

@@ -13,13 +13,18 @@ session's. Only TLS setup differs between the runtimes:
   read on the wrapped socket starts the handshake, because waiting for the socket to
   become readable would wait forever.
 
+CPython-only code lives in ``cpython.py``, which MicroPython never imports, so that a
+board does not load code it cannot run.
+
 Time limits: every connect, write and reply wait is bounded by its own limit
 (``connect_timeout_ms``, ``reply_timeout_ms``) and by the deadline of the whole
 operation (``timeout_ms``). DNS resolution on MicroPython is a blocking call that no
 asyncio timeout can interrupt.
 """
 
+import gc
 import sys
+import time
 
 try:
     import asyncio
@@ -38,25 +43,24 @@ from .errors import (
 )
 from .transaction import Transaction
 
+try:
+    from micropython import const
+except ImportError:
+    # Every const() here wraps an int; int() returns it unchanged, and unlike a def it
+    # adds no function to the module that MicroPython loads.
+    const = int
+
 MICROPYTHON = sys.implementation.name == "micropython"
 
 if MICROPYTHON:
-    import time
-
-    def _now_ms():
-        return time.ticks_ms()
-
-    def _elapsed_ms(start):
-        return time.ticks_diff(time.ticks_ms(), start)
-
+    # Free the garbage that loading the session modules left, so that the objects of
+    # this module fill those holes and the heap stays less fragmented.
+    gc.collect()
+    _now_ms = time.ticks_ms
+    _ticks_diff = time.ticks_diff
 else:
-    import time
-
-    def _now_ms():
-        return int(time.monotonic() * 1000)
-
-    def _elapsed_ms(start):
-        return _now_ms() - start
+    from .cpython import now_ms as _now_ms
+    from .cpython import ticks_diff as _ticks_diff
 
 
 DEFAULT_PORTS = {_session.STARTTLS: 587, _session.TLS: 465, _session.PLAINTEXT: 25}
@@ -65,12 +69,11 @@ DEFAULT_PORTS = {_session.STARTTLS: 587, _session.TLS: 465, _session.PLAINTEXT: 
 # never set (boards start in 2000 or 2021), and every verification would fail.
 MIN_CLOCK_YEAR = 2025
 
-_READ_SIZE = 1024
-
-# mbedTLS error numbers (mbedtls/ssl.h, mbedtls/net_sockets.h) that report a closed or
-# broken connection rather than a TLS failure: SSL_CONN_EOF, SSL_PEER_CLOSE_NOTIFY,
-# NET_CONN_RESET, NET_RECV_FAILED and NET_SEND_FAILED.
-_MBEDTLS_CONNECTION_ERRORS = (-0x7280, -0x7880, -0x0050, -0x004C, -0x004E)
+# A stream read allocates a buffer of this size before it trims it to the bytes that
+# arrived, so a small size needs less contiguous heap. 256 instead of 1024 lowered the
+# heap that one STARTTLS alert needs by about 2.5 KB (unix port, x64). A multi-line
+# EHLO reply still takes only a few reads.
+_READ_SIZE = const(256)
 
 
 def clock_is_set():
@@ -97,43 +100,35 @@ def pem_to_der(pem):
     return roots
 
 
-def _der_roots(ca_roots):
-    if ca_roots is None:
-        return None
-    if isinstance(ca_roots, (bytes, bytearray, str)):
-        ca_roots = [ca_roots]
-    roots = []
-    for root in ca_roots:
-        if isinstance(root, str) or root.startswith(b"-----BEGIN"):
-            roots.extend(pem_to_der(root))
-        else:
-            roots.append(bytes(root))
-    if not roots:
-        raise ConfigError("ca_roots contains no certificate; pass DER bytes or PEM text of the server's root CA")
-    return roots
-
-
 def make_ssl_context(ca_roots=None):
     """Create a client SSLContext that verifies the certificate chain and the hostname.
 
     ``ca_roots`` is a list of DER certificates (or PEM text). Without it CPython uses the
     system's trusted roots; MicroPython has no such store, so roots are required there.
     """
+    roots = None
+    if ca_roots is not None:
+        if isinstance(ca_roots, (bytes, bytearray, str)):
+            ca_roots = [ca_roots]
+        roots = []
+        for root in ca_roots:
+            if isinstance(root, str) or root.startswith(b"-----BEGIN"):
+                roots.extend(pem_to_der(root))
+            else:
+                roots.append(bytes(root))
+        if not roots:
+            raise ConfigError("ca_roots contains no certificate; pass DER bytes or PEM text of the server's root CA")
+    if not MICROPYTHON:
+        from .cpython import make_ssl_context
+
+        return make_ssl_context(roots)
+    if not roots:
+        raise ConfigError("no CA roots given; MicroPython has no system store, so pass ca_roots (DER bytes)")
     import ssl
 
-    roots = _der_roots(ca_roots)
-    if MICROPYTHON:
-        if not roots:
-            raise ConfigError("no CA roots given; MicroPython has no system store, so pass ca_roots (DER bytes)")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        # MicroPython's default is CERT_NONE: without this line any certificate passes.
-        context.verify_mode = ssl.CERT_REQUIRED
-        for der in roots:
-            context.load_verify_locations(cadata=der)
-        return context
-    if not roots:
-        return ssl.create_default_context()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # MicroPython's default is CERT_NONE: without this line any certificate passes.
+    context.verify_mode = ssl.CERT_REQUIRED
     for der in roots:
         context.load_verify_locations(cadata=der)
     return context
@@ -214,9 +209,17 @@ class SMTP:
 
         await self._open(context)
         username, password, token = self._credentials
+        local_name = self.local_hostname
+        if not local_name:
+            # MicroPython streams do not report the local address for an address literal.
+            local_name = "localhost"
+            if not MICROPYTHON:
+                from .cpython import local_name_of
+
+                local_name = local_name_of(self._writer)
         try:
             self.session = _session.Session(
-                self.local_hostname or self._default_local_name(),
+                local_name,
                 self.security,
                 username,
                 password,
@@ -348,11 +351,17 @@ class SMTP:
             while True:
                 event = session.next_event()
                 if event == _session.SEND:
-                    await self._write(session.data_to_send())
+                    await self._transfer(session.data_to_send())
                 elif event == _session.NEED_DATA:
-                    session.receive_data(await self._read())
+                    session.receive_data(await self._transfer())
                 elif event == _session.START_TLS:
-                    await self._start_tls()
+                    self._handshaking = True
+                    if MICROPYTHON:
+                        await self._wrap_micropython(False)
+                    else:
+                        from .cpython import start_tls
+
+                        await start_tls(self)
                     session.tls_started()
                 elif event == _session.IDLE:
                     return
@@ -380,17 +389,14 @@ class SMTP:
         self._deadline_start = _now_ms()
         self._deadline_ms = timeout_ms
 
-    def _limit_s(self, stage_ms, stage):
-        remaining = self._deadline_ms - _elapsed_ms(self._deadline_start)
+    async def _with_limit(self, awaitable, stage_ms, stage, what):
+        remaining = self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start)
         if remaining <= 0:
             raise Timeout(
                 "the operation did not finish within timeout_ms=%d (during %s)" % (self._deadline_ms, stage),
                 stage=stage,
             )
-        return min(stage_ms, remaining) / 1000
-
-    async def _with_limit(self, awaitable, stage_ms, stage, what):
-        limit_s = self._limit_s(stage_ms, stage)
+        limit_s = min(stage_ms, remaining) / 1000
         try:
             result = await asyncio.wait_for(awaitable, limit_s)
         except asyncio.TimeoutError:
@@ -402,36 +408,30 @@ class SMTP:
                 "%s timed out during %s (%s); the server or network is too slow or down" % (what, stage, cause),
                 stage=stage,
             ) from None
-        _raise_if_cancelled()
+        if not MICROPYTHON:
+            from .cpython import raise_if_cancelled
+
+            raise_if_cancelled()
         return result
 
-    def _stage(self):
+    async def _transfer(self, data=None):
+        """Write data, or read when data is None and return what arrived (b"" at EOF)."""
         # Until the first read through TLS succeeds, a failure belongs to the handshake.
-        return "tls" if self._handshaking else self.session.stage
-
-    async def _write(self, data):
-        stage = self._stage()
+        stage = "tls" if self._handshaking else self.session.stage
         try:
-            self._writer.write(data)
-            await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
-        except (OSError, ValueError) as exc:
-            await self.close()
-            raise self._transport_error(exc, stage) from None
-
-    async def _read(self):
-        stage = self._stage()
-        try:
+            if data is not None:
+                self._writer.write(data)
+                await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
+                return None
             data = await self._with_limit(
                 self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply"
             )
         except (OSError, ValueError) as exc:
             await self.close()
             raise self._transport_error(exc, stage) from None
-        if data is None:
-            data = b""
         self._handshaking = False
         self._received_any = True
-        return data
+        return data or b""
 
     def _transport_error(self, exc, stage):
         """Turn a socket or TLS exception into the matching SMTPError."""
@@ -447,7 +447,18 @@ class SMTP:
                     % (self.server_hostname, detail),
                     stage="tls",
                 )
-            if self._is_tls_error(exc):
+            if MICROPYTHON:
+                # mbedTLS errors arrive as OSError with a negative error number. Those
+                # that mean the peer closed or the network failed are connection losses:
+                # SSL_CONN_EOF, SSL_PEER_CLOSE_NOTIFY, NET_CONN_RESET, NET_RECV_FAILED
+                # and NET_SEND_FAILED (mbedtls/ssl.h, mbedtls/net_sockets.h).
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                tls_error = code < 0 and code not in (-0x7280, -0x7880, -0x0050, -0x004C, -0x004E)
+            else:
+                import ssl
+
+                tls_error = isinstance(exc, ssl.SSLError)
+            if tls_error:
                 return SecurityError("TLS handshake with %s failed (%s)" % (self.server_hostname, detail), stage="tls")
         if stage == "greeting" and not self._received_any:
             # MicroPython reports a refused connection only at the first read.
@@ -456,36 +467,14 @@ class SMTP:
             "connection to %s:%d failed during %s (%s)" % (self.host, self.port, stage, detail), stage=stage
         )
 
-    def _is_tls_error(self, exc):
-        if MICROPYTHON:
-            # mbedTLS errors arrive as OSError with a negative error number. Those that
-            # mean the peer closed or the network failed are connection losses.
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-            return code < 0 and code not in _MBEDTLS_CONNECTION_ERRORS
-        import ssl
-
-        return isinstance(exc, ssl.SSLError)
-
     # -- connection setup ---------------------------------------------------------------
-
-    def _default_local_name(self):
-        # RFC 5321 section 4.1.4: a client without a meaningful name sends its address
-        # as a literal. MicroPython streams do not report it, so "localhost" is used there.
-        if not MICROPYTHON and self._writer is not None:
-            sockname = self._writer.get_extra_info("sockname")
-            if sockname:
-                address = sockname[0]
-                return "[IPv6:%s]" % address if ":" in address else "[%s]" % address
-        return "localhost"
 
     async def _open(self, context):
         implicit = self.security == _session.TLS
         stage = "connect"
         self._handshaking = implicit
         try:
-            if MICROPYTHON:
-                opening = asyncio.open_connection(self.host, self.port)
-            elif implicit:
+            if implicit and not MICROPYTHON:
                 opening = asyncio.open_connection(
                     self.host, self.port, ssl=context, server_hostname=self.server_hostname
                 )
@@ -501,34 +490,6 @@ class SMTP:
             self._handshaking = False
         if MICROPYTHON and implicit:
             await self._wrap_micropython(start=True)
-
-    async def _start_tls(self):
-        self._handshaking = True
-        if MICROPYTHON:
-            await self._wrap_micropython(start=False)
-            return
-        try:
-            await self._with_limit(
-                self._writer.start_tls(self._context, server_hostname=self.server_hostname),
-                self.connect_timeout_ms,
-                "tls",
-                "TLS handshake",
-            )
-        except (OSError, ValueError) as exc:
-            await self.close()
-            raise self._transport_error(exc, "tls") from None
-        self._handshaking = False
-        # Plaintext that arrived before the upgrade sits in the reader's buffer and would
-        # be read as if it came through TLS (response injection). StreamReader has no
-        # public way to ask, so the private buffer is checked.
-        leftover = getattr(self._reader, "_buffer", b"")
-        if leftover:
-            await self.close()
-            raise SecurityError(
-                "the server sent %d plaintext octets after accepting STARTTLS; possible response injection"
-                % len(leftover),
-                stage="tls",
-            )
 
     async def _wrap_micropython(self, start):
         stream = self._writer
@@ -546,16 +507,6 @@ class SMTP:
         except (OSError, ValueError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls") from None
-
-
-def _raise_if_cancelled():
-    # CPython 3.11's wait_for() returns the result of an inner future that finished at
-    # the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
-    # (CPython 3.11+) still shows the request, so it is honoured here.
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError()
 
 
 def _failed_transaction(message, error):

@@ -21,18 +21,19 @@ class SMTPError(Exception):
     ``"connect"``).
     """
 
-    transient = False
+    transient = False  # type: bool | None
 
     def __init__(self, message, code=None, enhanced=None, text="", stage=None):
+        # The message is the only argument, so str(error) returns it on both runtimes.
         super().__init__(message)
         self.message = message
         self.code = code
         self.enhanced = enhanced
         self.text = text
         self.stage = stage
-
-    def __str__(self):
-        return self.message
+        if self.transient is None:
+            # A class that decides per reply (ReplyError): a 4xx reply is transient.
+            self.transient = code is not None and 400 <= code < 500
 
 
 class InvalidInputError(SMTPError):
@@ -53,11 +54,9 @@ class ClockNotSetError(ConfigError):
 
 
 class ReplyError(SMTPError):
-    """The server replied to a command with an error code."""
+    """The server replied to a command with an error code; transient for a 4xx reply."""
 
-    def __init__(self, message, code=None, enhanced=None, text="", stage=None):
-        super().__init__(message, code, enhanced, text, stage)
-        self.transient = code is not None and 400 <= code < 500
+    transient = None
 
 
 class AuthError(ReplyError):

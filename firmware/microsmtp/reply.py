@@ -15,9 +15,9 @@ from .errors import ProtocolError
 try:
     from micropython import const
 except ImportError:
-
-    def const(value):
-        return value
+    # Every const() here wraps an int; int() returns it unchanged, and unlike a def it
+    # adds no function to the module that MicroPython loads.
+    const = int
 
 
 # RFC 5321 section 4.5.3.1.5 sets 512 octets for a reply line; real servers stay well
@@ -59,15 +59,6 @@ class Reply:
         """Format the reply as one line for error messages and logs."""
         enhanced = self.enhanced + " " if self.enhanced else ""
         return "%d %s%s" % (self.code, enhanced, " / ".join(self.lines))
-
-
-def _decode(line):
-    # Reply text is ASCII by RFC 5321, but servers with SMTPUTF8 may send UTF-8. Bytes
-    # that are not valid UTF-8 become "?" so that one odd byte never costs the reply.
-    try:
-        return line.decode("utf-8")
-    except UnicodeError:
-        return "".join(chr(b) if b < 128 else "?" for b in line)
 
 
 def _parse_enhanced(text, klass):
@@ -114,59 +105,55 @@ class ReplyParser:
         if data:
             self._buffer += data
 
-    def _fail(self, message):
-        self._error = ProtocolError(message)
-        self._buffer = b""
-        self._lines = []
-        raise self._error
-
     def next_reply(self):
         """Return the next complete Reply, or None when more data is needed."""
         if self._error is not None:
             raise self._error
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                self._check_partial()
-                return None
-            line = self._buffer[:end]
-            self._buffer = self._buffer[end + 1 :]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            reply = self._take_line(line, end + 1)
-            if reply is not None:
-                return reply
+        try:
+            while True:
+                reply = self._next_line()
+                if reply is not None:
+                    # False means that no complete line is buffered.
+                    return reply or None
+        except ProtocolError as exc:
+            # The stream can no longer be framed safely, so the parser stays broken.
+            self._error = exc
+            self._buffer = b""
+            self._lines = []
+            raise
 
-    def _check_partial(self):
-        # A line still without its LF is checked now, so a peer that never sends LF
-        # cannot grow the buffer without bound.
-        if len(self._buffer) > self.max_line:
-            self._fail(
-                "server reply line longer than %d octets; the server is broken or this is not an SMTP server"
-                % self.max_line
-            )
-        if self._reply_size + len(self._buffer) > self.max_reply:
-            self._fail("server reply longer than %d octets" % self.max_reply)
-
-    def _take_line(self, line, size):
+    def _next_line(self):
+        # Take one line off the buffer; return the Reply it completes, None after a
+        # continuation line, or False when the buffer contains no complete line.
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        # A line still without its LF is checked too, so that a peer that never sends
+        # LF cannot grow the buffer without bound.
+        size = len(buffer) if end < 0 else end + 1
         if size > self.max_line:
-            self._fail(
+            raise ProtocolError(
                 "server reply line longer than %d octets; the server is broken or this is not an SMTP server"
                 % self.max_line
             )
+        if self._reply_size + size > self.max_reply:
+            raise ProtocolError("server reply longer than %d octets" % self.max_reply)
+        if end < 0:
+            return False
+        line = buffer[:end]
+        self._buffer = buffer[end + 1 :]
+        if line.endswith(b"\r"):
+            line = line[:-1]
         self._reply_size += size
-        if self._reply_size > self.max_reply:
-            self._fail("server reply longer than %d octets" % self.max_reply)
 
         for byte in line:
             if byte == _CR:
-                self._fail("server reply contains a CR without LF: %s" % repr(line[:80]))
+                raise ProtocolError("server reply contains a CR without LF: %s" % repr(line[:80]))
             if (byte < 32 and byte != _TAB) or byte == _DEL:
-                self._fail("server reply contains control character 0x%02x: %s" % (byte, repr(line[:80])))
+                raise ProtocolError("server reply contains control character 0x%02x: %s" % (byte, repr(line[:80])))
 
         # 1. The code: three digits, first 2-5, second 0-5 (RFC 5321 section 4.2).
         if len(line) < 3 or not (50 <= line[0] <= 53 and 48 <= line[1] <= 53 and 48 <= line[2] <= 57):
-            self._fail("malformed server reply (expected a 3-digit code 200-559): %s" % repr(line[:80]))
+            raise ProtocolError("malformed server reply (expected a 3-digit code 200-559): %s" % repr(line[:80]))
         code = int(line[:3])
 
         # 2. The separator: "-" continues the reply; " " or nothing ends it.
@@ -180,12 +167,22 @@ class ReplyParser:
             last = True
             text = line[4:]
         else:
-            self._fail("malformed server reply (no space or hyphen after the code): %s" % repr(line[:80]))
+            raise ProtocolError("malformed server reply (no space or hyphen after the code): %s" % repr(line[:80]))
 
         if self._lines and code != self._code:
-            self._fail("server reply code changed from %d to %d inside one reply" % (self._code, code))
+            raise ProtocolError("server reply code changed from %d to %d inside one reply" % (self._code, code))
         self._code = code
-        self._lines.append(_decode(text))
+        # Reply text is ASCII by RFC 5321, but servers with SMTPUTF8 may send UTF-8.
+        # Bytes that are not valid UTF-8 become "?", so one odd byte never costs the reply.
+        try:
+            text = text.decode("utf-8")
+        except UnicodeError:
+            chars = bytearray(text)
+            for i in range(len(chars)):
+                if chars[i] > 127:
+                    chars[i] = 63  # "?"
+            text = bytes(chars).decode()
+        self._lines.append(text)
         if not last:
             return None
 

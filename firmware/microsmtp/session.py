@@ -28,6 +28,11 @@ content is sent. At most an unfinished transaction remains on the server, and th
 server discards it when the driver closes the connection. With CHUNKING as well, later transactions send
 their content with BDAT, so a whole queue of messages travels in one group.
 
+Paths that one plain alert never takes (multi-step or failed AUTH, a rejected EHLO,
+HELO, a refused STARTTLS, BDAT, recipients deferred by a 452, unsolicited replies) live
+in ``session_rare.py``, which is imported on first use, so a board that never takes them
+never loads it.
+
 Errors: ``next_event()`` raises the typed errors of ``errors.py`` for anything that
 ends the session (a 421, a lost connection, a malformed reply, failed AUTH or TLS).
 The same error is then raised by every later call, and the driver closes the
@@ -36,7 +41,9 @@ refused) is stored on that message's ``Transaction`` instead, and the session go
 with the next one after an RSET.
 """
 
-from . import auth as _auth
+import gc
+import sys
+
 from .errors import (
     AuthError,
     ConnectionLost,
@@ -46,14 +53,19 @@ from .errors import (
     SecurityError,
 )
 from .reply import ReplyParser
-from .transaction import DataEncoder, Transaction, content_chunks
+from .transaction import DataEncoder, Transaction
 
 try:
     from micropython import const
 except ImportError:
+    # Every const() here wraps an int; int() returns it unchanged, and unlike a def it
+    # adds no function to the module that MicroPython loads.
+    const = int
 
-    def const(value):
-        return value
+if sys.implementation.name == "micropython":
+    # Free the garbage that loading reply.py and transaction.py left, so that the objects
+    # of this module fill those holes and the heap stays less fragmented.
+    gc.collect()
 
 
 # Events returned by next_event().
@@ -78,17 +90,29 @@ _TLS_HANDSHAKE = const(2)  # the driver is upgrading the connection
 _READY = const(3)  # transactions can be queued
 _CLOSED = const(4)
 
-# A BDAT chunk smaller than this is joined with the next one, so that small pieces
-# from the message builder do not each cost a command line and a reply.
-_MIN_BDAT_CHUNK = const(1024)
+# Error text by expected reply kind, for a transaction command that the server rejects.
+_REJECTION_TEXT = {
+    "mail": "the sender was refused (MAIL FROM)",
+    "data": "the server refused DATA",
+    "bdat": "the server refused a BDAT chunk",
+    "message": "the server refused the message",
+}
 
 
-def check_line_argument(value, what):
-    """Return value as bytes; raise InvalidInputError if it could split a command line."""
+def check_line_argument(value, what, secret=False):
+    """Return value as bytes; raise InvalidInputError if it could split a command line.
+
+    With ``secret`` (an AUTH credential) an empty value is rejected too, and the error
+    message leaves the value out.
+    """
     if isinstance(value, str):
         value = value.encode("utf-8")
+    if secret and not value:
+        raise InvalidInputError("%s is empty; set it or leave out authentication" % what)
     for byte in value:
         if byte in (0, 10, 13):
+            if secret:
+                raise InvalidInputError("%s contains CR, LF or NUL, which SMTP AUTH cannot carry" % what)
             raise InvalidInputError(
                 "%s contains CR, LF or NUL, which would break the SMTP command line: %s" % (what, repr(value[:80]))
             )
@@ -128,25 +152,6 @@ def _check_content(content):
             raise InvalidInputError("message content contains a NUL byte")
 
 
-def parse_extensions(reply):
-    """Return the EHLO keywords as a dict of upper-case keyword -> parameter string."""
-    extensions = {}
-    for line in reply.lines[1:]:
-        words = line.strip().split(" ", 1)
-        keyword = words[0].upper()
-        if not keyword:
-            continue
-        params = words[1].strip() if len(words) > 1 else ""
-        if keyword.startswith("AUTH="):
-            # Old servers announce "AUTH=LOGIN PLAIN" beside or instead of "AUTH".
-            params = (keyword[5:] + " " + params).strip()
-            keyword = "AUTH"
-            if keyword in extensions:
-                params = extensions[keyword] + " " + params
-        extensions[keyword] = params
-    return extensions
-
-
 class Session:
     """Protocol state of one SMTP client connection; see the module docstring.
 
@@ -181,22 +186,25 @@ class Session:
             raise InvalidInputError("a password or OAuth2 token was given without a username")
         if username is not None:
             # Check the credentials now, so that a bad one fails before connecting.
-            _auth.choose(("PLAIN", "XOAUTH2"), username, password, oauth2_token)
+            if password is None and oauth2_token is None:
+                raise InvalidInputError("a password or an OAuth2 token is required with a username")
+            check_line_argument(username, "username", True)
+            if oauth2_token is None:
+                check_line_argument(password, "password", True)
+            else:
+                check_line_argument(oauth2_token, "OAuth2 token", True)
         self.local_name = name
         self.security = security
-        self._username = username
-        self._password = password
-        self._oauth2_token = oauth2_token
+        self._credentials = (username, password, oauth2_token)
         self._log = log
         self._allow_pipelining = pipelining
         self._allow_chunking = chunking
-        parser_args = {}
+        parser = ReplyParser()
         if max_line:
-            parser_args["max_line"] = max_line
+            parser.max_line = max_line
         if max_reply:
-            parser_args["max_reply"] = max_reply
-        self._parser_args = parser_args
-        self._parser = ReplyParser(**parser_args)
+            parser.max_reply = max_reply
+        self._parser = parser
 
         self.tls_active = security == TLS
         self.extensions = {}
@@ -213,10 +221,13 @@ class Session:
         self._out = []
         self._eof = False
         self._error = None
+        # The AUTH mechanism under way: an auth.py object, or for PLAIN its base64
+        # payload, because PLAIN is built here without loading auth.py.
         self._mechanism = None
         self._auth_line = None
         self._transactions = 0
         self._needs_reset = False
+        # (transaction, chunk iterator, DataEncoder) while content is being sent.
         self._content = None
         self._current = None
         self._quit_requested = False
@@ -234,9 +245,12 @@ class Session:
 
     def data_to_send(self):
         """Return and forget the bytes that the driver must write now."""
-        out = b"".join(self._out)
+        out = self._out
         self._out = []
-        return out
+        # A single piece of bytes (usually a chunk of content) goes out without a copy.
+        if len(out) == 1 and isinstance(out[0], bytes):
+            return out[0]
+        return b"".join(out)
 
     def tls_started(self):
         """Record that the driver finished the STARTTLS upgrade; send EHLO again.
@@ -246,62 +260,62 @@ class Session:
         """
         if self._state != _TLS_HANDSHAKE:
             raise ProtocolError("tls_started() called while no STARTTLS was under way")
-        self._parser = ReplyParser(**self._parser_args)
+        old = self._parser
+        self._parser = ReplyParser(old.max_line, old.max_reply)
         self.tls_active = True
         self.extensions = {}
         self._state = _NEGOTIATING
-        self._send_ehlo()
+        self._command(b"EHLO " + self.local_name, "ehlo")
+        self.stage = "ehlo"
 
     def next_event(self):
         """Advance the protocol and return what the driver must do next (an event)."""
         if self._error is not None:
             raise self._error
         try:
-            return self._next_event()
+            while True:
+                if self._out:
+                    return SEND
+                if self._state == _CLOSED:
+                    return CLOSED
+                if self._start_tls_requested:
+                    self._start_tls_requested = False
+                    return START_TLS
+                if self._state == _TLS_HANDSHAKE:
+                    raise ProtocolError("next_event() called before tls_started() finished the STARTTLS upgrade")
+                if self._content is not None:
+                    self._send_content()
+                    continue
+                if self._queued and self._may_send(self._queued[0][0]):
+                    self._current = self._queued.pop(0)
+                    self._send_item(*self._current)
+                    self._current = None
+                    continue
+                if not self._expected:
+                    return IDLE
+                # The stage is the command whose reply is awaited, so that an error or a
+                # timeout names the step that failed.
+                kind = self._expected[0][0]
+                self.stage = kind
+                reply = self._parser.next_reply()
+                if reply is None:
+                    if self._eof:
+                        self._state = _CLOSED
+                        if kind == "quit":
+                            # A server may hang up right after QUIT without its 221.
+                            return CLOSED
+                        raise ConnectionLost("the server closed the connection during %s" % kind, stage=kind)
+                    return NEED_DATA
+                self._log_reply(reply)
+                self._current = self._expected.pop(0)
+                self._handle(reply, *self._current)
+                self._current = None
         except Exception as exc:
             # The reply parser does not know the dialogue, so its errors get the stage here.
             if getattr(exc, "stage", 0) is None:
                 exc.stage = self.stage
             self._fail_all(exc)
             raise
-
-    def _next_event(self):
-        while True:
-            if self._out:
-                return SEND
-            if self._state == _CLOSED:
-                return CLOSED
-            if self._start_tls_requested:
-                self._start_tls_requested = False
-                return START_TLS
-            if self._state == _TLS_HANDSHAKE:
-                raise ProtocolError("next_event() called before tls_started() finished the STARTTLS upgrade")
-            if self._content is not None:
-                self._send_content()
-                continue
-            if self._queued and self._may_send(self._queued[0][0]):
-                self._send_queued()
-                continue
-            if self._expected:
-                # The stage is the command whose reply is awaited, so that an error or a
-                # timeout names the step that failed.
-                self.stage = self._expected[0][0]
-                reply = self._parser.next_reply()
-                if reply is None:
-                    if self._eof:
-                        if self._expected[0][0] == "quit":
-                            # A server may hang up right after QUIT without its 221.
-                            self._state = _CLOSED
-                            return CLOSED
-                        self._connection_lost()
-                    return NEED_DATA
-                self._log_reply(reply)
-                self._current = self._expected.pop(0)
-                kind, transaction, argument = self._current
-                self._handle(kind, transaction, argument, reply)
-                self._current = None
-                continue
-            return IDLE
 
     # -- caller interface -------------------------------------------------------------
 
@@ -313,12 +327,6 @@ class Session:
     @property
     def pipelining(self):
         return self._allow_pipelining and "PIPELINING" in self.extensions
-
-    @property
-    def chunking(self):
-        # BDAT without PIPELINING would cost a round trip per chunk, so it is used only
-        # together with PIPELINING.
-        return self._allow_chunking and self.pipelining and "CHUNKING" in self.extensions
 
     @property
     def max_size(self):
@@ -366,7 +374,8 @@ class Session:
         _check_content(content)
         self._check_unsolicited()
         transaction = Transaction(sender, rcpts, content, size, smtputf8)
-        self._queue_transaction(transaction)
+        self._transactions += 1
+        self._queued += self._envelope(transaction, self._transactions > 1)
         return transaction
 
     def quit(self):
@@ -383,24 +392,21 @@ class Session:
 
     # -- sending ---------------------------------------------------------------------
 
-    def _queue_transaction(self, transaction):
-        queue = self._queued
-        first = self._transactions == 0
-        self._transactions += 1
-        if not first:
-            queue.append(("reset", transaction, None))
+    def _envelope(self, transaction, reset):
+        """Return the queue items of one attempt: RSET if ``reset``, held-back AUTH, MAIL, RCPTs, DATA or BDAT."""
+        items = [("reset", transaction, None)] if reset else []
         if self._auth_line is not None:
-            queue.append(("auth", None, self._auth_line))
-        queue.append(("mail", transaction, None))
+            items.append(("auth", None, self._auth_line))
+        items.append(("mail", transaction, None))
         for rcpt in transaction.batch:
-            queue.append(("rcpt", transaction, rcpt))
-        # AUTH still unanswered in the same group means its content must wait for the
-        # server's verdict, which DATA provides through its 354.
-        if self.chunking and self._auth_line is None:
-            queue.append(("bdat", transaction, None))
-        else:
-            queue.append(("data", transaction, None))
+            items.append(("rcpt", transaction, rcpt))
+        # BDAT without PIPELINING would cost a round trip per chunk, so it is used only
+        # together with PIPELINING. AUTH still unanswered in the same group means the
+        # content must wait for the server's verdict, which DATA provides through its 354.
+        chunking = self._allow_chunking and self.pipelining and "CHUNKING" in self.extensions
+        items.append(("bdat" if chunking and self._auth_line is None else "data", transaction, None))
         self._auth_line = None
+        return items
 
     def _may_send(self, kind):
         if self._state < _READY:
@@ -420,11 +426,6 @@ class Session:
                 return False
         return True
 
-    def _send_queued(self):
-        self._current = self._queued.pop(0)
-        self._send_item(*self._current)
-        self._current = None
-
     def _send_item(self, kind, transaction, argument):
         if transaction is not None and transaction.done:
             return
@@ -435,7 +436,8 @@ class Session:
                 self._needs_reset = False
                 self._command(b"RSET", "rset", transaction)
         elif kind == "auth":
-            self._command(argument, "auth", None, None, "AUTH %s <redacted>" % self._mechanism.name)
+            # Only PLAIN is held back for a pipelined group.
+            self._command(argument, "auth", None, None, "AUTH PLAIN <redacted>")
         elif kind == "mail":
             params = b""
             if transaction.size is not None and "SIZE" in self.extensions:
@@ -473,19 +475,25 @@ class Session:
         if self._log is not None:
             self._log("--> " + (redacted if redacted is not None else line.decode()))
 
-    def _send_ehlo(self):
-        self._command(b"EHLO " + self.local_name, "ehlo")
-        self.stage = "ehlo"
-
     def _start_content(self, transaction, dot_stuff):
         self._check_nothing_unsolicited()
-        self._content = (transaction, content_chunks(transaction.content), DataEncoder(dot_stuff))
-        self._pending_chunk = b""
+        # A fresh iterator, because a second batch of recipients reads the content again.
+        content = transaction.content
+        if isinstance(content, (bytes, bytearray)):
+            chunks = iter((bytes(content),))
+        elif hasattr(content, "chunks"):
+            chunks = content.chunks()
+        else:
+            chunks = iter(content)
+        self._content = (transaction, chunks, DataEncoder(dot_stuff))
         self.stage = "message"
 
     def _send_content(self):
+        # One call queues one piece, so that the driver writes the content as it is
+        # encoded and the whole message is never held in memory.
         transaction, chunks, encoder = self._content
-        if transaction.done and transaction.error is not None and not encoder.dot_stuff:
+        log = self._log
+        if not encoder.dot_stuff and transaction.done and transaction.error is not None:
             # RFC 3030 section 3: after a failed BDAT no further chunk may be sent.
             self._content = None
             return
@@ -497,36 +505,15 @@ class Session:
                     return
             self._out.append(encoder.finish())
             self._content = None
-            self._expect_final(transaction, "message", "--> (message content, %d octets)" % encoder.size, "--> .")
+            self._expected.append(("message", transaction, None))
+            if log is not None:
+                log("--> (message content, %d octets)" % encoder.size)
+                log("--> .")
             return
 
-        # BDAT: collect at least _MIN_BDAT_CHUNK octets, and look one chunk ahead to
-        # know which BDAT is the LAST.
-        pending = self._pending_chunk
-        for chunk in chunks:
-            pending += encoder.encode(chunk)
-            if len(pending) >= _MIN_BDAT_CHUNK:
-                self._pending_chunk = b""
-                self._bdat(transaction, pending, False)
-                return
-        pending += encoder.flush()
-        self._pending_chunk = b""
-        self._content = None
-        self._bdat(transaction, pending, True)
+        from . import session_rare
 
-    def _bdat(self, transaction, data, last):
-        line = b"BDAT %d%s" % (len(data), b" LAST" if last else b"")
-        self._out.append(line + b"\r\n")
-        self._out.append(data)
-        self._expect_final(
-            transaction, "message" if last else "bdat", "--> " + line.decode(), "--> (%d octets)" % len(data)
-        )
-
-    def _expect_final(self, transaction, kind, *log_lines):
-        self._expected.append((kind, transaction, None))
-        if self._log is not None:
-            for line in log_lines:
-                self._log(line)
+        session_rare.send_bdat(self, transaction, chunks, encoder)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -541,33 +528,16 @@ class Session:
                 line = "<redacted>"
             self._log(prefix + sep + enhanced + self._scrub(line))
 
-    def _connection_lost(self):
-        self._state = _CLOSED
-        raise ConnectionLost("the server closed the connection during %s" % self.stage, stage=self.stage)
-
     def _check_unsolicited(self):
-        # A server may announce its shutdown (421) while the session is idle. Anything
-        # else that arrives unasked means the two sides disagree about the dialogue.
+        # A reply or EOF while no reply is expected ends the session (a 421 shutdown
+        # notice, or a dialogue out of step).
         if self._expected:
             return
         reply = self._parser.next_reply()
-        if reply is None:
-            if not self._eof:
-                return
-            error = ConnectionLost("the server closed the connection while the session was idle", stage=self.stage)
-        elif reply.code == 421:
-            self._log_reply(reply)
-            error = self._reply_error("the server is closing the connection", reply)
-        else:
-            self._log_reply(reply)
-            error = ProtocolError(
-                "unexpected reply from the server while idle: %s" % reply.describe(), stage=self.stage
-            )
-        self._fail_all(error)
-        raise error
+        if reply is not None or self._eof:
+            from . import session_rare
 
-    def _describe(self, what, reply):
-        return "%s: %s" % (what, reply.describe())
+            session_rare.fail_idle(self, reply)
 
     def _scrub(self, text):
         # A server may quote the AUTH command in its reply, and that quote must not
@@ -579,7 +549,7 @@ class Session:
 
     def _reply_error(self, what, reply, error=ReplyError, stage=None):
         return error(
-            self._scrub(self._describe(what, reply)),
+            self._scrub("%s: %s" % (what, reply.describe())),
             reply.code,
             reply.enhanced,
             self._scrub(reply.text),
@@ -629,32 +599,47 @@ class Session:
         self._expected = []
         self._queued = []
 
-    def _handle(self, kind, transaction, argument, reply):
-        if reply.code == 421 and kind != "quit":
+    def _handle(self, reply, kind, transaction, argument):
+        code = reply.code
+        if code == 421 and kind != "quit":
             self._fatal("the server is closing the connection", reply)
-        if kind == "greeting":
-            self._on_greeting(reply)
+        if transaction is not None and kind != "rset":
+            self._handle_transaction(reply, kind, transaction, argument)
+        elif kind == "greeting":
+            self.greeting = reply
+            if code != 220:
+                self._fatal("the server refused the connection", reply)
+            self._state = _NEGOTIATING
+            self._command(b"EHLO " + self.local_name, "ehlo")
+            self.stage = "ehlo"
         elif kind == "ehlo":
             self._on_ehlo(reply)
         elif kind == "helo":
-            self._on_helo(reply)
+            from . import session_rare
+
+            session_rare.helo_reply(self, reply)
         elif kind == "starttls":
-            self._on_starttls(reply)
+            if code != 220:
+                from . import session_rare
+
+                session_rare.starttls_refused(self, reply)
+            # RFC 3207 section 4: the server sends nothing more in plaintext. Bytes
+            # already received would be read as if they came through TLS (response
+            # injection).
+            if self._parser.buffered:
+                raise ProtocolError(
+                    "the server sent %d unexpected octets after its STARTTLS reply; possible response injection"
+                    % self._parser.buffered,
+                    stage="starttls",
+                )
+            self._state = _TLS_HANDSHAKE
+            self._start_tls_requested = True
+            self.stage = "tls"
         elif kind == "auth":
             self._on_auth(reply)
         elif kind == "rset":
-            if reply.code != 250:
+            if code != 250:
                 self._fatal("RSET failed", reply)
-        elif kind == "mail":
-            self._on_mail(transaction, reply)
-        elif kind == "rcpt":
-            self._on_rcpt(transaction, argument, reply)
-        elif kind == "data":
-            self._on_data(transaction, reply)
-        elif kind == "bdat":
-            self._on_bdat(transaction, reply)
-        elif kind == "message":
-            self._on_message(transaction, reply)
         elif kind == "quit":
             self._state = _CLOSED
         else:
@@ -662,39 +647,30 @@ class Session:
 
     # -- negotiation -------------------------------------------------------------------
 
-    def _on_greeting(self, reply):
-        self.greeting = reply
-        if reply.code != 220:
-            self._fatal("the server refused the connection", reply)
-        self._state = _NEGOTIATING
-        self._send_ehlo()
-
     def _on_ehlo(self, reply):
         if reply.code == 250:
             self.esmtp = True
-            self.extensions = parse_extensions(reply)
+            # The EHLO keywords, as upper-case keyword -> parameter string.
+            extensions = {}
+            for line in reply.lines[1:]:
+                words = line.strip().split(" ", 1)
+                keyword = words[0].upper()
+                if not keyword:
+                    continue
+                params = words[1].strip() if len(words) > 1 else ""
+                if keyword.startswith("AUTH="):
+                    # Old servers announce "AUTH=LOGIN PLAIN" beside or instead of "AUTH".
+                    params = (keyword[5:] + " " + params).strip()
+                    keyword = "AUTH"
+                    if keyword in extensions:
+                        params = extensions[keyword] + " " + params
+                extensions[keyword] = params
+            self.extensions = extensions
             self._after_hello()
             return
-        if reply.transient:
-            self._fatal("EHLO failed", reply)
-        # HELO carries no extensions, so no STARTTLS and no AUTH: fall back only when
-        # plaintext was explicitly allowed or TLS is already up.
-        if self.tls_active or self.security == PLAINTEXT:
-            self._command(b"HELO " + self.local_name, "helo")
-            return
-        self._fatal(
-            "the server rejected EHLO, so it cannot offer STARTTLS; use security 'tls' on the "
-            "server's implicit TLS port, or 'none' only on a trusted network",
-            reply,
-            SecurityError,
-        )
+        from . import session_rare
 
-    def _on_helo(self, reply):
-        if reply.code != 250:
-            self._fatal("HELO failed", reply)
-        self.esmtp = False
-        self.extensions = {}
-        self._after_hello()
+        session_rare.ehlo_rejected(self, reply)
 
     def _after_hello(self):
         # 1. STARTTLS first when required: nothing else may happen in plaintext.
@@ -709,7 +685,8 @@ class Session:
             return
 
         # 2. AUTH when credentials were given, and never over plaintext.
-        if self._username is not None and not self.authenticated:
+        username, password, token = self._credentials
+        if username is not None and not self.authenticated:
             self.stage = "auth"
             if not self.tls_active:
                 raise SecurityError(
@@ -720,20 +697,34 @@ class Session:
                 raise AuthError(
                     "the server does not offer AUTH; connect without credentials or use another port", stage="auth"
                 )
-            self._mechanism = _auth.choose(self.auth_mechanisms, self._username, self._password, self._oauth2_token)
-            initial = self._mechanism.initial_response()
-            line = b"AUTH " + self._mechanism.name.encode()
+            offered = self.auth_mechanisms
+            if token is None and "PLAIN" in offered:
+                # PLAIN (RFC 4616) first, because it finishes in one round trip.
+                import binascii
+
+                name = "PLAIN"
+                user = check_line_argument(username, "username", True)
+                secret = check_line_argument(password, "password", True)
+                initial = binascii.b2a_base64(b"\0" + user + b"\0" + secret)[:-1]
+                self._mechanism = initial
+            else:
+                from . import auth
+
+                self._mechanism = auth.choose(offered, username, password, token)
+                name = self._mechanism.name
+                initial = self._mechanism.initial_response()
+            line = b"AUTH " + name.encode()
             if initial is not None:
                 line += b" " + initial
                 self._secrets.append(initial.decode())
-            if self.pipelining and self._mechanism.name == "PLAIN":
+            if self.pipelining and name == "PLAIN":
                 # One step with an initial response: it may lead a pipelined group
                 # (RFC 4954 section 4), so it waits for the first transaction.
                 self._auth_line = line
                 self._state = _READY
                 self.stage = "ready"
                 return
-            redacted = "AUTH %s <redacted>" % self._mechanism.name if initial is not None else None
+            redacted = "AUTH %s <redacted>" % name if initial is not None else None
             self._command(line, "auth", None, None, redacted)
             return
 
@@ -741,53 +732,16 @@ class Session:
         self._state = _READY
         self.stage = "ready"
 
-    def _on_starttls(self, reply):
-        if reply.code != 220:
-            error = self._reply_error(
-                "STARTTLS was refused, so the connection cannot be secured", reply, SecurityError, "starttls"
-            )
-            error.transient = reply.transient
-            raise error
-        # RFC 3207 section 4: the server sends nothing more in plaintext. Bytes already
-        # received would be read as if they came through TLS (response injection).
-        if self._parser.buffered:
-            raise ProtocolError(
-                "the server sent %d unexpected octets after its STARTTLS reply; possible response injection"
-                % self._parser.buffered,
-                stage="starttls",
-            )
-        self._state = _TLS_HANDSHAKE
-        self._start_tls_requested = True
-        self.stage = "tls"
-
     def _on_auth(self, reply):
-        mechanism = self._mechanism
         if reply.code == 235:
             self.authenticated = True
             self._mechanism = None
             if self._state == _NEGOTIATING:
                 self._after_hello()
             return
-        if reply.code == 334 and self._state == _NEGOTIATING:
-            challenge = reply.lines[0].encode()
-            answer = mechanism.respond(challenge)
-            if answer is None:
-                # "*" cancels the exchange (RFC 4954 section 4); the server replies 501.
-                self._command(b"*", "auth")
-            else:
-                if answer:
-                    self._secrets.append(answer.decode())
-                self._command(answer, "auth", None, None, "<redacted>")
-            return
-        what = "authentication failed"
-        if reply.code == 503:
-            what = "the server rejected AUTH as out of sequence (503)"
-        elif reply.code == 334:
-            what = "the server asked for more AUTH data after a one-step PLAIN exchange"
-        status = getattr(mechanism, "error_status", None)
-        if status:
-            what += " (XOAUTH2 status %s)" % status
-        self._fatal(what, reply, AuthError)
+        from . import session_rare
+
+        session_rare.auth_reply(self, reply, self._state == _NEGOTIATING)
 
     # -- transactions --------------------------------------------------------------------
 
@@ -808,39 +762,10 @@ class Session:
         # already sent (pipelined) are still read and ignored.
         self._queued = [item for item in self._queued if item[1] is not transaction]
 
-    def _on_mail(self, transaction, reply):
+    def _handle_transaction(self, reply, kind, transaction, rcpt):
+        code = reply.code
         if transaction.done:
-            return
-        if reply.code != 250:
-            self._fail_transaction(transaction, self._reply_error("the sender was refused (MAIL FROM)", reply), reply)
-            return
-        transaction.mail_accepted = True
-
-    def _on_rcpt(self, transaction, rcpt, reply):
-        if transaction.done:
-            return
-        address = rcpt.decode()
-        transaction.batch_replies += 1
-        if reply.code in (250, 251):
-            transaction.accepted[address] = reply
-            transaction.batch_accepted.append(address)
-        elif reply.code == 452 and transaction.batch_accepted and transaction.content_reusable:
-            # RFC 5321 section 4.5.3.1.10: "too many recipients" asks the client to send the rest
-            # in a later transaction. Each batch must get at least one recipient
-            # accepted, so a server that always replies 452 cannot cause a loop.
-            transaction.deferred.append(rcpt)
-        else:
-            transaction.refused[address] = reply
-        if transaction.batch_replies < len(transaction.batch):
-            return
-        if not transaction.batch_accepted:
-            # With PIPELINING, DATA is already on its way; its reply is read and, if the
-            # server accepts it anyway, followed by an empty message that the server rejects.
-            self._fail_transaction(transaction, transaction.all_refused_error())
-
-    def _on_data(self, transaction, reply):
-        if transaction.done:
-            if reply.code == 354:
+            if kind == "data" and code == 354:
                 # RFC 2920 section 3.1: a server that accepts DATA without a valid
                 # recipient gets an empty message, which it must reject.
                 self._out.append(b".\r\n")
@@ -848,40 +773,40 @@ class Session:
                 if self._log is not None:
                     self._log("--> .")
             return
-        if reply.code != 354:
-            self._fail_transaction(transaction, self._reply_error("the server refused DATA", reply), reply)
-            return
-        self._start_content(transaction, True)
 
-    def _on_bdat(self, transaction, reply):
-        if transaction.done:
-            return
-        if reply.code != 250:
-            self._fail_transaction(
-                transaction, self._reply_error("the server refused a BDAT chunk", reply, stage="data"), reply
-            )
+        if kind == "rcpt":
+            address = rcpt.decode()
+            transaction.batch_replies += 1
+            if code in (250, 251):
+                transaction.accepted[address] = reply
+                transaction.batch_accepted.append(address)
+            elif code == 452 and transaction.batch_accepted:
+                from . import session_rare
 
-    def _on_message(self, transaction, reply):
-        if transaction.done:
-            return
-        if reply.code != 250:
-            self._fail_transaction(transaction, self._reply_error("the server refused the message", reply), reply)
-            return
-        transaction.reply = reply
-        transaction.mail_accepted = False
-        if transaction.deferred:
-            # Send the same content again to the recipients the server deferred.
-            transaction.batch = transaction.deferred
-            transaction.deferred = []
-            self._queue_retry(transaction)
-            return
-        transaction.done = True
+                session_rare.rcpt_over_limit(transaction, rcpt, address, reply)
+            else:
+                transaction.refused[address] = reply
+            if transaction.batch_replies >= len(transaction.batch) and not transaction.batch_accepted:
+                # With PIPELINING, DATA is already on its way; its reply is read and, if the
+                # server accepts it anyway, followed by an empty message that the server rejects.
+                from . import session_rare
 
-    def _queue_retry(self, transaction):
-        transaction.batch_accepted = []
-        transaction.batch_replies = 0
-        queue = [("reset", transaction, None), ("mail", transaction, None)]
-        for rcpt in transaction.batch:
-            queue.append(("rcpt", transaction, rcpt))
-        queue.append(("bdat" if self.chunking else "data", transaction, None))
-        self._queued = queue + self._queued
+                self._fail_transaction(transaction, session_rare.all_refused_error(transaction))
+            return
+
+        if code != (354 if kind == "data" else 250):
+            error = self._reply_error(_REJECTION_TEXT[kind], reply, ReplyError, "data" if kind == "bdat" else None)
+            self._fail_transaction(transaction, error, reply)
+        elif kind == "mail":
+            transaction.mail_accepted = True
+        elif kind == "data":
+            self._start_content(transaction, True)
+        elif kind == "message":
+            transaction.reply = reply
+            transaction.mail_accepted = False
+            if transaction.deferred:
+                from . import session_rare
+
+                session_rare.retry_deferred(self, transaction)
+            else:
+                transaction.done = True

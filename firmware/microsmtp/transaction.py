@@ -5,10 +5,16 @@ replies as they arrive. Once ``done`` is True, either ``error`` is set, or ``rep
 the final 250 and ``accepted`` lists the recipients that will get the message.
 """
 
-from .errors import InvalidInputError, RecipientsRefused
+from .errors import InvalidInputError
 
 
 def normalise_line_ends(chunk):
+    # Content that already has CRLF line ends only is returned as it is: equal counts
+    # of CRLF, CR and LF mean that every CR and LF is part of a CRLF. Counting
+    # allocates nothing, while each replace() copies the chunk.
+    crlf = chunk.count(b"\r\n")
+    if crlf == chunk.count(b"\r") and crlf == chunk.count(b"\n"):
+        return chunk
     return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -63,15 +69,6 @@ class DataEncoder:
         return self.flush() + b".\r\n"
 
 
-def content_chunks(content):
-    """Return a fresh iterator over content: bytes, a list of bytes, or a Message."""
-    if isinstance(content, (bytes, bytearray)):
-        return iter((bytes(content),))
-    if hasattr(content, "chunks"):
-        return content.chunks()
-    return iter(content)
-
-
 class Transaction:
     """Envelope, content and outcome of one message.
 
@@ -106,21 +103,9 @@ class Transaction:
         return "Transaction(%d accepted, %d refused, %s)" % (len(self.accepted), len(self.refused), repr(self.reply))
 
     @property
-    def content_reusable(self):
-        content = self.content
-        return isinstance(content, (bytes, bytearray, list, tuple)) or hasattr(content, "chunks")
-
-    @property
     def ok(self):
         return self.done and self.error is None
 
     def fail(self, error):
         if self.error is None:
             self.error = error
-
-    def all_refused_error(self):
-        return RecipientsRefused(
-            "every recipient was refused: %s"
-            % "; ".join("%s: %s" % (addr, reply.describe()) for addr, reply in self.refused.items()),
-            self.refused,
-        )

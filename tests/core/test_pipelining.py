@@ -52,6 +52,36 @@ def test_one_alert_lock_step_turns():
     assert server.messages == [body(1)]
 
 
+def test_one_alert_leaves_rare_modules_unloaded():
+    # auth.py and session_rare.py stay out of a board's RAM when one alert goes out with
+    # AUTH PLAIN and DATA, pipelined or in lock-step.
+    import sys
+
+    import microsmtp
+
+    names = ("microsmtp.auth", "microsmtp.session_rare")
+    saved = []
+    for name in names:
+        attribute = name.split(".")[1]
+        saved.append((name, sys.modules.pop(name, None), attribute, microsmtp.__dict__.pop(attribute, None)))
+    try:
+        for extensions in (PIPELINED, PLAIN_ONLY):
+            server = starttls_server(extensions)
+            session, _ = connect(server)
+            transaction = session.mail("a@x.org", ["b@x.org"], body(1))
+            session.quit()
+            converse(session, server)
+            assert transaction.ok
+            for name in names:
+                assert name not in sys.modules, (extensions, name)
+    finally:
+        for name, module, attribute, value in saved:
+            if module is not None:
+                sys.modules[name] = module
+            if value is not None:
+                setattr(microsmtp, attribute, value)
+
+
 def test_implicit_tls_pipelined_turns():
     server = FakeServer(extensions=PIPELINED)
     session, turns = connect(server, security="tls")

@@ -320,6 +320,25 @@ def test_data_refused():
     assert not transaction.error.transient
 
 
+def test_content_pieces_sent_as_bytes():
+    # A CRLF-clean piece passes the encoder unchanged and goes out without a copy, but a
+    # bytearray piece is still converted, so the driver always writes bytes.
+    session = ready_session()
+    transaction = session.mail("a@x.org", ["b@x.org"], [b"one\r\n", bytearray(b"two\r\n")])
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    pieces = []
+    while session.next_event() == SEND:
+        pieces.append(session.data_to_send())
+    assert pieces == [b"one\r\n", b"two\r\n", b".\r\n"]
+    for piece in pieces:
+        assert type(piece) is bytes, piece
+    session.receive_data(b"250 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    assert transaction.ok
+
+
 def test_final_reply_refused():
     session = ready_session()
     transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")

@@ -1,0 +1,78 @@
+"""CPython-only parts of the asyncio driver in ``client.py``.
+
+MicroPython never imports this module, so a board does not load code it cannot run.
+"""
+
+import asyncio
+import ssl
+import time
+
+from .errors import SecurityError
+
+
+def now_ms():
+    return int(time.monotonic() * 1000)
+
+
+def ticks_diff(end, start):
+    """Return end - start in ms, like MicroPython's ``time.ticks_diff()``."""
+    return end - start
+
+
+def make_ssl_context(roots):
+    """Create a verifying client SSLContext from DER roots, or from the system's roots."""
+    if not roots:
+        return ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for der in roots:
+        context.load_verify_locations(cadata=der)
+    return context
+
+
+def local_name_of(writer):
+    """Return the EHLO name for a connection: its local address as a literal.
+
+    RFC 5321 section 4.1.4: a client without a meaningful name sends its address as a
+    literal. "localhost" is the fallback when the address is unknown.
+    """
+    if writer is not None:
+        sockname = writer.get_extra_info("sockname")
+        if sockname:
+            address = sockname[0]
+            return "[IPv6:%s]" % address if ":" in address else "[%s]" % address
+    return "localhost"
+
+
+def raise_if_cancelled():
+    # CPython 3.11's wait_for() returns the result of an inner future that finished at
+    # the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
+    # (CPython 3.11+) still shows the request, so it is honoured here.
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError()
+
+
+async def start_tls(smtp):
+    """Upgrade the connection of a client.SMTP with ``StreamWriter.start_tls()``."""
+    try:
+        await smtp._with_limit(
+            smtp._writer.start_tls(smtp._context, server_hostname=smtp.server_hostname),
+            smtp.connect_timeout_ms,
+            "tls",
+            "TLS handshake",
+        )
+    except (OSError, ValueError) as exc:
+        await smtp.close()
+        raise smtp._transport_error(exc, "tls") from None
+    smtp._handshaking = False
+    # Plaintext that arrived before the upgrade sits in the reader's buffer and would be
+    # read as if it came through TLS (response injection). StreamReader has no public way
+    # to ask, so the private buffer is checked.
+    leftover = getattr(smtp._reader, "_buffer", b"")
+    if leftover:
+        await smtp.close()
+        raise SecurityError(
+            "the server sent %d plaintext octets after accepting STARTTLS; possible response injection" % len(leftover),
+            stage="tls",
+        )

@@ -1,0 +1,154 @@
+"""Session code for paths that one plain alert never takes.
+
+A multi-step AUTH exchange, a failed AUTH, a rejected EHLO and the HELO fallback, a
+refused STARTTLS, BDAT, recipients deferred by a 452 and unsolicited replies are handled
+here. ``session.py`` imports this module on first use, so a board that sends with AUTH
+PLAIN and DATA never loads it. The functions belong to ``Session`` and use its private
+state.
+"""
+
+from .errors import AuthError, ConnectionLost, ProtocolError, RecipientsRefused, SecurityError
+from .session import PLAINTEXT
+
+try:
+    from micropython import const
+except ImportError:
+    # Every const() here wraps an int; int() returns it unchanged, and unlike a def it
+    # adds no function to the module that MicroPython loads.
+    const = int
+
+# A BDAT chunk smaller than this is joined with the next one, so that small pieces
+# from the message builder do not each cost a command line and a reply.
+_MIN_BDAT_CHUNK = const(1024)
+
+
+def ehlo_rejected(session, reply):
+    """Handle an EHLO reply other than 250: fall back to HELO where that is safe."""
+    if reply.transient:
+        session._fatal("EHLO failed", reply)
+    # HELO carries no extensions, so no STARTTLS and no AUTH: fall back only when
+    # plaintext was explicitly allowed or TLS is already up.
+    if session.tls_active or session.security == PLAINTEXT:
+        session._command(b"HELO " + session.local_name, "helo")
+        return
+    session._fatal(
+        "the server rejected EHLO, so it cannot offer STARTTLS; use security 'tls' on the "
+        "server's implicit TLS port, or 'none' only on a trusted network",
+        reply,
+        SecurityError,
+    )
+
+
+def helo_reply(session, reply):
+    """Handle the reply to the HELO sent after a rejected EHLO."""
+    if reply.code != 250:
+        session._fatal("HELO failed", reply)
+    session.esmtp = False
+    session.extensions = {}
+    session._after_hello()
+
+
+def starttls_refused(session, reply):
+    """Raise the SecurityError for a STARTTLS reply other than 220; a 4xx is transient."""
+    error = session._reply_error(
+        "STARTTLS was refused, so the connection cannot be secured", reply, SecurityError, "starttls"
+    )
+    error.transient = reply.transient
+    raise error
+
+
+def auth_reply(session, reply, negotiating):
+    """Handle an AUTH reply other than 235: send the response to a 334 challenge, or fail."""
+    mechanism = session._mechanism
+    if reply.code == 334 and negotiating:
+        challenge = reply.lines[0].encode()
+        if isinstance(mechanism, bytes):
+            # PLAIN: a server that does not accept an initial response sends an empty 334.
+            answer = None if challenge else mechanism
+        else:
+            answer = mechanism.respond(challenge)
+        if answer is None:
+            # "*" cancels the exchange (RFC 4954 section 4); the server replies 501.
+            session._command(b"*", "auth")
+        else:
+            if answer:
+                session._secrets.append(answer.decode())
+            session._command(answer, "auth", None, None, "<redacted>")
+        return
+    what = "authentication failed"
+    if reply.code == 503:
+        what = "the server rejected AUTH as out of sequence (503)"
+    elif reply.code == 334:
+        what = "the server asked for more AUTH data after a one-step PLAIN exchange"
+    status = getattr(mechanism, "error_status", None)
+    if status:
+        what += " (XOAUTH2 status %s)" % status
+    session._fatal(what, reply, AuthError)
+
+
+def send_bdat(session, transaction, chunks, encoder):
+    """Queue the next BDAT chunk of the content (RFC 3030)."""
+    # Collect at least _MIN_BDAT_CHUNK octets, and look one chunk ahead to know which
+    # BDAT is the LAST.
+    pending = b""
+    last = True
+    for chunk in chunks:
+        pending += encoder.encode(chunk)
+        if len(pending) >= _MIN_BDAT_CHUNK:
+            last = False
+            break
+    if last:
+        pending += encoder.flush()
+        session._content = None
+    line = b"BDAT %d%s" % (len(pending), b" LAST" if last else b"")
+    session._out.append(line + b"\r\n")
+    session._out.append(pending)
+    session._expected.append(("message" if last else "bdat", transaction, None))
+    log = session._log
+    if log is not None:
+        log("--> " + line.decode())
+        log("--> (%d octets)" % len(pending))
+
+
+def rcpt_over_limit(transaction, rcpt, address, reply):
+    """Handle a 452 to RCPT after another recipient of the batch was accepted."""
+    content = transaction.content
+    if isinstance(content, (bytes, bytearray, list, tuple)) or hasattr(content, "chunks"):
+        # RFC 5321 section 4.5.3.1.10: "too many recipients" requests that the client
+        # send the rest in a later transaction, which reads the content again. Each batch
+        # gets at least one recipient accepted, so a server that always replies 452
+        # cannot cause a loop.
+        transaction.deferred.append(rcpt)
+    else:
+        transaction.refused[address] = reply
+
+
+def all_refused_error(transaction):
+    refused = transaction.refused
+    details = ["%s: %s" % (address, refused[address].describe()) for address in refused]
+    return RecipientsRefused("every recipient was refused: %s" % "; ".join(details), refused)
+
+
+def retry_deferred(session, transaction):
+    """Queue a second transaction with the same content for the recipients deferred by a 452."""
+    transaction.batch = transaction.deferred
+    transaction.deferred = []
+    transaction.batch_accepted = []
+    transaction.batch_replies = 0
+    session._queued = session._envelope(transaction, True) + session._queued
+
+
+def fail_idle(session, reply):
+    """End an idle session that received a reply to no command, or EOF when reply is None."""
+    # A server may announce its shutdown (421) while the session is idle. Anything else
+    # that arrives unasked means the two sides disagree about the dialogue.
+    if reply is None:
+        error = ConnectionLost("the server closed the connection while the session was idle", stage=session.stage)
+    elif reply.code == 421:
+        session._log_reply(reply)
+        error = session._reply_error("the server is closing the connection", reply)
+    else:
+        session._log_reply(reply)
+        error = ProtocolError("unexpected reply from the server while idle: %s" % reply.describe(), stage=session.stage)
+    session._fail_all(error)
+    raise error
