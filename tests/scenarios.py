@@ -119,6 +119,43 @@ async def deliver(params):
     return {"outcomes": outcomes, "transcript": transcript}
 
 
+class RecordingWriter:
+    """A stream writer that records each write() before passing it on."""
+
+    def __init__(self, stream, writes):
+        self._stream = stream
+        self._writes = writes
+
+    def write(self, data):
+        self._writes.append(bytes(data).decode())
+        self._stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+async def recorded_writes(params):
+    """Run "deliver" with every write() of the client recorded, in params["writes"] order.
+
+    Plaintext only: on MicroPython the TLS upgrade replaces the stream's socket, which
+    the recording writer would hide.
+    """
+    writes = []
+    opener = asyncio.open_connection
+
+    async def open_recorded(*args, **kwargs):
+        reader, writer = await opener(*args, **kwargs)
+        return reader, RecordingWriter(writer, writes)
+
+    asyncio.open_connection = open_recorded
+    try:
+        result = await deliver(params)
+    finally:
+        asyncio.open_connection = opener
+    result["writes"] = writes
+    return result
+
+
 def raw_outcome(result):
     return {
         "ok": True,
@@ -212,7 +249,13 @@ def run_batch(cases):
     return [run_case(case) for case in cases]
 
 
-SCENARIOS = {"deliver": deliver, "send_raw": send_raw, "retry": retry, "check_input": check_input}
+SCENARIOS = {
+    "deliver": deliver,
+    "send_raw": send_raw,
+    "retry": retry,
+    "check_input": check_input,
+    "recorded_writes": recorded_writes,
+}
 
 
 def main():

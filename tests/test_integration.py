@@ -24,14 +24,14 @@ def runtime(request):
     return request.param
 
 
-def run_client(runtime, params, heap=unix_port.DEFAULT_HEAP):
-    """Run the "deliver" scenario on the given runtime and return its result dict."""
+def run_client(runtime, params, heap=unix_port.DEFAULT_HEAP, scenario="deliver"):
+    """Run a scenario ("deliver" by default) on the given runtime and return its result dict."""
     if runtime == "cpython":
-        return scenarios.run("deliver", params)
+        return scenarios.run(scenario, params)
     env = dict(os.environ)
     env["MICROPYPATH"] = ".frozen:%s:%s" % (unix_port.FIRMWARE_DIR, unix_port.REPO_DIR / "tests")
     process = unix_port.run_micropython(
-        [str(unix_port.REPO_DIR / "tests" / "scenarios.py"), "deliver"],
+        [str(unix_port.REPO_DIR / "tests" / "scenarios.py"), scenario],
         heap=heap,
         env=env,
         input=json.dumps(params),
@@ -203,6 +203,46 @@ def test_plaintext_without_auth_delivers(runtime, smtp_server, certs):
     outcome = only_outcome(run_client(runtime, params))
     assert outcome["ok"], outcome
     assert server.wait_for_messages(1)[0].content == base64.b64decode(outcome["content"])
+
+
+def test_pipelined_group_in_one_write(runtime, smtp_server, certs):
+    server = smtp_server("plain", ehlo_extra=("PIPELINING",))
+    spec = message_spec(to=["ops@example.com", "lab@example.com"], text="Door open.\n", attachments=[])
+    params = params_for(server, certs, security="none", messages=[spec])
+    del params["username"], params["password"]
+
+    result = run_client(runtime, params, scenario="recorded_writes")
+
+    outcome = only_outcome(result)
+    assert outcome["ok"], outcome
+    content = base64.b64decode(outcome["content"]).decode()
+    assert result["writes"] == [
+        "EHLO sensor.example\r\n",
+        "MAIL FROM:<board@example.com> SIZE=%d\r\nRCPT TO:<ops@example.com>\r\nRCPT TO:<lab@example.com>\r\n"
+        "DATA\r\n" % len(content),
+        content + ".\r\nQUIT\r\n",
+    ]
+
+
+def test_lock_step_one_command_per_write(runtime, smtp_server, certs):
+    server = smtp_server("plain")
+    spec = message_spec(text="Door open.\n", attachments=[])
+    params = params_for(server, certs, security="none", messages=[spec])
+    del params["username"], params["password"]
+
+    result = run_client(runtime, params, scenario="recorded_writes")
+
+    outcome = only_outcome(result)
+    assert outcome["ok"], outcome
+    content = base64.b64decode(outcome["content"]).decode()
+    assert result["writes"] == [
+        "EHLO sensor.example\r\n",
+        "MAIL FROM:<board@example.com> SIZE=%d\r\n" % len(content),
+        "RCPT TO:<ops@example.com>\r\n",
+        "DATA\r\n",
+        content + ".\r\n",
+        "QUIT\r\n",
+    ]
 
 
 def test_partly_refused_recipients(runtime, smtp_server, certs, extensions):

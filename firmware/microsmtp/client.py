@@ -74,6 +74,8 @@ MIN_CLOCK_YEAR = 2025
 # heap that one STARTTLS alert needs by about 2.5 KB (unix port, x64). A multi-line
 # EHLO reply still takes only a few reads.
 _READ_SIZE = const(256)
+# Writes shorter than this are joined with the next ones of the same group.
+_WRITE_SIZE = const(512)
 
 
 def clock_is_set():
@@ -347,12 +349,28 @@ class SMTP:
 
     async def _run(self):
         session = self.session
+        # Commands of one pipelined group, and small pieces of content, go out in one
+        # write: one TLS record and one TCP segment instead of one per command. With
+        # Nagle's algorithm on (lwIP's default), a second small segment would wait
+        # for the ACK of the first, and the server's reply could arrive in between.
+        pending = b""
         try:
             while True:
                 event = session.next_event()
                 if event == _session.SEND:
-                    await self._transfer(session.data_to_send())
-                elif event == _session.NEED_DATA:
+                    data = session.data_to_send()
+                    if pending and len(pending) + len(data) > _WRITE_SIZE:
+                        await self._transfer(pending)
+                        pending = b""
+                    if len(data) >= _WRITE_SIZE:
+                        await self._transfer(data)
+                    else:
+                        pending += data
+                    continue
+                if pending:
+                    await self._transfer(pending)
+                    pending = b""
+                if event == _session.NEED_DATA:
                     session.receive_data(await self._transfer())
                 elif event == _session.START_TLS:
                     self._handshaking = True
@@ -488,8 +506,17 @@ class SMTP:
         if not MICROPYTHON:
             # CPython finished the handshake inside open_connection().
             self._handshaking = False
-        if MICROPYTHON and implicit:
-            await self._wrap_micropython(start=True)
+        if MICROPYTHON:
+            # CPython's asyncio sets TCP_NODELAY itself. The unix port's socket module
+            # has no constants for it, so Linux's values are the fallback.
+            import socket
+
+            try:
+                self._writer.s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+            except (OSError, AttributeError):
+                pass
+            if implicit:
+                await self._wrap_micropython(start=True)
 
     async def _wrap_micropython(self, start):
         stream = self._writer
