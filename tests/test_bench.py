@@ -114,11 +114,28 @@ def test_heap_figure(output):
 
 
 def test_mpy_sizes(output):
-    sizes = dict(re.findall(r"^  (xtensawin|armv6m|source)\s+(\d+) bytes$", output, re.MULTILINE))
+    whole = output[output.index(".mpy size of the library") : output.index(".mpy size of the modules one alert loads")]
+    sizes = dict(re.findall(r"^  (xtensawin|armv6m|source)\s+(\d+) bytes$", whole, re.MULTILINE))
 
     assert set(sizes) == {"xtensawin", "armv6m", "source"}
     for arch in ("xtensawin", "armv6m"):
         assert 5000 < int(sizes[arch]) < int(sizes["source"]), sizes
+
+
+def test_mpy_size_of_alert_path(output):
+    match = re.search(r"^\.mpy size of the modules one alert loads \((.+)\):$", output, re.MULTILINE)
+    assert match, output
+    modules = match.group(1).split(", ")
+    whole = dict(re.findall(r"^  (xtensawin|armv6m)\s+(\d+) bytes$", output[: match.start()], re.MULTILINE))
+    alert = dict(re.findall(r"^  (xtensawin|armv6m)\s+(\d+) bytes$", output[match.end() :], re.MULTILINE))
+
+    assert "microsmtp.session" in modules
+    assert "microsmtp.client" in modules
+    # The rare paths and MIME parts stay unloaded for a plain-text alert.
+    assert "microsmtp.session_rare" not in modules
+    assert "microsmtp.mime" not in modules
+    for arch in ("xtensawin", "armv6m"):
+        assert 0 < int(alert[arch]) < int(whole[arch]), (alert, whole)
 
 
 def test_versions_labelled(output, micropython):

@@ -83,6 +83,7 @@ async def main():
 
 asyncio.run(main())
 print("SENT", job["count"])
+print("MODULES", " ".join(sorted(name for name in sys.modules if name.split(".")[0] == "microsmtp")))
 """
 
 
@@ -199,6 +200,8 @@ class Clients:
         self.ca_pem = cert_set.ca_pem.decode("ascii")
         self.mp_dir = mp_dir
         self.micropython = micropython
+        # Modules of the library loaded by the last alert sent by the unix port.
+        self.alert_modules = []
 
     def _context(self):
         return ssl.create_default_context(cadata=self.ca_pem)
@@ -266,7 +269,12 @@ class Clients:
             timeout=120,
             env=env,
         )
-        return process.returncode == 0 and ("SENT %d" % count) in process.stdout
+        sent = process.returncode == 0 and ("SENT %d" % count) in process.stdout
+        if sent and count == 1:
+            for line in process.stdout.splitlines():
+                if line.startswith("MODULES "):
+                    self.alert_modules = line.split()[1:]
+        return sent
 
     def smtplib(self, port, count, security="starttls"):
         # The test certificate also names 127.0.0.1, the host smtplib checks.
@@ -383,17 +391,21 @@ def print_round_trips(out, title, proxy, target, client_list, count, security):
 
 
 def mpy_sizes(work_dir):
-    """Return {arch: bytes} of firmware/microsmtp compiled per architecture, plus "source"."""
+    """Return {arch: {module: bytes}} of firmware/microsmtp compiled per architecture, plus
+    "source" with the sizes of the .py files. Modules are named as in sys.modules."""
     sources = mpy.python_files(common.FIRMWARE_DIR / "microsmtp")
-    sizes = {"source": sum(path.stat().st_size for path in sources)}
+
+    def module_name(path):
+        return "microsmtp" if path.stem == "__init__" else "microsmtp." + path.stem
+
+    sizes = {"source": {module_name(path): path.stat().st_size for path in sources}}
     for arch in MPY_ARCHES:
-        total = 0
+        sizes[arch] = {}
         for source in sources:
             target = work_dir / arch / (source.stem + ".mpy")
             mpy.compile_file(source, target, arch)
-            total += target.stat().st_size
-        sizes[arch] = total
-    return sizes, len(sources)
+            sizes[arch][module_name(source)] = target.stat().st_size
+    return sizes
 
 
 def run_bench(args):
@@ -463,11 +475,15 @@ def _run_bench(args):
                 "heap one alert needs on top of the loaded library: %d bytes (steps of %d)" % (headroom, step_k * 256),
                 file=out,
             )
-        sizes, files = mpy_sizes(work_dir / "mpy")
-        print(".mpy size of the library (%d modules):" % files, file=out)
-        for arch in MPY_ARCHES:
-            print("  %-10s %6d bytes" % (arch, sizes[arch]), file=out)
-        print("  %-10s %6d bytes" % ("source", sizes["source"]), file=out)
+        sizes = mpy_sizes(work_dir / "mpy")
+        print(".mpy size of the library (%d modules):" % len(sizes["source"]), file=out)
+        for arch in MPY_ARCHES + ("source",):
+            print("  %-10s %6d bytes" % (arch, sum(sizes[arch].values())), file=out)
+        loaded = [name for name in clients.alert_modules if name in sizes["source"]]
+        if loaded:
+            print(".mpy size of the modules one alert loads (%s):" % ", ".join(loaded), file=out)
+            for arch in MPY_ARCHES:
+                print("  %-10s %6d bytes" % (arch, sum(sizes[arch][name] for name in loaded)), file=out)
     return EX_OK
 
 
