@@ -2,9 +2,16 @@
 
 ``main()`` loads config.json and runs forever (or, in deep-sleep mode, once per wake).
 Every alert goes to the outbox on flash before any attempt to send it.
+
+Code needed only at boot (alerts.boot, alerts.config), only while sending
+(alerts.delivery, which brings in alerts.net, alerts.sender, alerts.mailer and the SMTP
+library) or only in deep-sleep mode (alerts.wake) is imported when needed, and the boot
+and sending code is unloaded afterwards, so the sensor loop keeps only its own modules
+on the heap.
 """
 
 import gc
+import sys
 
 try:
     import asyncio
@@ -18,16 +25,35 @@ from .sensors import SensorError
 _SENSOR_SLACK_S = 30
 # The sender may block in DNS and TLS steps; it reports progress around them.
 _SENDER_SLACK_S = 120
+# Modules that a delivery round and the CA check at boot import. unload() drops them afterwards.
+_DELIVERY_MODULES = (
+    "alerts.delivery",
+    "alerts.net",
+    "alerts.sender",
+    "alerts.mailer",
+    "alerts.outbox_admin",
+    "alerts.rules_restore",
+    "microsmtp",
+    "ca_roots",
+)
 
 
-class _Broken:
-    """Stands in for a sensor whose driver could not be created, so failures are reported."""
+def unload(names):
+    """Remove modules, each with its submodules, from sys.modules and from their package.
 
-    def __init__(self, error):
-        self.error = error
-
-    def read(self):
-        raise SensorError(str(self.error))
+    A collection then frees their code and data unless something still refers to them.
+    The names they interned (qstrs on MicroPython) stay. A later import loads them again.
+    """
+    for name in list(sys.modules):
+        for prefix in names:
+            if name == prefix or name.startswith(prefix + "."):
+                del sys.modules[name]
+                package, _, attribute = name.rpartition(".")
+                parent = sys.modules.get(package)
+                if parent is not None and hasattr(parent, attribute):
+                    delattr(parent, attribute)
+                break
+    gc.collect()
 
 
 class App:
@@ -41,50 +67,33 @@ class App:
         sender_address = config["smtp"]["from"]
         domain = sender_address[sender_address.rfind("@") + 1 :].rstrip(">") or "localhost"
         self.outbox = Outbox(outbox_config["dir"], outbox_config["max_entries"], outbox_config["max_aside"], domain)
-        removed = self.outbox.recover()
-        if removed:
-            log.error("outbox: %d unreadable entries removed (counted as dropped)" % removed)
         self.rules = Rules(config)
         board_config = config["board"]
         self.led = board.Led(board_config["led"], board_config["led_active_high"])
         self.watchdog = board.Watchdog(board_config["watchdog_ms"])
         self.wake = asyncio.Event()
         self.drivers = {}
-        self.sender = None
-        # Continuous mode only (see run()); deep sleep keeps rule state in sleepstate.
+        # False when the CA roots are missing: alerts are still queued, but nothing is sent.
+        self.can_send = False
+        # Failed SMTP sessions in a row, from which the sender computes its backoff.
+        self.send_failures = 0
+        # Set by alerts.boot in continuous mode only. Deep sleep keeps rule state in sleepstate.
         self.rule_state = None
         self.last_ntp = None
         self.network_failures = 0
         self._tasks = []
 
-    # -- setup --------------------------------------------------------------------------
+    # -- sending ------------------------------------------------------------------------
 
-    def create_sensors(self):
-        from . import sensors
-
-        for spec in self.config["sensors"]:
-            try:
-                self.drivers[spec["name"]] = sensors.create(spec)
-            except SensorError as exc:
-                log.error("sensor %s unavailable: %s" % (spec["name"], exc))
-                self.drivers[spec["name"]] = _Broken(exc)
-
-    def create_sender(self):
-        # Import the SMTP client now, while the heap is not yet fragmented by the tasks.
-        import microsmtp.client  # noqa: F401
-        import microsmtp.message  # noqa: F401
-
-        from .sender import Sender, SenderConfigError, load_ca_roots
-
-        gc.collect()
+    async def run_delivery(self, step):
+        """Run alerts.delivery's network() or deliver() for this app, then unload what it imported."""
+        from . import delivery
 
         try:
-            roots = load_ca_roots(self.config) if self.config["smtp"]["security"] != "none" else None
-        except SenderConfigError as exc:
-            log.error(str(exc))
-            return None
-        self.sender = Sender(self.config, self.outbox, roots)
-        return self.sender
+            return await getattr(delivery, step)(self)
+        finally:
+            delivery = None
+            unload(_DELIVERY_MODULES)
 
     # -- alerts -------------------------------------------------------------------------
 
@@ -133,7 +142,7 @@ class App:
     def update_led(self):
         from . import board
 
-        if self.sender is None:
+        if not self.can_send:
             self.led.pattern = board.ERROR
         elif self.rules.active():
             self.led.pattern = board.ALERT
@@ -176,8 +185,12 @@ class App:
             gc.collect()
 
     async def tick_task(self):
+        ticks = 0
         while True:
             self.queue(self.rules.tick(clock.now()))
+            if ticks % 60 == 0:
+                _log_heap()
+            ticks += 1
             self.watchdog.alive("ticker", clock.real_seconds(60) + _SENSOR_SLACK_S)
             await clock.sleep(60)
 
@@ -191,54 +204,7 @@ class App:
                 pass
         self.wake.clear()
 
-    async def _network(self):
-        """Bring up WiFi and the clock; return seconds to wait on failure, or 0."""
-        from . import net
-        from .outbox import backoff, random_fraction
-
-        # An estimate after deep sleep is good enough for rules but not for certificate dates.
-        need_ntp = (
-            not clock.is_set()
-            or clock.is_estimate()
-            or self.last_ntp is None
-            or (clock.now() - self.last_ntp >= self.config["ntp"]["resync_h"] * 3600)
-        )
-        try:
-            await net.connect_wifi(self.config)
-            if need_ntp:
-                corrected = clock.corrected()
-                await net.sync_time(self.config)
-                self.last_ntp = clock.now()
-                if clock.corrected() and not corrected:
-                    self.correct_times()
-        except net.NetworkError as exc:
-            self.network_failures += 1
-            outbox = self.config["outbox"]
-            delay = backoff(self.network_failures, outbox["retry_min_s"], outbox["retry_max_s"], random_fraction())
-            log.error("%s; retry in %d s" % (exc, delay))
-            return delay
-        self.network_failures = 0
-        return 0
-
-    def correct_times(self):
-        """Date the rule state and the alerts recorded before NTP first set the clock."""
-        from .outbox import OutboxError
-        from .rules import correct_times
-
-        self.rules.convert_times(clock.real_time)
-        self.save_rule_state()
-        try:
-            count = self.outbox.rewrite(lambda entry: correct_times(entry["alert"]))
-        except OutboxError as exc:
-            # The mailer dates them again at each attempt in this boot.
-            log.error("alerts queued before NTP keep their unset time on flash: %s" % exc)
-            return
-        if count:
-            log.info("clock set: dated %d alert(s) queued before NTP" % count)
-
     async def sender_task(self):
-        from microsmtp.errors import SMTPError
-
         delay = None if not self.outbox.pending() else 0
         while True:
             self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
@@ -248,15 +214,7 @@ class App:
             if not self.outbox.pending():
                 delay = None
                 continue
-            delay = await self._network()
-            if delay:
-                continue
-            try:
-                delay = await self.sender.run_session()
-            except SMTPError as exc:
-                # The SMTP constructor rejects options (ConfigError) before connecting.
-                log.error("sending impossible: %s; check config.json" % exc)
-                delay = self.config["outbox"]["retry_max_s"]
+            delay = await self.run_delivery("deliver")
             self.update_led()
             gc.collect()
 
@@ -266,128 +224,47 @@ class App:
         return task
 
     async def run(self):
-        from .rulestate import RuleState
-
-        log.info("starting: " + describe(self.config))
-        self.rule_state = RuleState(self.rules)
-        if self.rule_state.load():
-            log.info(
-                "rule state restored from %s; active rules: %s"
-                % (self.rule_state.path, ", ".join(self.rules.active()) or "none")
-            )
-        self.create_sensors()
-        if self.create_sender() is not None:
-            pending = len(self.outbox.pending())
-            if pending:
-                log.info("outbox holds %d alert(s) from before the restart" % pending)
         self.update_led()
         if not clock.is_set():
-            await self._network()
+            await self.run_delivery("network")
         for spec in self.config["sensors"]:
             self.start(self.sensor_task(spec))
         self.start(self.tick_task())
         self.start(self.led.run())
         self.start(self.watchdog.run())
-        if self.sender is not None:
+        if self.can_send:
             await self.sender_task()
         else:
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
 
-    # -- deep sleep ---------------------------------------------------------------------
 
-    async def run_once(self):
-        """Wake, read each sensor once, decide, send or queue, then deep sleep."""
-        from . import board, sleepstate
-
-        state = sleepstate.load()
-        if state.get("time") and state.get("slept"):
-            clock.estimate(state["time"] + state["slept"])
-        if state.get("rules"):
-            self.rules.restore(state["rules"])
-            log.info("woke from deep sleep; active rules: %s" % (", ".join(self.rules.active()) or "none"))
-        self.last_ntp = state.get("ntp")
-        self.network_failures = state.get("network_failures", 0)
-        # The watchdog started in __init__ must be fed while this wake runs.
-        self.watchdog.alive("wake", _SENDER_SLACK_S)
-        self.start(self.watchdog.run())
-        self.create_sensors()
-        self.create_sender()
-        if not clock.is_set():
-            # First power-on: alert times need the clock.
-            await self._network()
-        for spec in self.config["sensors"]:
-            await self.read_sensor(spec["name"])
-        self.queue(self.rules.tick(clock.now()))
-        self.watchdog.alive("wake", _SENDER_SLACK_S)
-        wait = self.outbox.due(clock.now())
-        if self.sender is not None and wait == 0:
-            if await self._network() == 0:
-                await self.sender.run_session()
-        interval = self.config["deep_sleep"]["interval_s"]
-        where = sleepstate.save(
-            {
-                "time": clock.now(),
-                "slept": interval,
-                "ntp": self.last_ntp,
-                "network_failures": self.network_failures,
-                "rules": self.rules.state(),
-            }
-        )
-        self.arm_wake_pins()
-        log.info(
-            "deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(self.outbox.pending()), where)
-        )
-        board.deep_sleep(interval)
-
-    def arm_wake_pins(self):
-        """Let a digital input end the deep sleep where the port supports it (one pin)."""
-        armed = None
-        for name in self.drivers:
-            driver = self.drivers[name]
-            if not hasattr(driver, "arm_wake"):
-                continue
-            if armed is not None:
-                log.warning("sensor %s is read only at wake: the wake pin is taken by %s" % (name, armed))
-                continue
-            method = driver.arm_wake()
-            if method is None:
-                log.info("sensor %s is read only at wake: this port has no pin wake from deep sleep" % name)
-                return
-            armed = name
-            log.info("sensor %s wakes the board on a change (%s)" % (name, method))
-
-
-def describe(config):
-    from .config import describe as describe_config
-
-    return describe_config(config)
+def _log_heap():
+    """Log the heap in use after a collection (at boot, then hourly), so a leak shows in the log."""
+    if hasattr(gc, "mem_alloc"):
+        gc.collect()
+        log.info("heap: %d bytes in use, %d free" % (gc.mem_alloc(), gc.mem_free()))
 
 
 def main(config_path="config.json"):
     """Run the application; on an unexpected error, log it and reset the board after 10 s."""
     from . import board
-    from .config import ConfigError, load
 
-    try:
-        config = load(config_path)
-    except ConfigError as exc:
-        log.error(str(exc))
-        _halt(board)
+    app = _start(config_path)
+    if app is None:
         return
-    app = App(config)
     try:
-        if config["deep_sleep"]["enabled"]:
-            asyncio.run(app.run_once())
+        if app.config["deep_sleep"]["enabled"]:
+            from .wake import run_once
+
+            asyncio.run(run_once(app))
         else:
             asyncio.run(app.run())
     except KeyboardInterrupt:
         log.info("stopped (KeyboardInterrupt)")
         raise
     except Exception as exc:
-        import sys
-
         log.error("unexpected %s: %s; resetting in 10 s" % (type(exc).__name__, exc))
         if hasattr(sys, "print_exception"):
             sys.print_exception(exc)
@@ -397,8 +274,11 @@ def main(config_path="config.json"):
         board.reset()
 
 
-def _halt(board):
-    """Show the error pattern and wait for a fixed config.json (the REPL stays usable via Ctrl-C)."""
-    led = board.Led(None)
-    led.pattern = board.ERROR
-    log.error("configuration invalid; fix config.json and reset the board")
+def _start(config_path):
+    """Set up the App with alerts.boot, unload the boot code and return the App (None if config.json is invalid)."""
+    from . import boot
+
+    app = boot.start(config_path)
+    boot = None
+    unload(("alerts.boot", "alerts.outbox_admin", "alerts.rules_restore"))
+    return app

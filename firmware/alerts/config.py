@@ -213,7 +213,7 @@ _SENSOR_KEYS = {
     "dht11": ("pin", "measure"),
     "dht22": ("pin", "measure"),
     "ds18b20": ("pin", "index"),
-    "simulated": ("values", "failures", "hangs"),
+    "simulated": ("values", "failures", "hangs", "repeat_s"),
 }
 
 
@@ -254,6 +254,7 @@ def _validate_sensors(config):
             _validate_timeline(sensor, prefix, "values", True)
             _validate_timeline(sensor, prefix, "failures", False)
             _validate_timeline(sensor, prefix, "hangs", False)
+            _field(sensor, prefix, "repeat_s", "number", 0, 0)
     return names
 
 

@@ -1,7 +1,7 @@
 """Turn outbox entries into email messages: subject, text and a CSV of recent readings."""
 
 from . import clock
-from .rules import correct_times
+from .rules_restore import correct_times
 
 
 def _value(value, unit):

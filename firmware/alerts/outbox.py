@@ -15,7 +15,6 @@ reported in the next email that is sent.
 import json
 import os
 
-_DIR_MODE = 0x4000  # S_IFDIR in os.stat()[0]
 _STATE = "state.json"
 _ASIDE = "aside"
 
@@ -76,37 +75,26 @@ def _exists(path):
         return False
 
 
-def _is_dir(path):
-    try:
-        return os.stat(path)[0] & _DIR_MODE != 0
-    except OSError:
-        return False
-
-
 def _listdir(directory):
     if hasattr(os, "ilistdir"):
         return [entry[0] for entry in os.ilistdir(directory)]
     return os.listdir(directory)
 
 
-def _makedirs(path):
-    built = ""
-    for part in path.split("/"):
-        built = built + "/" + part if built or path.startswith("/") else part
-        if part and not _is_dir(built):
-            os.mkdir(built)
-
-
 def write_atomic(path, data):
-    """Write data (str) to path through path.tmp and a rename over the old file.
+    """Write data to path through path.tmp and a rename over the old file.
 
-    os.rename replaces an existing file on LittleFS and POSIX. FAT (used by some
+    data is a str, or an object that json.dump() writes piece by piece, so an entry's
+    JSON text never exists whole in memory. os.rename replaces an existing file on LittleFS and POSIX. FAT (used by some
     ESP32 builds) raises instead; then the old file is removed first, and recover()
     completes the rename if power fails in between.
     """
     temporary = path + ".tmp"
     with open(temporary, "w") as file:
-        file.write(data)
+        if isinstance(data, str):
+            file.write(data)
+        else:
+            json.dump(data, file)
     try:
         os.rename(temporary, path)
     except OSError:
@@ -120,7 +108,8 @@ def _read_json(path):
     """Return the parsed JSON object in path, or None if it is missing or not valid."""
     try:
         with open(path) as file:
-            data = json.loads(file.read())
+            # json.load() parses from the stream, without a copy of the whole text.
+            data = json.load(file)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -150,45 +139,6 @@ class Outbox:
         # Name of the entry the sender is transmitting now; put() never drops it.
         self.in_flight = None
         self.state_path = _join(self.directory, _STATE)
-
-    # -- start-up -----------------------------------------------------------------------
-
-    def recover(self):
-        """Create the directories, finish or discard interrupted writes, load the drop count.
-
-        Returns the number of entries that were found unreadable and removed.
-        """
-        try:
-            _makedirs(self.aside_directory)
-        except OSError as exc:
-            raise OutboxError(
-                "cannot create the outbox directory %s (%s); check the filesystem" % (self.directory, exc)
-            ) from None
-        removed = 0
-        for directory in (self.directory, self.aside_directory):
-            for name in _listdir(directory):
-                path = _join(directory, name)
-                if name.endswith(".tmp"):
-                    self._recover_temporary(path)
-                elif name.endswith(".json") and name != _STATE and not _is_entry(_read_json(path)):
-                    # Rename makes this unreachable, short of flash corruption.
-                    os.remove(path)
-                    removed += 1
-        state = _read_json(self.state_path) or {}
-        self.dropped = state.get("dropped", 0) + removed
-        if removed:
-            self._save_state()
-        return removed
-
-    def _recover_temporary(self, temporary):
-        final = temporary[:-4]
-        data = _read_json(temporary)
-        complete = data is not None and (_is_entry(data) or final.endswith(_STATE))
-        if complete and not _exists(final):
-            # The write finished but the rename did not: the file is the newest version.
-            os.rename(temporary, final)
-        else:
-            os.remove(temporary)
 
     # -- queue --------------------------------------------------------------------------
 
@@ -236,7 +186,7 @@ class Outbox:
         }
         name = "%08d.json" % seq
         try:
-            write_atomic(_join(self.directory, name), json.dumps(entry))
+            write_atomic(_join(self.directory, name), entry)
         except OSError as exc:
             raise OutboxError("cannot write %s to the outbox (%s); the flash may be full" % (name, exc)) from None
         return name
@@ -258,7 +208,7 @@ class Outbox:
         entry["attempts"] = entry.get("attempts", 0) + 1
         entry["next"] = now + delay
         if _exists(_join(self.directory, name)):
-            write_atomic(_join(self.directory, name), json.dumps(entry))
+            write_atomic(_join(self.directory, name), entry)
 
     def due(self, now):
         """Return the seconds until the oldest entry may be tried (0 if due), or None if empty."""
@@ -271,61 +221,43 @@ class Outbox:
         wait = entry.get("next", 0) - now
         return wait if wait > 0 else 0
 
+    # -- start-up, dating after NTP, permanent failures and drops (in alerts.outbox_admin) --
+
+    def recover(self):
+        """Create the directories, finish or discard interrupted writes, load the drop count.
+
+        Returns the number of entries that were found unreadable and removed.
+        """
+        from .outbox_admin import recover
+
+        return recover(self)
+
     def rewrite(self, change):
         """Call change(entry) for each pending and set-aside entry; store those it returns True for.
 
         Returns the number of entries rewritten. Used to date alerts queued before NTP.
         """
-        count = 0
-        for directory, names in ((self.directory, self.pending()), (self.aside_directory, self.aside())):
-            for name in names:
-                path = _join(directory, name)
-                entry = _read_json(path)
-                if not _is_entry(entry) or not change(entry):
-                    continue
-                try:
-                    write_atomic(path, json.dumps(entry))
-                except OSError as exc:
-                    raise OutboxError(
-                        "cannot rewrite %s in the outbox (%s); the flash may be full" % (name, exc)
-                    ) from None
-                count += 1
-        return count
+        from .outbox_admin import rewrite
 
-    # -- permanent failures and drops ------------------------------------------------------
+        return rewrite(self, change)
 
     def set_aside(self, name, entry, reply):
         """Move an entry the server rejected for good to aside/, with the server's reply."""
-        entry["reply"] = reply[:300]
-        existing = self.aside()
-        while len(existing) >= self.max_aside:
-            os.remove(_join(self.aside_directory, existing.pop(0)))
-            self.dropped += 1
-            self._save_state()
-        write_atomic(_join(self.aside_directory, name), json.dumps(entry))
-        self.remove(name)
+        from .outbox_admin import set_aside
+
+        set_aside(self, name, entry, reply)
 
     def report(self):
         """Return what the next email must report: (aside names, aside entries, dropped count)."""
-        names = self.aside()
-        entries = []
-        for name in names:
-            entry = _read_json(_join(self.aside_directory, name))
-            if entry is not None:
-                entries.append(entry)
-        return names, entries, self.dropped
+        from .outbox_admin import report
+
+        return report(self)
 
     def reported(self, report):
         """Forget what report() returned, once an email carrying it was accepted."""
-        names, _, dropped = report
-        for name in names:
-            try:
-                os.remove(_join(self.aside_directory, name))
-            except OSError:
-                pass
-        if dropped:
-            self.dropped = max(0, self.dropped - dropped)
-            self._save_state()
+        from .outbox_admin import reported
+
+        reported(self, report)
 
     def _save_state(self):
-        write_atomic(self.state_path, json.dumps({"dropped": self.dropped}))
+        write_atomic(self.state_path, {"dropped": self.dropped})

@@ -12,7 +12,7 @@ Alert record fields: ``kind`` ("alert", "normal", "change", "sensor_failed",
 they apply, ``readings`` (recent [time, value] pairs), ``skipped`` (alerts of this rule
 held back by its minimum interval), ``error``, ``items`` (digest lines) and ``values``
 (heartbeat readings). A record made while the clock was unset or estimated has
-``timeline`` (see clock.timeline_tag()) until correct_times() has dated it.
+``timeline`` (see clock.timeline_tag()) until rules_restore.correct_times() has dated it.
 """
 
 from .history import History
@@ -72,9 +72,6 @@ class Rule:
 
     def state(self):
         return [self.active, self.notified, self.digested, self.last_sent, self.skipped, self.last_value]
-
-    def restore(self, state):
-        self.active, self.notified, self.digested, self.last_sent, self.skipped, self.last_value = state
 
 
 class RateLimit:
@@ -268,33 +265,25 @@ class Rules:
         """Return the names of rules whose condition holds now."""
         return [rule.name for rule in self.rules if rule.active]
 
+    # -- restoring and dating saved state (code in alerts.rules_restore) ------------------
+
     def convert_times(self, convert):
-        """Apply convert(seconds) -> seconds or None to every time kept, once NTP set the clock.
+        """Apply convert(seconds) -> seconds or None to every time kept, once NTP set the clock."""
+        from .rules_restore import convert_times
 
-        A time that converts to None (unknown) is dropped: a reading leaves the history,
-        and a rule or heartbeat time becomes None, as if nothing had been sent yet.
-        NOTE: digest lines suppressed before NTP keep the unset time in their text.
-        """
-        for rule in self.rules:
-            rule.last_sent = convert(rule.last_sent)
-        self.limit.convert_times(convert)
-        self.last_heartbeat = convert(self.last_heartbeat)
-        for name in self.histories:
-            self.histories[name].convert_times(convert)
-
-    # -- deep sleep ---------------------------------------------------------------------
+        convert_times(self, convert)
 
     def state(self):
         """Return the decisions to keep across a deep sleep, as JSON-ready data."""
-        return {
-            "rules": dict([(rule.name, rule.state()) for rule in self.rules]),
-            "sent": self.limit.sent,
-            "suppressed": self.limit.suppressed,
-            "suppressed_count": self.limit.suppressed_count,
-            "heartbeat": self.last_heartbeat,
-            "failures": self.failures,
-            "history": dict([(name, self.histories[name].items()) for name in self.histories]),
-        }
+        from .rules_restore import state
+
+        return state(self)
+
+    def restore(self, state):
+        """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored."""
+        from .rules_restore import restore
+
+        restore(self, state)
 
     def durable_state(self):
         """Return the decisions to keep across a reset in continuous mode, as JSON-ready data.
@@ -321,50 +310,3 @@ class Rules:
             "heartbeat": self.last_heartbeat,
             "failures": failures,
         }
-
-    def restore(self, state):
-        """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored."""
-        saved = state.get("rules") or {}
-        for rule in self.rules:
-            if rule.name in saved and len(saved[rule.name]) == 6:
-                rule.restore(saved[rule.name])
-        self.limit.sent = list(state.get("sent") or [])
-        self.limit.suppressed = list(state.get("suppressed") or [])
-        self.limit.suppressed_count = state.get("suppressed_count") or 0
-        self.last_heartbeat = state.get("heartbeat")
-        failures = state.get("failures") or {}
-        for name in failures:
-            if name in self.histories:
-                self.failures[name] = failures[name]
-        history = state.get("history") or {}
-        for name in history:
-            if name in self.histories:
-                for seconds, value in history[name]:
-                    self.histories[name].add(seconds, value)
-
-
-def correct_times(record):
-    """Date a record made before NTP set the clock; return True if the record changed.
-
-    Its time and readings become real times when they are from this boot and NTP has
-    replied since, or None (unknown) when they are unset times from an earlier boot.
-    A record of this boot stays unchanged until NTP replies.
-    """
-    from . import clock
-
-    tag = record.get("timeline")
-    if tag is None or (tag == clock.TIMELINE and not clock.corrected()):
-        return False
-    record["time"] = clock.real_time(record.get("time"), tag)
-    readings = record.get("readings")
-    if readings:
-        # Readings of this boot are dated like rule state, by when they were read.
-        readings_tag = None if tag == clock.TIMELINE else tag
-        kept = []
-        for seconds, value in readings:
-            seconds = clock.real_time(seconds, readings_tag)
-            if seconds is not None:
-                kept.append([seconds, value])
-        record["readings"] = kept
-    del record["timeline"]
-    return True

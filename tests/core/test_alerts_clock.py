@@ -1,7 +1,8 @@
 """Dating alerts and rule state recorded before NTP set the clock."""
 
 from alerts import clock, mailer
-from alerts.rules import Rules, correct_times
+from alerts.rules import Rules
+from alerts.rules_restore import correct_times
 
 UNSET = 946684800  # 2000-01-01 00:00:00 UTC, where an unset ESP32 clock starts
 T0 = 1767225600  # 2026-01-01 00:00:00 UTC

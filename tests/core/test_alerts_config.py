@@ -47,6 +47,7 @@ def test_good_config_gets_defaults():
     assert config["deep_sleep"]["enabled"] is False
     assert config["sensors"][0]["interval_s"] == 60
     assert config["sensors"][1]["interval_s"] == 1
+    assert config["sensors"][2]["repeat_s"] == 0
     assert config["rules"][0]["min_interval_s"] == 0
 
 
@@ -106,6 +107,7 @@ CASES = (
     ("sensors.1.pull", "sideways", "sensors[1].pull is invalid: expected one of up, down, none"),
     ("sensors.2.values", [[10, 1], [5, 2]], "sensors[2].values is invalid: expected a list of [seconds, value] pairs"),
     ("sensors.0.colour", "red", "unknown key sensors[0].colour"),
+    ("sensors.2.repeat_s", -5, "sensors[2].repeat_s is invalid: expected a number of at least 0"),
     ("rules.0.sensor", "nothing", "rules[0].sensor is invalid: expected one of board, door, sim"),
     ("rules.0.above", None, "rules[0] needs exactly one of above, below, state or on_change, got none"),
     ("rules.0.below", 5, "rules[0] needs exactly one of above, below, state or on_change, got above, below"),

@@ -40,7 +40,8 @@ def drop_standins():
     for name in _MODULES:
         if name in sys.modules:
             del sys.modules[name]
-    sensors._dht_devices.clear()
+    if "alerts.sensor_dht" in sys.modules:
+        sys.modules["alerts.sensor_dht"]._dht_devices.clear()
 
 
 def read(driver):
@@ -233,6 +234,18 @@ def test_ds18b20_failures_are_failed_readings():
         assert read(driver) == 21.0
     finally:
         drop_standins()
+
+
+def test_simulated_values_repeat():
+    driver = sensors.create(spec("simulated", values=[[0, 20], [60, 35]], repeat_s=100))
+    readings = [driver.read_at(seconds) for seconds in (0, 59, 60, 99, 100, 159, 160, 1065)]
+    assert readings == [20, 20, 35, 35, 20, 20, 35, 35], readings
+
+
+def test_simulated_values_without_repeat():
+    driver = sensors.create(spec("simulated", values=[[0, 20], [60, 35]]))
+    readings = [driver.read_at(seconds) for seconds in (0, 60, 100, 1065)]
+    assert readings == [20, 35, 35, 35], readings
 
 
 def test_missing_driver_module_is_sensor_error():

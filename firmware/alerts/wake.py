@@ -1,0 +1,68 @@
+"""Deep-sleep mode: wake, read each sensor once, decide, send or queue, then sleep again.
+
+alerts.app imports this module only when deep_sleep.enabled is set.
+"""
+
+from . import clock, log
+
+# Real seconds one wake may go without progress before the watchdog stops feeding. The
+# wake may block in DNS and TLS steps while it sends.
+_WAKE_SLACK_S = 120
+
+
+async def run_once(app):
+    """Wake, read each sensor once, decide, send or queue, then deep sleep."""
+    from . import board, sleepstate
+
+    state = sleepstate.load()
+    if state.get("time") and state.get("slept"):
+        clock.estimate(state["time"] + state["slept"])
+    if state.get("rules"):
+        app.rules.restore(state["rules"])
+        log.info("woke from deep sleep; active rules: %s" % (", ".join(app.rules.active()) or "none"))
+    app.last_ntp = state.get("ntp")
+    app.network_failures = state.get("network_failures", 0)
+    # The watchdog started in App.__init__ must be fed while this wake runs.
+    app.watchdog.alive("wake", _WAKE_SLACK_S)
+    app.start(app.watchdog.run())
+    if not clock.is_set():
+        # First power-on: alert times need the clock.
+        await app.run_delivery("network")
+    for spec in app.config["sensors"]:
+        await app.read_sensor(spec["name"])
+    app.queue(app.rules.tick(clock.now()))
+    app.watchdog.alive("wake", _WAKE_SLACK_S)
+    wait = app.outbox.due(clock.now())
+    if app.can_send and wait == 0:
+        await app.run_delivery("deliver")
+    interval = app.config["deep_sleep"]["interval_s"]
+    where = sleepstate.save(
+        {
+            "time": clock.now(),
+            "slept": interval,
+            "ntp": app.last_ntp,
+            "network_failures": app.network_failures,
+            "rules": app.rules.state(),
+        }
+    )
+    arm_wake_pins(app)
+    log.info("deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(app.outbox.pending()), where))
+    board.deep_sleep(interval)
+
+
+def arm_wake_pins(app):
+    """Let a digital input end the deep sleep where the port supports it (one pin)."""
+    armed = None
+    for name in app.drivers:
+        driver = app.drivers[name]
+        if not hasattr(driver, "arm_wake"):
+            continue
+        if armed is not None:
+            log.warning("sensor %s is read only at wake: the wake pin is taken by %s" % (name, armed))
+            continue
+        method = driver.arm_wake()
+        if method is None:
+            log.info("sensor %s is read only at wake: this port has no pin wake from deep sleep" % name)
+            return
+        armed = name
+        log.info("sensor %s wakes the board on a change (%s)" % (name, method))
