@@ -145,6 +145,26 @@ def test_small_heap_reports_memory_error(micropython, tmp_path, heap):
     assert "ran out of memory" in process.stdout or "exit status" in process.stdout, output
 
 
+def test_long_run_in_small_heap(micropython, tmp_path):
+    # 1000 readings and 20 emails in 200K, which fits because the config checks and the
+    # SMTP library are on the heap only at boot and while sending.
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "long_run.json"), "--speed", "3000", "--heap", "200K")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "summary: 20 email(s) delivered, 20 expected, 0 board restart(s)" in process.stdout, output
+    assert "heap in use after a collection: " in process.stdout, output
+    subjects = [read_eml(path)["Subject"] for path in sorted((tmp_path / "eml").glob("long_run-*.eml"))]
+    assert len(subjects) == 20, output
+    assert "ALERT greenhouse-hot" in subjects[0]
+    assert "back to normal greenhouse-hot" in subjects[-1]
+
+
+def test_duration_must_be_positive(tmp_path):
+    process = run_sim(tmp_path, "--duration", "0")
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert "--duration must be a positive number of simulated seconds" in process.stderr
+
+
 def board_lines(process):
     return [line for line in process.stdout.splitlines() if line.startswith("board | ")]
 

@@ -47,6 +47,8 @@ WAKE_PIN_FILE = "wake_pin.json"
 # Real seconds given to the board after the scenario's end to empty its outbox.
 DRAIN_S = 20.0
 _SLEEP_PATTERN = re.compile(r"\[machine\] deepsleep (\d+)")
+# The firmware logs the heap after a collection at boot and then hourly (alerts/app.py).
+_HEAP_PATTERN = re.compile(r" INFO heap: (\d+) bytes in use, (\d+) free")
 _SCENARIO_KEYS = (
     "description",
     "speed",
@@ -369,6 +371,8 @@ class Board:
         self.restarts = 0
         self.watchdog_resets = 0
         self.memory_error = False
+        # Bytes in use from each heap line of the board's log, in order.
+        self.heap_in_use = []
         self._reader = None
 
     def start(self):
@@ -407,6 +411,9 @@ class Board:
             self.lines.append(line)
             if "MemoryError" in line:
                 self.memory_error = True
+            heap = _HEAP_PATTERN.search(line)
+            if heap:
+                self.heap_in_use.append(int(heap.group(1)))
             match = re.search(r" INFO sent \S+ (\S+) (\S+) ", line)
             if match:
                 self.sent.append((match.group(1), match.group(2)))
@@ -543,6 +550,8 @@ def _matches(item, triple):
 
 def run(args):
     scenario = load_scenario(args.scenario)
+    if args.duration is not None and args.duration <= 0:
+        raise SimError("--duration must be a positive number of simulated seconds, e.g. 30000")
     firmware = find_firmware()
     executable = find_micropython()
     real = args.server is not None
@@ -647,7 +656,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
         "wifi_down": scenario.get("wifi_down", []),
         "pins": scenario.get("pins", {}),
     }
-    duration = scenario["duration_s"]
+    duration = args.duration or scenario["duration_s"]
     print(
         "scenario %s: %s (%d simulated s at %gx, about %.0f s)"
         % (scenario["name"], scenario.get("description", ""), duration, speed, duration / speed),
@@ -780,6 +789,11 @@ def report(args, scenario, server, board, problems, real):
             board.watchdog_resets,
         )
     )
+    if board.heap_in_use:
+        print(
+            "heap in use after a collection: %d bytes at the first report, %d at the last, at most %d (%d report(s))"
+            % (board.heap_in_use[0], board.heap_in_use[-1], max(board.heap_in_use), len(board.heap_in_use))
+        )
     for problem in problems:
         print("FAILED: " + problem)
     if not problems:
@@ -818,6 +832,12 @@ def add_parser(subcommands):
     parser.add_argument("--heap", metavar="SIZE", help="GC heap of the board, e.g. 192K (default: the unix port's)")
     parser.add_argument(
         "--speed", type=float, metavar="N", help="simulated seconds per real second (default: the scenario's speed)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="simulated seconds to run, e.g. 30000 for 1000 readings every 30 s (default: the scenario's duration_s)",
     )
     parser.add_argument(
         "--output",
