@@ -6,13 +6,19 @@ cancelled send leaves no connection open.
 """
 
 import asyncio
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import types
 
 import pytest
 from raw_server import RawServer
 
+import unix_port
+from microsmtp import client
 from microsmtp.client import SMTP, send
 from microsmtp.errors import ConnectionLost, InvalidInputError, ReplyError, SecurityError, SMTPError, Timeout
 from microsmtp.message import Message
@@ -416,3 +422,77 @@ def test_plaintext_after_tls_handshake_refused(script, certs):
     assert isinstance(error, SecurityError)
     assert error.stage == "tls"
     assert server.sent(b"MAIL") == []
+
+
+# -- MicroPython socket modules and CPython builds -----------------------------------------
+
+
+class RecordingSocket:
+    """The stream socket of a MicroPython port: records each setsockopt() call."""
+
+    def __init__(self):
+        self.options = []
+
+    def setsockopt(self, level, option, value):
+        self.options.append((level, option, value))
+
+
+# Socket constants of MicroPython ports (ports/esp32/modsocket.c, extmod/modlwip.c and
+# ports/unix/modsocket.c), and the setsockopt() calls expected on each. ESP32 and rp2
+# define no TCP_NODELAY in 1.22, and their setsockopt() then prints a warning for an
+# option it does not know. From 1.23 rp2 defines it as lwIP's TF_NODELAY (0x40) and
+# ESP32 as 1. The unix port defines neither TCP_NODELAY nor IPPROTO_TCP.
+SOCKET_MODULES = {
+    "esp32 1.22": ({"SOL_SOCKET": 0xFFF, "SO_REUSEADDR": 4, "IPPROTO_TCP": 6}, []),
+    "rp2 1.22": ({"SOL_SOCKET": 1, "SO_REUSEADDR": 4, "IPPROTO_IP": 0}, []),
+    "rp2 1.23": ({"SOL_SOCKET": 1, "SO_REUSEADDR": 4, "IPPROTO_IP": 0, "TCP_NODELAY": 0x40}, [(6, 0x40, 1)]),
+    "esp32 1.23": ({"SOL_SOCKET": 0xFFF, "IPPROTO_TCP": 6, "TCP_NODELAY": 1}, [(6, 1, 1)]),
+    "unix": ({"SOL_SOCKET": 1, "SO_REUSEADDR": 2, "AF_UNIX": 1}, [(6, 1, 1)]),
+}
+
+
+@pytest.mark.parametrize("port", sorted(SOCKET_MODULES))
+def test_nodelay_set_only_where_defined(monkeypatch, port):
+    constants, expected = SOCKET_MODULES[port]
+    socket_module = types.ModuleType("socket")
+    socket_module.__dict__.update(constants)
+    stream = types.SimpleNamespace(s=RecordingSocket())
+
+    async def open_connection(host, port):
+        return stream, stream
+
+    async def scenario():
+        smtp = SMTP("127.0.0.1", port=25, security="none")
+        smtp._start_deadline(smtp.timeout_ms)
+        monkeypatch.setattr(client, "MICROPYTHON", True)
+        monkeypatch.setattr(client.asyncio, "open_connection", open_connection)
+        # Only for the connection setup, so that the event loop keeps the real module.
+        monkeypatch.setitem(sys.modules, "socket", socket_module)
+        try:
+            await smtp._open(None)
+        finally:
+            monkeypatch.undo()
+
+    asyncio.run(scenario())
+    assert stream.s.options == expected
+
+
+def test_plaintext_send_without_ssl_module(script, tmp_path):
+    # A CPython built without the ssl module can still send over plaintext.
+    server = script(serve_normally)
+    program = tmp_path / "send_without_ssl.py"
+    program.write_text(
+        "import asyncio, sys\n"
+        "sys.modules['ssl'] = None\n"
+        "from microsmtp import Message, send\n"
+        "message = Message('board@example.com', 'ops@example.com', 'alert', 'body')\n"
+        "result = asyncio.run(send(message, %r, port=%d, security='none', timeout_ms=10000))\n"
+        "print(result.reply.code)\n" % (server.server.host, server.server.port)
+    )
+    env = dict(os.environ, PYTHONPATH=str(unix_port.FIRMWARE_DIR))
+
+    process = subprocess.run([sys.executable, str(program)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == "250"
+    assert len(server.sent(b"MAIL")) == 1

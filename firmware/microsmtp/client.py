@@ -507,14 +507,21 @@ class SMTP:
             # CPython finished the handshake inside open_connection().
             self._handshaking = False
         if MICROPYTHON:
-            # CPython's asyncio sets TCP_NODELAY itself. The unix port's socket module
-            # has no constants for it, so Linux's values are the fallback.
+            # CPython's asyncio sets TCP_NODELAY itself. ESP32 and rp2 define the constant
+            # from MicroPython 1.23 on, and in 1.22 their setsockopt() prints a warning
+            # for an option it does not know, so it is set only where defined. The unix
+            # port, the only one with AF_UNIX, defines no constant but passes options on
+            # to the OS, so Linux's values (6 and 1) are used there.
             import socket
 
-            try:
-                self._writer.s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-            except (OSError, AttributeError):
-                pass
+            option = getattr(socket, "TCP_NODELAY", None)
+            if option is None and hasattr(socket, "AF_UNIX"):
+                option = 1
+            if option is not None:
+                try:
+                    self._writer.s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), option, 1)
+                except (OSError, AttributeError):
+                    pass
             if implicit:
                 await self._wrap_micropython(start=True)
 

@@ -4,7 +4,6 @@ MicroPython never imports this module, so a board does not load code it cannot r
 """
 
 import asyncio
-import ssl
 import time
 
 from .errors import SecurityError
@@ -21,6 +20,9 @@ def ticks_diff(end, start):
 
 def make_ssl_context(roots):
     """Create a verifying client SSLContext from DER roots, or from the system's roots."""
+    # Imported here, so that a CPython built without ssl can still send over plaintext.
+    import ssl
+
     if not roots:
         return ssl.create_default_context()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -791,7 +791,7 @@ class Session:
                 # server accepts it anyway, followed by an empty message that the server rejects.
                 from . import session_rare
 
-                self._fail_transaction(transaction, session_rare.all_refused_error(transaction))
+                self._fail_transaction(transaction, session_rare.all_refused_error(self, transaction))
             return
 
         if code != (354 if kind == "data" else 250):

@@ -123,10 +123,13 @@ def rcpt_over_limit(transaction, rcpt, address, reply):
         transaction.refused[address] = reply
 
 
-def all_refused_error(transaction):
+def all_refused_error(session, transaction):
+    """Return the RecipientsRefused for a transaction, with the AUTH payloads redacted."""
     refused = transaction.refused
     details = ["%s: %s" % (address, refused[address].describe()) for address in refused]
-    return RecipientsRefused("every recipient was refused: %s" % "; ".join(details), refused)
+    error = RecipientsRefused(session._scrub("every recipient was refused: %s" % "; ".join(details)), refused)
+    error.text = session._scrub(error.text)
+    return error
 
 
 def retry_deferred(session, transaction):

@@ -153,6 +153,23 @@ def test_auth_plain_in_one_step():
         assert "secret" not in line
 
 
+def test_refused_recipients_error_redacts_auth():
+    # A server that quotes the AUTH command in a later reply must not carry the
+    # credentials into the error that reports every recipient refused.
+    session = start_tls_session(username="alice", password="secret")
+    step(session, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"550 5.7.1 refused after AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+    assert pump(session) == (b"", IDLE)
+    error = transaction.error
+    assert isinstance(error, RecipientsRefused), error
+    assert "AGFsaWNl" not in str(error), str(error)
+    assert "AGFsaWNl" not in error.text, error.text
+    assert "<redacted>" in str(error), str(error)
+
+
 def test_auth_login_two_challenges_redacted():
     lines = []
     session = Session("c", security="tls", username="alice", password="secret", log=lines.append)
