@@ -203,6 +203,40 @@ def test_send_messages_invalid_message_leaves_nothing_queued(script):
         assert isinstance(returned[1].error, InvalidInputError)
 
 
+class BrokenMessage:
+    """A message whose content fails to encode with an error that is not an SMTPError."""
+
+    def __init__(self):
+        good = message(2)
+        self.sender_address = good.sender_address
+        self.recipients = good.recipients
+        self.message_id = good.message_id
+        self.needs_smtputf8 = False
+
+    def chunks(self):
+        raise TypeError("attachment data must be bytes")
+
+
+def test_send_messages_unexpected_error_sends_nothing(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        with pytest.raises(TypeError):
+            await smtp.send_messages([message(1), BrokenMessage()])
+        usable = smtp.session is not None and smtp.session.usable
+        # The caller saw the call fail, so a later quit() must not send message 1.
+        await smtp.quit()
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        return usable
+
+    usable = asyncio.run(scenario())
+    assert not usable
+    assert server.sent(b"MAIL") == []
+    assert server.closed_by_client.is_set()
+
+
 def test_second_connect_closes_first(script):
     server = script(lambda script, conn: None)
 

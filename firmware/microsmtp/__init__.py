@@ -5,8 +5,8 @@ verify the server's certificate and hostname, use STARTTLS unless told otherwise
 raise the typed errors of ``microsmtp.errors``.
 """
 
-import gc
-import sys
+import gc as _gc
+import sys as _sys
 
 from .client import SMTP, send
 from .errors import (
@@ -23,10 +23,10 @@ from .errors import (
     Timeout,
 )
 
-if sys.implementation.name == "micropython":
+if _sys.implementation.name == "micropython":
     # Free the garbage that loading the SMTP modules left before the message modules
     # load, so that their objects fill those holes and the heap stays less fragmented.
-    gc.collect()
+    _gc.collect()
 
 from .message import Attachment, Message  # noqa: E402
 

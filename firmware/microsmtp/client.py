@@ -290,6 +290,12 @@ class SMTP:
             if not self.session.usable:
                 await self.close()
             raise
+        except BaseException:
+            # Another failure (a MemoryError, a broken message object) reaches the
+            # caller as it is, so the messages queued before it must never go out.
+            self.session.abort(ConnectionLost("queueing a message failed unexpectedly", stage=self.session.stage))
+            await self.close()
+            raise
 
     def _check_connected(self):
         if self.session is None or self._writer is None or not self.session.usable:

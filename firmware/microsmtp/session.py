@@ -298,6 +298,10 @@ class Session:
                 kind = self._expected[0][0]
                 self.stage = kind
                 reply = self._parser.next_reply()
+                if reply is not None and self._secrets:
+                    # Replies end up in results (refused recipients) and logs, so a
+                    # server quoting the AUTH command must not leave credentials there.
+                    reply.lines = [self._scrub(line) for line in reply.lines]
                 if reply is None:
                     if self._eof:
                         self._state = _CLOSED

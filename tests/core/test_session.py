@@ -170,6 +170,26 @@ def test_refused_recipients_error_redacts_auth():
     assert "<redacted>" in str(error), str(error)
 
 
+def test_refused_recipient_reply_redacts_auth():
+    # One recipient of two refused: the Reply kept in the result is redacted too.
+    session = start_tls_session(username="alice", password="secret")
+    step(session, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    transaction = session.mail("a@x.org", ["b@x.org", "c@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", b"550 5.7.1 refused after AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+    step(session, b"RCPT TO:<c@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"hi\r\n.\r\n", b"250 queued\r\n")
+    assert pump(session) == (b"", IDLE)
+
+    assert transaction.error is None, transaction.error
+    refused = transaction.refused["b@x.org"]
+    assert "AGFsaWNl" not in refused.text, refused.text
+    assert "AGFsaWNl" not in refused.describe(), refused.describe()
+    assert "<redacted>" in refused.text, refused.text
+
+
 def test_auth_login_two_challenges_redacted():
     lines = []
     session = Session("c", security="tls", username="alice", password="secret", log=lines.append)
