@@ -67,14 +67,21 @@ class RecipientsRefused(ReplyError):
     """The server refused every recipient of a message.
 
     ``refused`` maps each recipient address to the Reply that refused it. The error is
-    transient only when every refusal was a 4xx reply.
+    transient only when every refusal was a 4xx reply. ``code``, ``enhanced`` and
+    ``text`` are those of the first refusal in ``order`` (the addresses in the order
+    they were sent), or of any refusal without it.
     """
 
-    def __init__(self, message, refused, stage="rcpt"):
+    def __init__(self, message, refused, stage="rcpt", order=()):
         first = None
-        for reply in refused.values():
-            first = reply
-            break
+        for address in order:
+            if address in refused:
+                first = refused[address]
+                break
+        if first is None:
+            for reply in refused.values():
+                first = reply
+                break
         code = first.code if first else None
         enhanced = first.enhanced if first else None
         text = first.text if first else ""

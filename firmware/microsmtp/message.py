@@ -419,8 +419,9 @@ class Message:
     sender is "addr", "Name <addr>" or a (name, addr) pair. to, cc, bcc and reply_to are
     each one such address or a list of them. Bcc recipients get the message but no header.
     date is None (now), seconds since the platform epoch or a time.gmtime() tuple in UTC.
-    headers are extra (name, value) pairs or a dict, sent as unstructured text. Headers
-    that Message writes itself are rejected. An empty subject writes no Subject field.
+    headers are extra (name, value) pairs or a dict, sent as unstructured text; pairs keep
+    their order on every runtime, while MicroPython's dicts do not keep insertion order.
+    Headers that Message writes itself are rejected. An empty subject writes no Subject field.
     Raises InvalidInputError for any value that cannot be sent safely.
     """
 

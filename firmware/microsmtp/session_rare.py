@@ -126,8 +126,17 @@ def rcpt_over_limit(transaction, rcpt, address, reply):
 def all_refused_error(session, transaction):
     """Return the RecipientsRefused for a transaction, with the AUTH payloads redacted."""
     refused = transaction.refused
-    details = ["%s: %s" % (address, refused[address].describe()) for address in refused]
-    error = RecipientsRefused(session._scrub("every recipient was refused: %s" % "; ".join(details)), refused)
+    # In the order the recipients were sent: MicroPython's dicts keep no insertion order.
+    order = []
+    for address in transaction.recipients:
+        address = address.decode() if isinstance(address, bytes) else address
+        if address in refused:
+            order.append(address)
+    order += [address for address in refused if address not in order]
+    details = ["%s: %s" % (address, refused[address].describe()) for address in order]
+    error = RecipientsRefused(
+        session._scrub("every recipient was refused: %s" % "; ".join(details)), refused, order=order
+    )
     error.text = session._scrub(error.text)
     return error
 

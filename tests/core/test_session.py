@@ -170,6 +170,27 @@ def test_refused_recipients_error_redacts_auth():
     assert "<redacted>" in str(error), str(error)
 
 
+def test_every_recipient_refused_in_send_order():
+    # The error's code and message follow the order the recipients were sent in, so
+    # both runtimes report the same, whatever order their dicts keep.
+    session = ready_session()
+    recipients = ["zed@x.org", "amy@x.org", "kim@x.org", "bob@x.org", "lee@x.org"]
+    transaction = session.mail("a@x.org", recipients, b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    codes = ["550 5.1.1 no such user", "450 4.2.1 busy", "551 5.1.6 moved", "452 4.2.2 full", "553 5.1.3 bad"]
+    for address, code in zip(recipients, codes):
+        step(session, b"RCPT TO:<%s>\r\n" % address.encode(), code.encode() + b"\r\n")
+    assert pump(session) == (b"", IDLE)
+
+    error = transaction.error
+    assert isinstance(error, RecipientsRefused), error
+    assert error.code == 550, error.code
+    assert error.enhanced == "5.1.1", error.enhanced
+    positions = [str(error).index(address) for address in recipients]
+    assert positions == sorted(positions), str(error)
+    assert error.transient is False
+
+
 def test_refused_recipient_reply_redacts_auth():
     # One recipient of two refused: the Reply kept in the result is redacted too.
     session = start_tls_session(username="alice", password="secret")
