@@ -81,19 +81,25 @@ class App:
         self.rule_state = None
         self.last_ntp = None
         self.network_failures = 0
+        # True while run_delivery() has the delivery modules (and maybe the SMTP library) loaded.
+        self.delivering = False
+        # An hourly heap report waits until no round runs, so it measures the sensor loop alone.
+        self._heap_report_due = False
         self._tasks = []
 
     # -- sending ------------------------------------------------------------------------
 
     async def run_delivery(self, step):
         """Run alerts.delivery's network() or deliver() for this app, then unload what it imported."""
-        from . import delivery
-
+        self.delivering = True
         try:
+            from . import delivery
+
             return await getattr(delivery, step)(self)
         finally:
             delivery = None
             unload(_DELIVERY_MODULES)
+            self.delivering = False
 
     # -- alerts -------------------------------------------------------------------------
 
@@ -189,6 +195,9 @@ class App:
         while True:
             self.queue(self.rules.tick(clock.now()))
             if ticks % 60 == 0:
+                self._heap_report_due = True
+            if self._heap_report_due and not self.delivering:
+                self._heap_report_due = False
                 _log_heap()
             ticks += 1
             self.watchdog.alive("ticker", clock.real_seconds(60) + _SENSOR_SLACK_S)
@@ -205,6 +214,8 @@ class App:
         self.wake.clear()
 
     async def sender_task(self):
+        # pending() covers the alerts queued before this task started, so an earlier wake is stale.
+        self.wake.clear()
         delay = None if not self.outbox.pending() else 0
         while True:
             self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
@@ -225,23 +236,32 @@ class App:
 
     async def run(self):
         self.update_led()
+        # The watchdog is fed from here on, because the boot network step takes up to
+        # wifi.retries x wifi.timeout_s while WiFi is down. That is often longer than the
+        # watchdog timeout, and a board not fed meanwhile would be reset again and again
+        # without ever reading a sensor.
+        self.start(self.watchdog.run())
         if not clock.is_set():
+            self.watchdog.alive("sender", _SENDER_SLACK_S)
+            # NOTE: the sensors start after this step, so a condition that ends during it
+            # goes unseen. Starting them first fragments the heap that the first SMTP
+            # session needs (the default scenario then no longer fits in `sim --heap 164K`).
             await self.run_delivery("network")
         for spec in self.config["sensors"]:
             self.start(self.sensor_task(spec))
         self.start(self.tick_task())
         self.start(self.led.run())
-        self.start(self.watchdog.run())
         if self.can_send:
             await self.sender_task()
         else:
+            self.watchdog.forget("sender")
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
 
 
 def _log_heap():
-    """Log the heap in use after a collection (at boot, then hourly), so a leak shows in the log."""
+    """Log the heap in use after a collection (at boot, then hourly, outside delivery rounds), so a leak shows."""
     if hasattr(gc, "mem_alloc"):
         gc.collect()
         log.info("heap: %d bytes in use, %d free" % (gc.mem_alloc(), gc.mem_free()))
@@ -251,10 +271,12 @@ def main(config_path="config.json"):
     """Run the application; on an unexpected error, log it and reset the board after 10 s."""
     from . import board
 
-    app = _start(config_path)
-    if app is None:
-        return
     try:
+        # Inside the try: an error while setting up the outbox, the rule state, the
+        # sensors or the CA roots is logged and resets the board like any other.
+        app = _start(config_path)
+        if app is None:
+            return
         if app.config["deep_sleep"]["enabled"]:
             from .wake import run_once
 

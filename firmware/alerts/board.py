@@ -67,6 +67,10 @@ class Watchdog:
         """Record progress of a task; it must report again within max_gap_s real seconds."""
         self._seen[name] = (clock.ticks_ms(), int(max_gap_s * 1000))
 
+    def forget(self, name):
+        """Stop watching a task, for one that stops reporting progress by design."""
+        self._seen.pop(name, None)
+
     def feed(self):
         if self._wdt is not None:
             self._wdt.feed()

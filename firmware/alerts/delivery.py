@@ -61,6 +61,11 @@ async def deliver(app):
 
     Returns the seconds until the next round, or None when the outbox is empty.
     """
+    # A round woken by a new alert during a backoff has nothing to send yet, so it returns
+    # before bringing up WiFi and before importing the SMTP library only to unload it again.
+    wait = app.outbox.due(clock.now())
+    if wait is None or wait > 0:
+        return wait
     delay = await network(app)
     if delay:
         return delay

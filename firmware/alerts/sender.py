@@ -29,7 +29,13 @@ def load_ca_roots(config):
         if data.startswith(b"-----BEGIN"):
             from microsmtp.client import pem_to_der
 
-            roots = pem_to_der(data)
+            try:
+                roots = pem_to_der(data)
+            except ValueError as exc:
+                # Invalid base64 or UTF-8 inside the PEM blocks (binascii.Error, UnicodeError).
+                raise SenderConfigError(
+                    "smtp.ca_file %s is not a valid PEM file (%s); copy the CA file to the board again" % (path, exc)
+                ) from None
         else:
             roots = [data]
         if not roots:
@@ -37,11 +43,22 @@ def load_ca_roots(config):
         return roots
     try:
         import ca_roots
+
+        return list(ca_roots.ROOTS)
     except ImportError:
         raise SenderConfigError(
             "no CA roots: set smtp.ca_file in config.json or put ca_roots.py (ROOTS = (DER bytes, ...)) on the board"
         ) from None
-    return list(ca_roots.ROOTS)
+    except MemoryError:
+        # Not a broken module: the next round tries again.
+        raise
+    except Exception as exc:
+        # A truncated copy (SyntaxError), a .mpy for another MicroPython version
+        # (ValueError) or a module without ROOTS (AttributeError).
+        raise SenderConfigError(
+            "ca_roots cannot be loaded (%s: %s); copy ca_roots.py to the board again or set smtp.ca_file"
+            % (type(exc).__name__, exc)
+        ) from None
 
 
 class SenderConfigError(Exception):

@@ -552,6 +552,9 @@ def run(args):
     scenario = load_scenario(args.scenario)
     if args.duration is not None and args.duration <= 0:
         raise SimError("--duration must be a positive number of simulated seconds, e.g. 30000")
+    # A negative speed runs the simulated clock backwards, so the scenario would never end.
+    if args.speed is not None and args.speed <= 0:
+        raise SimError("--speed must be a positive number of simulated seconds per real second, e.g. 120")
     firmware = find_firmware()
     executable = find_micropython()
     real = args.server is not None

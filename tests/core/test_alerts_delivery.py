@@ -1,0 +1,127 @@
+"""Delivery rounds (alerts.delivery) and loading the CA roots (alerts.sender.load_ca_roots)."""
+
+import os
+import sys
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from alerts import clock
+from alerts.outbox import Outbox
+from alerts.sender import SenderConfigError, load_ca_roots
+
+from helpers import raises
+
+_counter = [0]
+
+
+def fresh_directory():
+    """Return a new empty directory under /tmp (both runtimes have it on the test hosts)."""
+    _counter[0] += 1
+    path = "/tmp/alerts-delivery-test-%d-%d" % (os.getpid() if hasattr(os, "getpid") else 0, _counter[0])
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    return path
+
+
+def remove_tree(path):
+    if hasattr(os, "ilistdir"):
+        names = [entry[0] for entry in os.ilistdir(path)]
+    else:
+        names = os.listdir(path)
+    for name in names:
+        child = path + "/" + name
+        try:
+            os.remove(child)
+        except OSError:
+            remove_tree(child)
+    os.rmdir(path)
+
+
+class RoundApp:
+    """The App attributes a delivery round reads, without WiFi or NTP settings.
+
+    A round that brings up the network fails with KeyError on the missing "wifi" section.
+    """
+
+    def __init__(self, outbox):
+        self.outbox = outbox
+        self.config = {"outbox": {"retry_min_s": 30, "retry_max_s": 300}, "smtp": {"security": "starttls"}}
+        self.last_ntp = None
+        self.network_failures = 0
+        self.send_failures = 0
+
+
+def alert_record():
+    return {"kind": "alert", "rule": "hot", "sensor": "t", "value": 40, "unit": "C", "time": clock.now()}
+
+
+def test_round_with_nothing_due_skips_network():
+    from alerts.delivery import deliver
+
+    directory = fresh_directory()
+    try:
+        outbox = Outbox(directory)
+        outbox.recover()
+        name = outbox.put(alert_record(), clock.now())
+        outbox.retry_later(name, outbox.load(name), clock.now(), 600)
+        wait = asyncio.run(deliver(RoundApp(outbox)))
+        assert wait is not None and 590 <= wait <= 600, wait
+        assert outbox.pending() == [name]
+    finally:
+        remove_tree(directory)
+
+
+def test_round_with_empty_outbox_returns_none():
+    from alerts.delivery import deliver
+
+    directory = fresh_directory()
+    try:
+        outbox = Outbox(directory)
+        outbox.recover()
+        assert asyncio.run(deliver(RoundApp(outbox))) is None
+    finally:
+        remove_tree(directory)
+
+
+def load_broken_ca_module(text):
+    directory = fresh_directory()
+    with open(directory + "/ca_roots.py", "w") as file:
+        file.write(text)
+    sys.path.insert(0, directory)
+    sys.modules.pop("ca_roots", None)
+    try:
+        return raises(SenderConfigError, load_ca_roots, {"smtp": {"ca_file": None}})
+    finally:
+        sys.path.remove(directory)
+        sys.modules.pop("ca_roots", None)
+        remove_tree(directory)
+
+
+def test_truncated_ca_module_is_config_error():
+    error = load_broken_ca_module("ROOTS = (\n    b'0\\x82',\n")
+    message = str(error)
+    assert "ca_roots cannot be loaded (SyntaxError" in message, message
+    assert "copy ca_roots.py to the board again or set smtp.ca_file" in message, message
+
+
+def test_ca_module_without_roots_is_config_error():
+    error = load_broken_ca_module("OTHER = 1\n")
+    assert "ca_roots cannot be loaded (AttributeError" in str(error), str(error)
+
+
+def test_ca_file_with_invalid_base64_is_config_error():
+    directory = fresh_directory()
+    path = directory + "/ca.pem"
+    with open(path, "w") as file:
+        file.write("-----BEGIN CERTIFICATE-----\nabcde\n-----END CERTIFICATE-----\n")
+    try:
+        error = raises(SenderConfigError, load_ca_roots, {"smtp": {"ca_file": path}})
+    finally:
+        remove_tree(directory)
+    message = str(error)
+    assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
