@@ -280,10 +280,20 @@ class Rules:
         return state(self)
 
     def restore(self, state):
-        """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored."""
+        """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored.
+
+        Return False, with the rules left as they were, if the state has an unexpected
+        shape (a damaged or foreign file): a reset loop over a bad file would stop alerts.
+        """
         from .rules_restore import restore
 
-        restore(self, state)
+        fresh = self.durable_state()
+        try:
+            restore(self, state)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            restore(self, fresh)
+            return False
+        return True
 
     def durable_state(self):
         """Return the decisions to keep across a reset in continuous mode, as JSON-ready data.

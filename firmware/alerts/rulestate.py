@@ -32,9 +32,11 @@ class RuleState:
             data = json.loads(self._saved)
         except (OSError, ValueError):
             return False
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not self.rules.restore(data):
+            from . import log
+
+            log.error("%s is not a rule state this firmware can read; starting with no open alerts" % self.path)
             return False
-        self.rules.restore(data)
         timeline = data.get("timeline")
         if timeline is not None:
             self.rules.convert_times(lambda seconds: clock.real_time(seconds, timeline))

@@ -18,8 +18,10 @@ async def run_once(app):
     if state.get("time") and state.get("slept"):
         clock.estimate(state["time"] + state["slept"])
     if state.get("rules"):
-        app.rules.restore(state["rules"])
-        log.info("woke from deep sleep; active rules: %s" % (", ".join(app.rules.active()) or "none"))
+        if app.rules.restore(state["rules"]):
+            log.info("woke from deep sleep; active rules: %s" % (", ".join(app.rules.active()) or "none"))
+        else:
+            log.error("the saved sleep state is not one this firmware can read; starting with no open alerts")
     app.last_ntp = state.get("ntp")
     app.network_failures = state.get("network_failures", 0)
     # The watchdog started in App.__init__ must be fed while this wake runs.

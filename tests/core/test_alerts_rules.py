@@ -258,3 +258,24 @@ def test_rule_state_from_unset_clock_keeps_open_alert():
     assert rules.active() == ["hot"]
     assert rules.rules[0].last_sent is None
     assert rules.limit.sent == []
+
+
+def test_rule_state_wrong_shape_starts_fresh():
+    from alerts.rulestate import RuleState
+
+    path = rule_state_path()
+    spec = [{"name": "hot", "sensor": "temp", "above": 30, "hysteresis": 2}]
+    shapes = (
+        '{"sent": 5}',
+        '{"rules": {"hot": [true, 1, 0, 5, 0, null]}, "history": {"temp": [1, 2]}}',
+        '{"rules": {"hot": 7}}',
+        '{"failures": 3}',
+    )
+    for text in shapes:
+        with open(path, "w") as file:
+            file.write(text)
+        rules = make_rules(spec)
+
+        assert RuleState(rules, path).load() is False, text
+        assert rules.active() == [], text
+        assert feed(rules, "temp", [20, 31]) == ["alert"], text
