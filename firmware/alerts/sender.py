@@ -28,11 +28,12 @@ def load_ca_roots(config):
             raise SenderConfigError("smtp.ca_file %s cannot be read; copy the CA file to the board" % path) from None
         if data.startswith(b"-----BEGIN"):
             from microsmtp.client import pem_to_der
+            from microsmtp.errors import ConfigError
 
             try:
                 roots = pem_to_der(data)
-            except ValueError as exc:
-                # Invalid base64 or UTF-8 inside the PEM blocks (binascii.Error, UnicodeError).
+            except ConfigError as exc:
+                # Invalid base64 or non-ASCII bytes inside the PEM blocks.
                 raise SenderConfigError(
                     "smtp.ca_file %s is not a valid PEM file (%s); copy the CA file to the board again" % (path, exc)
                 ) from None

@@ -87,7 +87,10 @@ def pem_to_der(pem):
     import binascii
 
     if isinstance(pem, bytes):
-        pem = pem.decode()
+        try:
+            pem = pem.decode()
+        except UnicodeError:
+            raise ConfigError("the PEM text of ca_roots is not ASCII; pass the CA certificate as PEM or DER") from None
     roots = []
     body = None
     for line in pem.splitlines():
@@ -95,7 +98,14 @@ def pem_to_der(pem):
         if line == "-----BEGIN CERTIFICATE-----":
             body = []
         elif line == "-----END CERTIFICATE-----" and body is not None:
-            roots.append(binascii.a2b_base64("".join(body)))
+            try:
+                roots.append(binascii.a2b_base64("".join(body)))
+            except ValueError:
+                # binascii.Error on CPython is a ValueError; MicroPython raises ValueError.
+                raise ConfigError(
+                    "certificate %d of the PEM text in ca_roots is not valid base64; "
+                    "export the CA certificate again" % (len(roots) + 1)
+                ) from None
             body = None
         elif body is not None:
             body.append(line)

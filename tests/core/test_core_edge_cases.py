@@ -265,3 +265,18 @@ def test_thirty_pipelined_transactions():
         assert transaction.ok
     assert len(server.messages) == 30
     assert session.next_event() == CLOSED
+
+
+def test_invalid_pem_roots_raise_config_error():
+    from microsmtp.client import pem_to_der
+    from microsmtp.errors import ConfigError
+
+    begin, end = b"-----BEGIN CERTIFICATE-----\n", b"-----END CERTIFICATE-----\n"
+    good = begin + b"MAMCAQE=\n" + end
+
+    assert pem_to_der(good) == [b"0\x03\x02\x01\x01"]
+    error = raises(ConfigError, pem_to_der, good + begin + b"abcde\n" + end)
+    assert "certificate 2 " in str(error), str(error)
+    assert not error.transient
+    error = raises(ConfigError, pem_to_der, begin + b"\xff\xfe\n" + end)
+    assert "not ASCII" in str(error), str(error)
