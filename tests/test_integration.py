@@ -205,18 +205,23 @@ def test_plaintext_without_auth_delivers(runtime, smtp_server, certs):
     assert server.wait_for_messages(1)[0].content == base64.b64decode(outcome["content"])
 
 
-def test_pipelined_group_in_one_write(runtime, smtp_server, certs):
-    server = smtp_server("plain", ehlo_extra=("PIPELINING",))
-    spec = message_spec(to=["ops@example.com", "lab@example.com"], text="Door open.\n", attachments=[])
+def recorded_plain_send(runtime, server, certs, **message):
+    """Send one short message without TLS or AUTH; return (the client's writes, its content)."""
+    spec = message_spec(text="Door open.\n", attachments=[], **message)
     params = params_for(server, certs, security="none", messages=[spec])
     del params["username"], params["password"]
-
     result = run_client(runtime, params, scenario="recorded_writes")
-
     outcome = only_outcome(result)
     assert outcome["ok"], outcome
-    content = base64.b64decode(outcome["content"]).decode()
-    assert result["writes"] == [
+    return result["writes"], base64.b64decode(outcome["content"]).decode()
+
+
+def test_pipelined_group_in_one_write(runtime, smtp_server, certs):
+    server = smtp_server("plain", ehlo_extra=("PIPELINING",))
+
+    writes, content = recorded_plain_send(runtime, server, certs, to=["ops@example.com", "lab@example.com"])
+
+    assert writes == [
         "EHLO sensor.example\r\n",
         "MAIL FROM:<board@example.com> SIZE=%d\r\nRCPT TO:<ops@example.com>\r\nRCPT TO:<lab@example.com>\r\n"
         "DATA\r\n" % len(content),
@@ -226,16 +231,10 @@ def test_pipelined_group_in_one_write(runtime, smtp_server, certs):
 
 def test_lock_step_one_command_per_write(runtime, smtp_server, certs):
     server = smtp_server("plain")
-    spec = message_spec(text="Door open.\n", attachments=[])
-    params = params_for(server, certs, security="none", messages=[spec])
-    del params["username"], params["password"]
 
-    result = run_client(runtime, params, scenario="recorded_writes")
+    writes, content = recorded_plain_send(runtime, server, certs)
 
-    outcome = only_outcome(result)
-    assert outcome["ok"], outcome
-    content = base64.b64decode(outcome["content"]).decode()
-    assert result["writes"] == [
+    assert writes == [
         "EHLO sensor.example\r\n",
         "MAIL FROM:<board@example.com> SIZE=%d\r\n" % len(content),
         "RCPT TO:<ops@example.com>\r\n",

@@ -1,5 +1,6 @@
 """Test helpers that work on CPython and on MicroPython alike."""
 
+import os
 import random
 
 
@@ -28,3 +29,25 @@ def splits(data, seed=1, rounds=5):
             chunks.append(data[start : start + size])
             start += size
         yield chunks
+
+
+def listdir(path):
+    """Return the names in a directory, on both runtimes."""
+    if hasattr(os, "ilistdir"):
+        return [entry[0] for entry in os.ilistdir(path)]
+    return os.listdir(path)
+
+
+def remove_tree(path):
+    """Remove a directory and everything in it; a missing directory is not an error."""
+    try:
+        names = listdir(path)
+    except OSError:
+        return
+    for name in names:
+        child = path + "/" + name
+        try:
+            os.remove(child)
+        except OSError:
+            remove_tree(child)
+    os.rmdir(path)

@@ -12,7 +12,7 @@ from alerts import clock
 from alerts.outbox import Outbox
 from alerts.sender import SenderConfigError, load_ca_roots
 
-from helpers import raises
+from helpers import raises, remove_tree
 
 _counter = [0]
 
@@ -26,20 +26,6 @@ def fresh_directory():
     except OSError:
         pass
     return path
-
-
-def remove_tree(path):
-    if hasattr(os, "ilistdir"):
-        names = [entry[0] for entry in os.ilistdir(path)]
-    else:
-        names = os.listdir(path)
-    for name in names:
-        child = path + "/" + name
-        try:
-            os.remove(child)
-        except OSError:
-            remove_tree(child)
-    os.rmdir(path)
 
 
 class RoundApp:

@@ -6,28 +6,10 @@ import os
 from alerts import mailer
 from alerts.outbox import Outbox, backoff, write_atomic
 
+from helpers import listdir, remove_tree
+
 T0 = 1767225600  # 2026-01-01 00:00:00 UTC
 _counter = [0]
-
-
-def listdir(path):
-    if hasattr(os, "ilistdir"):
-        return [entry[0] for entry in os.ilistdir(path)]
-    return os.listdir(path)
-
-
-def remove_tree(path):
-    try:
-        names = listdir(path)
-    except OSError:
-        return
-    for name in names:
-        child = path + "/" + name
-        try:
-            os.remove(child)
-        except OSError:
-            remove_tree(child)
-    os.rmdir(path)
 
 
 def fresh_directory():
