@@ -292,6 +292,17 @@ def test_wifi_down_queues_then_delivers(micropython, tmp_path):
     assert "back to normal pressure-low" in subjects[1]
 
 
+def test_failed_ntp_resync_keeps_sending(micropython, tmp_path):
+    # NTP stops answering after boot and never returns; the clock it set is still used.
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "ntp_resync_down.json"))
+    output = unix_port.format_output(process)
+
+    assert process.returncode == 0, output
+    assert "WARN NTP resync with ntp.sim.invalid failed; keeping the clock NTP set before" in process.stdout, output
+    assert "ERROR clock not set" not in process.stdout, output
+    assert "summary: 2 email(s) delivered, 2 expected, 0 board restart(s)" in process.stdout, output
+
+
 def test_ntp_down_sends_nothing_until_clock_set(micropython, tmp_path):
     process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "ntp_down.json"), "--speed", "160")
     output = unix_port.format_output(process)

@@ -25,10 +25,18 @@ async def network(app):
         await net.connect_wifi(app.config)
         if need_ntp:
             corrected = clock.corrected()
-            await net.sync_time(app.config)
-            app.last_ntp = clock.now()
-            if clock.corrected() and not corrected:
-                correct_times(app)
+            try:
+                await net.sync_time(app.config)
+            except net.NetworkError:
+                if not clock.is_set() or clock.is_estimate():
+                    raise
+                # A resync that fails leaves a clock that NTP set before, which is
+                # still good for certificate dates, so the alerts go out anyway.
+                log.warning("NTP resync with %s failed; keeping the clock NTP set before" % app.config["ntp"]["host"])
+            else:
+                app.last_ntp = clock.now()
+                if clock.corrected() and not corrected:
+                    correct_times(app)
     except net.NetworkError as exc:
         app.network_failures += 1
         outbox = app.config["outbox"]

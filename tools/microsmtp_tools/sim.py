@@ -61,6 +61,7 @@ _SCENARIO_KEYS = (
     "deep_sleep",
     "server_down",
     "ntp_down",
+    "ntp",
     "wifi_down",
     "power_cycles",
     "pins",
@@ -336,6 +337,7 @@ def board_config(scenario, smtp):
         "board": {"led": "LED", "watchdog_ms": scenario.get("watchdog_ms", 8000)},
     }
     config["wifi"].update(scenario.get("wifi", {}))
+    config["ntp"].update(scenario.get("ntp", {}))
     return config
 
 
