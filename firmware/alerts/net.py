@@ -26,12 +26,18 @@ def wlan():
     return _wlan
 
 
+_FAILED_STATUSES = (
+    ("STAT_NO_AP_FOUND", "no access point found"),
+    ("STAT_WRONG_PASSWORD", "wrong password"),
+    ("STAT_CONNECT_FAIL", "connection failed"),
+)
+
+
 def _failed_statuses():
-    """Return the port's WLAN status values that end a connection attempt for good."""
+    """Return {status value: description} of the port's WLAN statuses that end an attempt for good."""
     import network
 
-    names = ("STAT_NO_AP_FOUND", "STAT_WRONG_PASSWORD", "STAT_CONNECT_FAIL")
-    return [getattr(network, name) for name in names if hasattr(network, name)]
+    return dict((getattr(network, name), text) for name, text in _FAILED_STATUSES if hasattr(network, name))
 
 
 def is_connected():
@@ -53,8 +59,9 @@ async def connect_wifi(config):
             status = "connect() failed: %s" % exc
         else:
             waited = 0
+            failed = _failed_statuses()
             while waited < wifi["timeout_s"] and not station.isconnected():
-                if station.status() in _failed_statuses():
+                if station.status() in failed:
                     # No such network or a wrong password: waiting longer cannot help.
                     break
                 # Real time, not clock time: radio timing does not speed up under the simulation.
@@ -64,7 +71,11 @@ async def connect_wifi(config):
                 address = station.ifconfig()[0]
                 log.info("WiFi connected to %s as %s (attempt %d)" % (wifi["ssid"], address, attempt))
                 return address
-            status = "status %s after %s s" % (station.status(), wifi["timeout_s"])
+            code = station.status()
+            if code in failed:
+                status = "%s (status %s) after %g s" % (failed[code], code, waited)
+            else:
+                status = "status %s after %g s" % (code, waited)
         log.warning("WiFi %s not connected (attempt %d of %d): %s" % (wifi["ssid"], attempt, wifi["retries"], status))
         try:
             station.disconnect()
