@@ -36,6 +36,9 @@ async def run_once(app):
     app.watchdog.alive("wake", _WAKE_SLACK_S)
     wait = app.outbox.due(clock.now())
     if app.can_send and wait == 0:
+        # NOTE: the rule state is saved only below, after this round. A reset during
+        # the round restores the state of the previous wake, so an alert queued in
+        # this wake is queued again at the next one, with a new Message-ID.
         await app.run_delivery("deliver")
     interval = app.config["deep_sleep"]["interval_s"]
     where = sleepstate.save(
