@@ -296,7 +296,7 @@ def test_wifi_down_queues_then_delivers(micropython, tmp_path):
 
 
 def test_failed_ntp_resync_keeps_sending(micropython, tmp_path):
-    # NTP stops answering after boot and never returns; the clock it set is still used.
+    # NTP stops responding after boot and never returns, so the clock it set is kept.
     process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "ntp_resync_down.json"))
     output = unix_port.format_output(process)
 

@@ -64,7 +64,7 @@ class AnalogPin:
 class DigitalPin:
     """A switch input (door, leak, float switch) read as 0 or 1, with an edge interrupt.
 
-    The interrupt handler records every edge, so ``changed`` tells the loop to read now
+    The interrupt handler records every edge, so ``changed`` signals the loop to read now
     instead of at the next interval, and a pulse shorter than the poll period is still
     counted in ``edges``.
     """

@@ -791,8 +791,8 @@ class Session:
             else:
                 transaction.refused[address] = reply
             if transaction.batch_replies >= len(transaction.batch) and not transaction.batch_accepted:
-                # With PIPELINING, DATA is already on its way; its reply is read and, if the
-                # server accepts it anyway, followed by an empty message that the server rejects.
+                # With PIPELINING, DATA is already on its way. If the server accepts it
+                # anyway, the session sends an empty message, which the server rejects.
                 from . import session_rare
 
                 self._fail_transaction(transaction, session_rare.all_refused_error(self, transaction))
