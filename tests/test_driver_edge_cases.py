@@ -20,7 +20,15 @@ from raw_server import RawServer
 import unix_port
 from microsmtp import client
 from microsmtp.client import SMTP, send
-from microsmtp.errors import ConnectionLost, InvalidInputError, ReplyError, SecurityError, SMTPError, Timeout
+from microsmtp.errors import (
+    ConnectionLost,
+    InvalidInputError,
+    OutOfMemory,
+    ReplyError,
+    SecurityError,
+    SMTPError,
+    Timeout,
+)
 from microsmtp.message import Message
 
 EHLO = b"250-mx.example\r\n250 SIZE 2000\r\n"
@@ -426,6 +434,33 @@ def test_server_closes_during_tls_handshake(script, certs):
     assert error.stage == "tls"
     assert "pw-9f3c-secret" not in str(error)
     assert server.sent(b"AUTH") == []
+
+
+def test_memory_error_while_reading_closes_connection(script):
+    def stall(script, conn):
+        script.read(conn)
+        script.stalled.set()
+        script.read(conn)
+
+    server = script(stall)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+
+        def no_memory(size):
+            raise MemoryError()
+
+        smtp._reader.read = no_memory
+        with pytest.raises(OutOfMemory) as raised:
+            await smtp.send_message(message())
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        return raised.value
+
+    error = asyncio.run(scenario())
+    assert error.transient
+    assert error.stage == "mail"
+    assert server.closed_by_client.is_set()
 
 
 def test_plaintext_after_tls_handshake_refused(script, certs):

@@ -15,6 +15,7 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     InvalidInputError,
+    OutOfMemory,
     ProtocolError,
     RecipientsRefused,
     ReplyError,

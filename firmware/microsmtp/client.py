@@ -37,6 +37,7 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     InvalidInputError,
+    OutOfMemory,
     SecurityError,
     SMTPError,
     Timeout,
@@ -460,7 +461,7 @@ class SMTP:
             data = await self._with_limit(
                 self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply"
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError) as exc:
             await self.close()
             raise self._transport_error(exc, stage) from None
         self._handshaking = False
@@ -471,8 +472,21 @@ class SMTP:
         """Turn a socket or TLS exception into the matching SMTPError."""
         # mbedTLS messages span several lines; one line reads better in logs.
         detail = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if self._handshaking:
             stage = "tls"
+        # ENOMEM, and mbedTLS's ALLOC_FAILED codes of the SSL, X509, MPI, PK, ECP, cipher
+        # and MD modules (mbedtls/*.h), which MicroPython passes on as negative OSErrors.
+        if isinstance(exc, MemoryError) or code in (12, -0x7F00, -0x2880, -0x10, -0x3F80, -0x4D80, -0x6180, -0x5180):
+            free = " with %d bytes free" % gc.mem_free() if MICROPYTHON else ""
+            return OutOfMemory(
+                "not enough memory for the connection to %s:%d during %s (%s%s); where mbedTLS allocates from "
+                "the MicroPython heap (Pico W), TLS needs about 23 KB, 17 KB of it in one block: load less "
+                "before sending, or freeze the code into the firmware image"
+                % (self.host, self.port, stage, detail, free),
+                stage=stage,
+            )
+        if self._handshaking:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
@@ -486,7 +500,6 @@ class SMTP:
                 # that mean the peer closed or the network failed are connection losses:
                 # SSL_CONN_EOF, SSL_PEER_CLOSE_NOTIFY, NET_CONN_RESET, NET_RECV_FAILED
                 # and NET_SEND_FAILED (mbedtls/ssl.h, mbedtls/net_sockets.h).
-                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
                 tls_error = code < 0 and code not in (-0x7280, -0x7880, -0x0050, -0x004C, -0x004E)
             else:
                 import ssl
@@ -517,7 +530,7 @@ class SMTP:
             self._reader, self._writer = await self._with_limit(
                 opening, self.connect_timeout_ms, stage, "connecting to %s:%d" % (self.host, self.port)
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError) as exc:
             raise self._transport_error(exc, stage) from None
         if not MICROPYTHON:
             # CPython finished the handshake inside open_connection().
@@ -543,6 +556,9 @@ class SMTP:
 
     async def _wrap_micropython(self, start):
         stream = self._writer
+        # mbedTLS allocates its record buffers here (17 KB in one block on the Pico W),
+        # so the garbage of the dialogue so far is freed first.
+        gc.collect()
         try:
             stream.s = self._context.wrap_socket(
                 stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
@@ -554,7 +570,7 @@ class SMTP:
                 early = stream.s.read(_READ_SIZE)
                 if early:
                     self._early = early
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls") from None
 

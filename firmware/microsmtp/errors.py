@@ -113,6 +113,13 @@ class ConnectionLost(SMTPError):
     transient = True
 
 
+class OutOfMemory(ConnectionLost):
+    """Too little free memory for the connection, mostly for the TLS buffers.
+
+    Transient: the connection is closed, and a later attempt can find the memory free.
+    """
+
+
 class Timeout(SMTPError):
     """A stage of the dialogue did not finish within its time limit."""
 

@@ -280,3 +280,32 @@ def test_invalid_pem_roots_raise_config_error():
     assert not error.transient
     error = raises(ConfigError, pem_to_der, begin + b"\xff\xfe\n" + end)
     assert "not ASCII" in str(error), str(error)
+
+
+def test_memory_failures_are_transient_out_of_memory():
+    from microsmtp.client import SMTP
+    from microsmtp.errors import OutOfMemory
+
+    smtp = SMTP("mx.example", port=587, security="none")
+    smtp._handshaking = True
+    # MicroPython raises ENOMEM when mbedTLS cannot allocate its buffers. mbedTLS's SSL
+    # and X509 modules report the same with negative codes. Python code raises MemoryError.
+    for exc in (OSError(12), OSError(-0x7F00, "SSL - Memory allocation failed"), OSError(-0x2880), MemoryError()):
+        error = smtp._transport_error(exc, "starttls")
+        assert type(error) is OutOfMemory, (exc, error)
+        assert isinstance(error, ConnectionLost)
+        assert error.transient
+        assert error.stage == "tls"
+        assert "not enough memory for the connection to mx.example:587 during tls" in str(error), str(error)
+
+    smtp._handshaking = False
+    error = smtp._transport_error(MemoryError(), "mail")
+    assert type(error) is OutOfMemory, error
+    assert error.stage == "mail", error
+    # Other transport failures keep their classes.
+    assert type(smtp._transport_error(OSError(104), "mail")) is ConnectionLost
+    smtp._handshaking = True
+    assert type(smtp._transport_error(OSError(-0x2700, "X509 - Certificate verification failed"), "tls")) in (
+        SecurityError,
+        ConnectionLost,
+    )
