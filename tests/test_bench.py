@@ -178,3 +178,24 @@ def test_login_data_filter_only_that_message():
     assert not login_data_filter.filter(record("Session.login_data is deprecated and will be removed in version 2.0"))
     assert login_data_filter.filter(record("auth_required == True but auth_require_tls == False"))
     assert login_data_filter.filter(record("%s:%d EOF received"))
+
+
+def test_library_labelled_as_mpy(output):
+    assert "library on MicroPython: .mpy files" in output.splitlines(), output
+
+
+def test_frozen_packages_only_from_the_image(micropython, monkeypatch):
+    from microsmtp_tools import common
+
+    # The PyPI unix port has asyncio frozen in. The library is only on MICROPYPATH,
+    # which does not count.
+    monkeypatch.setenv("MICROPYPATH", str(common.FIRMWARE_DIR))
+
+    assert common.frozen_packages(micropython, ["asyncio", "microsmtp"]) == ["asyncio"]
+
+
+def test_bench_needs_a_micropython(tmp_path, capsys):
+    status = cli.main(["bench", "--quick", "--micropython", str(tmp_path / "none")])
+
+    assert status == 78
+    assert "is not an executable file" in capsys.readouterr().err

@@ -185,6 +185,17 @@ def test_duration_must_be_positive(tmp_path):
     assert "--duration must be a positive number of simulated seconds" in process.stderr
 
 
+def test_micropython_option_needs_a_micropython(tmp_path):
+    missing = run_sim(tmp_path, "--micropython", str(tmp_path / "none"))
+    # A program that runs, but is not MicroPython.
+    other = run_sim(tmp_path, "--micropython", sys.executable)
+
+    assert missing.returncode == 78, unix_port.format_output(missing)
+    assert "is not an executable file" in missing.stderr
+    assert other.returncode == 78, unix_port.format_output(other)
+    assert "is not a MicroPython unix port" in other.stderr
+
+
 def test_speed_must_be_positive(tmp_path):
     for speed in ("0", "-5"):
         process = run_sim(tmp_path, "--speed", speed)
@@ -265,9 +276,12 @@ def test_watchdog_resets_stuck_board_outbox_survives(micropython, tmp_path):
 
 def test_default_scenario_feeds_watchdog(micropython, tmp_path):
     # The 8 s watchdog is enforced; the scenario runs for longer than that without a reset.
-    process = run_sim(tmp_path, "--speed", "180")
+    # --micropython names the port that `make setup` installs. It has nothing of
+    # firmware/ frozen in, so the output has no line about frozen code.
+    process = run_sim(tmp_path, "--speed", "180", "--micropython", micropython)
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
+    assert "frozen into" not in process.stdout, output
     assert "[machine] watchdog armed, timeout 8000 ms" in process.stdout, output
     assert "0 board restart(s), 0 watchdog reset(s)" in process.stdout, output
 

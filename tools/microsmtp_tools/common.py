@@ -8,7 +8,9 @@ sysexits.h, as in ``microsmtp send``.
 import logging
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 EX_OK = 0
@@ -65,6 +67,54 @@ def require_executable(name, what, package=None):
             % (name, sys.executable, SETUP_HINT, package or name),
         )
     return path
+
+
+def given_micropython(path, what):
+    """Return ``path`` as a MicroPython unix port that starts, else raise ToolError.
+
+    For --micropython options: an executable built by ``microsmtp firmware --board UNIX``
+    or any other unix port build.
+    """
+    resolved = Path(path).expanduser()
+    if not resolved.is_file() or not os.access(resolved, os.X_OK):
+        raise ToolError(what, "%s is not an executable file; give the path of a MicroPython unix port" % path)
+    try:
+        process = subprocess.run(
+            [str(resolved), "-c", "import sys; print(sys.implementation.name)"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolError(what, "%s did not run: %s" % (path, exc)) from None
+    if process.returncode != 0 or process.stdout.strip() != "micropython":
+        detail = (process.stderr or process.stdout).strip().splitlines()
+        raise ToolError(
+            what,
+            "%s is not a MicroPython unix port (exit status %d%s)"
+            % (path, process.returncode, ": " + detail[-1] if detail else ""),
+        )
+    return str(resolved.resolve())
+
+
+def frozen_packages(micropython, names):
+    """Return the names among ``names`` that ``micropython`` has frozen into its image.
+
+    A frozen module imports with ".frozen" as the only entry of sys.path, from an empty
+    folder, so files of the same name elsewhere cannot stand in for it.
+    """
+    frozen = []
+    with tempfile.TemporaryDirectory(prefix="microsmtp-frozen-") as empty:
+        for name in names:
+            script = "import sys\nsys.path[:] = ['.frozen']\nimport %s\n" % name
+            environment = dict(os.environ)
+            environment.pop("MICROPYPATH", None)
+            process = subprocess.run(
+                [micropython, "-c", script], capture_output=True, text=True, timeout=30, cwd=empty, env=environment
+            )
+            if process.returncode == 0:
+                frozen.append(name)
+    return frozen
 
 
 def require_checkout_dir(path, what):

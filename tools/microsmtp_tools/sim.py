@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import common
+
 EX_OK = 0
 EX_FAILED = 1
 EX_CONFIG = 78
@@ -558,7 +560,13 @@ def run(args):
     if args.speed is not None and args.speed <= 0:
         raise SimError("--speed must be a positive number of simulated seconds per real second, e.g. 120")
     firmware = find_firmware()
-    executable = find_micropython()
+    if args.micropython:
+        try:
+            executable = common.given_micropython(args.micropython, "checking --micropython")
+        except common.ToolError as exc:
+            raise SimError(exc.message) from None
+    else:
+        executable = find_micropython()
     real = args.server is not None
     password = None
     server = None
@@ -652,6 +660,10 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
     library = firmware
     if not args.source:
         library = compile_firmware(firmware, directory / "lib")
+    # The unix port searches its frozen modules first, so these run instead of firmware/.
+    frozen = common.frozen_packages(executable, ("alerts", "microsmtp"))
+    if frozen:
+        print("frozen into %s, used instead of firmware/: %s" % (executable, ", ".join(frozen)), flush=True)
     speed = args.speed or scenario["speed"]
     settings = {
         "speed": speed,
@@ -852,6 +864,14 @@ def add_parser(subcommands):
     )
     parser.add_argument(
         "--source", action="store_true", help="run the firmware from source instead of compiling it to .mpy first"
+    )
+    parser.add_argument(
+        "--micropython",
+        metavar="EXE",
+        help=(
+            "MicroPython unix port to run the board with (default: the one `make setup` installs), e.g. one "
+            "built by `microsmtp firmware --board UNIX` with the firmware frozen in"
+        ),
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary board directory and print its path")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not the board's log")
