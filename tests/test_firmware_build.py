@@ -15,6 +15,7 @@ from microsmtp_tools import cli, common
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 BOARDS = ("ESP32_GENERIC", "RPI_PICO_W")
+UNIX_DIR = REPO_DIR / "boards" / "UNIX"
 
 
 class ManifestRecorder:
@@ -80,7 +81,7 @@ def ca_module(tmp_path, monkeypatch):
 
 
 def path_vars(tmp_path, board):
-    port = "esp32" if board.startswith("ESP32") else "rp2"
+    port = {"ESP32_GENERIC": "esp32", "RPI_PICO_W": "rp2", "UNIX": "unix"}[board]
     return {
         "MPY_DIR": str(tmp_path / "micropython"),
         "PORT_DIR": str(tmp_path / "micropython" / "ports" / port),
@@ -120,6 +121,25 @@ def test_manifests_include_micropython_base(ca_module, tmp_path):
     assert pico.external_includes == [str(tmp_path / "micropython/ports/rp2/boards/RPI_PICO_W/manifest.py")]
 
 
+def test_unix_manifest_freezes_firmware_and_stand_ins_but_no_ca_module(tmp_path, monkeypatch):
+    # No CA module at all: the virtual board's manifest must not need one.
+    monkeypatch.setenv("MICROSMTP_CA_MODULE", str(tmp_path / "missing" / "ca_roots.py"))
+    recorder = ManifestRecorder(path_vars(tmp_path, "UNIX"))
+
+    recorder.run(REPO_DIR / "boards" / "UNIX" / "manifest.py")
+
+    frozen = [path for _kind, path in recorder.frozen]
+    for path in frozen:
+        assert path.exists(), path
+    stand_ins = REPO_DIR / "tools" / "microsmtp_tools" / "sim_board"
+    assert set(frozen) == {
+        REPO_DIR / "firmware" / "microsmtp",
+        REPO_DIR / "firmware" / "alerts",
+        REPO_DIR / "firmware" / "selftest.py",
+    } | set(stand_ins.glob("*.py"))
+    assert recorder.external_includes == [str(tmp_path / "micropython/ports/unix/variants/standard/manifest.py")]
+
+
 def test_manifest_requires_ca_module(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROSMTP_CA_MODULE", str(tmp_path / "ca_roots.py"))
     recorder = ManifestRecorder(path_vars(tmp_path, "ESP32_GENERIC"))
@@ -128,11 +148,16 @@ def test_manifest_requires_ca_module(tmp_path, monkeypatch):
         recorder.run(REPO_DIR / "boards" / "ESP32_GENERIC" / "manifest.py")
 
 
-def fake_tree(tmp_path, port, board):
+def fake_tree(tmp_path, port, board, git=True):
     root = tmp_path / "micropython"
     (root / "py").mkdir(parents=True)
     (root / "py" / "mkrules.mk").write_text("")
-    (root / "ports" / port / "boards" / board).mkdir(parents=True)
+    if port == "unix":
+        (root / "ports" / "unix" / "variants" / "standard").mkdir(parents=True)
+    else:
+        (root / "ports" / port / "boards" / board).mkdir(parents=True)
+    if git:
+        (root / ".git").mkdir()
     return root
 
 
@@ -210,3 +235,114 @@ def test_firmware_runs_port_build(ca_module, tmp_path, monkeypatch, capsys):
     assert staged.read_bytes() == ca_module.read_bytes()
     assert (tmp_path / "build" / "firmware" / "RPI_PICO_W" / "firmware.uf2").read_bytes() == b"UF2\n"
     assert "microsmtp flash --board RPI_PICO_W --firmware" in out
+
+
+def fake_make(bin_dir, log, image):
+    """A stand-in make on PATH that logs its arguments and writes ``image`` into BUILD=."""
+    bin_dir.mkdir(exist_ok=True)
+    executable(
+        bin_dir / "make",
+        '#!/bin/sh\necho "$*" >> %s\n'
+        'for a in "$@"; do case $a in BUILD=*) b=${a#BUILD=};; esac; done\n'
+        'if [ -n "$b" ]; then mkdir -p "$2/$b" && printf \'ELF\\n\' > "$2/$b/%s" && chmod +x "$2/$b/%s"; fi\n'
+        % (log, image, image),
+    )
+
+
+def test_firmware_unix_32bit_tls_on_heap(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX", git=False)
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "make.log"
+    fake_make(bin_dir, log, "micropython")
+    executable(bin_dir / "i686-linux-gnu-gcc", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+
+    status = cli.main(
+        ["firmware", "--board", "UNIX", "--32bit", "--tls-on-heap", "--micropython", str(root), "--jobs", "2"]
+    )
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    calls = log.read_text().splitlines()
+    # Not a git checkout: no `make submodules`, the tree is used as it is.
+    assert calls == [
+        "-C %s -j2" % (root / "mpy-cross"),
+        "-C %s -j2 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp-32bit-tls-on-heap "
+        'FROZEN_MANIFEST=%s CROSS_COMPILE=i686-linux-gnu- MBEDTLS_CONFIG_FILE=\\"%s\\" '
+        "CFLAGS_EXTRA=-DMICROPY_TRACKED_ALLOC=1"
+        % (root / "ports" / "unix", UNIX_DIR / "manifest.py", UNIX_DIR / "mbedtls_config_gc_heap.h"),
+    ]
+    image = tmp_path / "build" / "firmware" / "UNIX" / "micropython-32bit-tls-on-heap"
+    assert image.read_bytes() == b"ELF\n"
+    assert os.access(image, os.X_OK)
+    assert "microsmtp sim --micropython %s" % image in out
+    assert not (tmp_path / "build" / "firmware" / "UNIX" / "ca_roots.py").exists()
+
+
+def test_firmware_unix_runs_submodules_in_a_git_checkout(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX")
+    (root / "mpy-cross" / "build").mkdir(parents=True)
+    (root / "mpy-cross" / "build" / "mpy-cross").write_text("")
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "make.log"
+    fake_make(bin_dir, log, "micropython")
+    executable(bin_dir / "cc", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+
+    status = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root), "--jobs", "1"])
+
+    assert status == 0, capsys.readouterr()
+    calls = log.read_text().splitlines()
+    port = root / "ports" / "unix"
+    assert calls == [
+        "-C %s VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 submodules" % port,
+        "-C %s -j1 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp FROZEN_MANIFEST=%s"
+        % (port, REPO_DIR / "boards" / "UNIX" / "manifest.py"),
+    ]
+    assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython").is_file()
+
+
+def test_firmware_unix_32bit_needs_cross_compiler(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+    status = cli.main(["firmware", "--board", "UNIX", "--32bit", "--micropython", str(root)])
+
+    assert status == 78
+    assert "i686-linux-gnu-gcc not on PATH" in capsys.readouterr().err
+
+
+def test_firmware_unix_stock_freezes_nothing(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX", git=False)
+    (root / "mpy-cross" / "build").mkdir(parents=True)
+    (root / "mpy-cross" / "build" / "mpy-cross").write_text("")
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "make.log"
+    fake_make(bin_dir, log, "micropython")
+    executable(bin_dir / "cc", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+
+    status = cli.main(["firmware", "--board", "UNIX", "--stock", "--micropython", str(root), "--jobs", "1"])
+
+    assert status == 0, capsys.readouterr()
+    # No FROZEN_MANIFEST: the port's own manifest, as in a stock image.
+    assert log.read_text().splitlines() == [
+        "-C %s -j1 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp-stock"
+        % (root / "ports" / "unix")
+    ]
+    assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython-stock").is_file()
+
+
+@pytest.mark.parametrize("option", ["--32bit", "--tls-on-heap", "--stock"])
+def test_firmware_unix_options_rejected_for_real_boards(option, ca_module, tmp_path, capsys):
+    root = fake_tree(tmp_path, "rp2", "RPI_PICO_W")
+
+    status = cli.main(
+        ["firmware", "--board", "RPI_PICO_W", option, "--micropython", str(root), "--ca-module", str(ca_module)]
+    )
+
+    assert status == 78
+    assert "apply to --board UNIX only" in capsys.readouterr().err

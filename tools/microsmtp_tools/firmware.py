@@ -6,6 +6,16 @@ which freezes firmware/microsmtp, firmware/alerts, selftest.py and the CA module
 ``IDF_PATH``, usually set by ``. $IDF_PATH/export.sh``) for ESP32 boards, and
 ``arm-none-eabi-gcc`` with CMake for Pico boards, as MicroPython's ports/esp32 and
 ports/rp2 READMEs describe. The image lands in build/firmware/BOARD/.
+
+``--board UNIX`` builds MicroPython's unix port as a virtual board instead: the same
+code frozen in (without a CA module, which `microsmtp sim` writes for each run) plus the
+sim's stand-in hardware modules, so that ``microsmtp sim --micropython`` and
+``microsmtp bench --micropython`` measure the heap with the code in ROM, as on a board.
+``--32bit`` cross-compiles it for i686 (Debian: gcc-i686-linux-gnu; libc6-i386 runs
+it), whose objects have the size of a 32-bit board's. ``--tls-on-heap`` makes mbedTLS
+allocate from the GC heap, as it does on the Pico W (on the ESP32 it uses ESP-IDF's
+heap, as on an ordinary unix build). ``--stock`` freezes nothing of this project, for
+the heap of the firmware deployed as .mpy files onto a stock MicroPython image.
 """
 
 import os
@@ -20,8 +30,14 @@ from .common import EX_OK, EX_SOFTWARE, ToolError
 BOARDS = {
     "ESP32_GENERIC": ("esp32", "firmware.bin"),
     "RPI_PICO_W": ("rp2", "firmware.uf2"),
+    "UNIX": ("unix", "micropython"),
 }
 CA_ENVIRONMENT_VARIABLE = "MICROSMTP_CA_MODULE"
+# The virtual board needs neither btree nor ffi, whose submodules a tree may lack.
+UNIX_OPTIONS = ("VARIANT=standard", "MICROPY_PY_BTREE=0", "MICROPY_PY_FFI=0")
+UNIX_32BIT_PREFIX = "i686-linux-gnu-"
+# mbedTLS settings of the unix port, but allocating from the GC heap (see the file).
+TLS_ON_HEAP_CONFIG = common.BOARDS_DIR / "UNIX" / "mbedtls_config_gc_heap.h"
 
 
 def check_tree(micropython_dir, port, board):
@@ -32,7 +48,13 @@ def check_tree(micropython_dir, port, board):
             "%s is not a MicroPython source tree (py/mkrules.mk missing); clone "
             "https://github.com/micropython/micropython (1.22 or later) and give its folder with --micropython" % root,
         )
-    if not (root / "ports" / port / "boards" / board).is_dir():
+    if port == "unix":
+        if not (root / "ports" / "unix" / "variants" / "standard").is_dir():
+            raise ToolError(
+                "checking the MicroPython source tree",
+                "%s has no ports/unix/variants/standard; use a MicroPython release of 1.22 or later" % root,
+            )
+    elif not (root / "ports" / port / "boards" / board).is_dir():
         raise ToolError(
             "checking the MicroPython source tree",
             "%s has no board %s in ports/%s/boards; use a MicroPython release of 1.22 or later" % (root, board, port),
@@ -40,9 +62,18 @@ def check_tree(micropython_dir, port, board):
     return root.resolve()
 
 
-def check_toolchain(port, root):
+def check_toolchain(port, root, bits32=False):
     """Raise ToolError naming what to install when the port's compiler is missing."""
-    if port == "esp32":
+    if port == "unix":
+        compiler = UNIX_32BIT_PREFIX + "gcc" if bits32 else "cc"
+        if shutil.which(compiler) is None:
+            packages = "gcc-i686-linux-gnu and libc6-i386" if bits32 else "gcc and make"
+            raise ToolError(
+                "finding the C compiler",
+                "%s not on PATH; install it (Debian/Ubuntu: apt-get install %s), see %s/ports/unix/README.md"
+                % (compiler, packages, root),
+            )
+    elif port == "esp32":
         if shutil.which("idf.py") is None or not os.environ.get("IDF_PATH"):
             raise ToolError(
                 "finding ESP-IDF",
@@ -59,17 +90,36 @@ def check_toolchain(port, root):
             )
 
 
-def build_commands(root, port, board, manifest, jobs):
-    """Return the make invocations that build the image, in order."""
-    build = "build-%s-microsmtp" % board
+def image_suffix(bits32=False, tls_on_heap=False, stock=False):
+    """Return what a UNIX build's folder and file names end with: "-32bit", "-tls-on-heap", "-stock"."""
+    return ("-32bit" if bits32 else "") + ("-tls-on-heap" if tls_on_heap else "") + ("-stock" if stock else "")
+
+
+def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=False, stock=False):
+    """Return the make invocations that build the image, in order, and the build folder.
+
+    ``make submodules`` needs git, so a tree that is not a git checkout (an unpacked
+    release archive) is taken with the submodules it has.
+    """
+    build = "build-%s-microsmtp%s" % (board, image_suffix(bits32, tls_on_heap, stock))
     port_dir = str(root / "ports" / port)
+    selection = list(UNIX_OPTIONS) if port == "unix" else ["BOARD=%s" % board]
     commands = []
     if not (root / "mpy-cross" / "build" / "mpy-cross").exists():
         commands.append(["make", "-C", str(root / "mpy-cross"), "-j%d" % jobs])
-    commands.append(["make", "-C", port_dir, "BOARD=%s" % board, "submodules"])
-    commands.append(
-        ["make", "-C", port_dir, "-j%d" % jobs, "BOARD=%s" % board, "BUILD=%s" % build, "FROZEN_MANIFEST=%s" % manifest]
-    )
+    if (root / ".git").exists():
+        commands.append(["make", "-C", port_dir] + selection + ["submodules"])
+    build_command = ["make", "-C", port_dir, "-j%d" % jobs] + selection
+    build_command.append("BUILD=%s" % build)
+    if not stock:
+        build_command.append("FROZEN_MANIFEST=%s" % manifest)
+    if bits32:
+        build_command.append("CROSS_COMPILE=%s" % UNIX_32BIT_PREFIX)
+    if tls_on_heap:
+        # The backslashes reach the compiler's command line through make's shell.
+        build_command.append('MBEDTLS_CONFIG_FILE=\\"%s\\"' % TLS_ON_HEAP_CONFIG)
+        build_command.append("CFLAGS_EXTRA=-DMICROPY_TRACKED_ALLOC=1")
+    commands.append(build_command)
     return commands, Path(port_dir) / build
 
 
@@ -90,16 +140,23 @@ def stage_ca_module(args, board):
 
 def run_firmware(args):
     port, image_name = BOARDS[args.board]
+    if port != "unix" and (args.bits32 or args.tls_on_heap or args.stock):
+        raise ToolError("checking the options", "--32bit, --tls-on-heap and --stock apply to --board UNIX only")
     root = check_tree(args.micropython, port, args.board)
     manifest = common.BOARDS_DIR / args.board / "manifest.py"
     if not manifest.is_file():
         raise ToolError("finding the board manifest", "%s not found; is this a microsmtp checkout?" % manifest)
-    ca_module = stage_ca_module(args, args.board)
-    check_toolchain(port, root)
-
     env = dict(os.environ)
-    env[CA_ENVIRONMENT_VARIABLE] = str(ca_module)
-    commands, build_dir = build_commands(root, port, args.board, manifest, args.jobs)
+    if port == "unix":
+        # The virtual board has no CA module frozen in: `microsmtp sim` writes one per run.
+        image_name += image_suffix(args.bits32, args.tls_on_heap, args.stock)
+    else:
+        env[CA_ENVIRONMENT_VARIABLE] = str(stage_ca_module(args, args.board))
+    check_toolchain(port, root, args.bits32)
+
+    commands, build_dir = build_commands(
+        root, port, args.board, manifest, args.jobs, args.bits32, args.tls_on_heap, args.stock
+    )
     for command in commands:
         print("running: %s" % " ".join(command), flush=True)
         if args.dry_run:
@@ -113,12 +170,18 @@ def run_firmware(args):
             )
     if args.dry_run:
         return EX_OK
-    image = build_dir / image_name
+    image = build_dir / ("micropython" if port == "unix" else image_name)
     if not image.is_file():
         raise ToolError("finding the built image", "%s not found after the build" % image, EX_SOFTWARE)
     target = common.BUILD_DIR / "firmware" / args.board / image_name
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(image, target)
+    shutil.copymode(image, target)
     print("image: %s (%d bytes)" % (target, target.stat().st_size))
+    if port == "unix":
+        print("run the virtual board with: microsmtp sim --micropython %s" % target)
+        print("measure the heap with: microsmtp bench --micropython %s" % target)
+        return EX_OK
     print(
         "flash it with: microsmtp flash --board %s --firmware %s%s"
         % (args.board, target, " --port PORT" if port == "esp32" else "")
@@ -136,7 +199,8 @@ def add_parser(subcommands):
             "using boards/BOARD/manifest.py and MicroPython's own build (make in ports/esp32 or "
             "ports/rp2). Needs a MicroPython source tree (1.22 or later) and the port's toolchain: "
             "ESP-IDF for ESP32, arm-none-eabi-gcc and CMake for Pico W. main.py is not frozen; copy "
-            "it afterwards with `microsmtp deploy --frozen`."
+            "it afterwards with `microsmtp deploy --frozen`. --board UNIX builds the unix port as a "
+            "virtual board for `microsmtp sim --micropython` and `microsmtp bench --micropython`."
         ),
         epilog="exit status: 0 built, 70 build failed, 78 tree, toolchain or CA module missing",
         allow_abbrev=False,
@@ -145,6 +209,25 @@ def add_parser(subcommands):
     parser.add_argument("--micropython", required=True, metavar="DIR", help="MicroPython source tree (git clone)")
     parser.add_argument(
         "--ca-module", metavar="FILE", help="CA module from `microsmtp certs build` (default: build/ca_roots.py)"
+    )
+    parser.add_argument(
+        "--32bit",
+        dest="bits32",
+        action="store_true",
+        help="UNIX only: build for i686, with a 32-bit board's object sizes (needs gcc-i686-linux-gnu)",
+    )
+    parser.add_argument(
+        "--tls-on-heap",
+        action="store_true",
+        help="UNIX only: mbedTLS allocates from the GC heap, as on the Pico W",
+    )
+    parser.add_argument(
+        "--stock",
+        action="store_true",
+        help=(
+            "UNIX only: freeze nothing of this project, as in a stock MicroPython image, to measure the "
+            "firmware as the .mpy files `microsmtp deploy` copies"
+        ),
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs (default: CPU count)")
     parser.add_argument("--dry-run", action="store_true", help="check inputs and print the build commands only")
