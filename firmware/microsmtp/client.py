@@ -142,8 +142,15 @@ def make_ssl_context(ca_roots=None):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # MicroPython's default is CERT_NONE: without this line any certificate passes.
     context.verify_mode = ssl.CERT_REQUIRED
-    for der in roots:
-        context.load_verify_locations(cadata=der)
+    for index, der in enumerate(roots):
+        try:
+            context.load_verify_locations(cadata=der)
+        except ValueError as exc:
+            # mbedTLS also says "invalid cert" when it runs out of memory while parsing.
+            raise ConfigError(
+                "CA root %d of %d was rejected (%s%s); check ca_roots" % (index + 1, len(roots), exc, _free_heap()),
+                stage="connect",
+            ) from None
     return context
 
 
@@ -204,6 +211,14 @@ class SMTP:
 
     async def connect(self):
         """Connect, secure the connection, say EHLO and authenticate."""
+        try:
+            await self._connect()
+        except MemoryError:
+            await self.close()
+            stage = "connect" if self.session is None else self.session.stage
+            raise _out_of_memory(stage, "MemoryError") from None
+
+    async def _connect(self):
         # A second connect() replaces the first connection, which must not leak.
         await self.close()
         self.session = None
@@ -475,24 +490,20 @@ class SMTP:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if self._handshaking:
             stage = "tls"
-        # ENOMEM, and mbedTLS's ALLOC_FAILED codes of the SSL, X509, MPI, PK, ECP, cipher
-        # and MD modules (mbedtls/*.h), which MicroPython passes on as negative OSErrors.
-        if isinstance(exc, MemoryError) or code in (12, -0x7F00, -0x2880, -0x10, -0x3F80, -0x4D80, -0x6180, -0x5180):
-            free = " with %d bytes free" % gc.mem_free() if MICROPYTHON else ""
-            return OutOfMemory(
-                "not enough memory for the connection to %s:%d during %s (%s%s); where mbedTLS allocates from "
-                "the MicroPython heap (Pico W), TLS needs about 23 KB, 17 KB of it in one block: load less "
-                "before sending, or freeze the code into the firmware image"
-                % (self.host, self.port, stage, detail, free),
-                stage=stage,
-            )
+        # ENOMEM, and the ALLOC_FAILED codes of mbedTLS's SSL, X509, PK, ECP, cipher and
+        # MD modules (mbedtls/*.h), which MicroPython raises as OSErrors with a message.
+        # It raises codes above -256 as positive errnos, so those cannot be told apart.
+        if isinstance(exc, MemoryError) or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180):
+            return _out_of_memory(stage, detail)
         if self._handshaking:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
+                # mbedTLS reports an allocation failure while it checks a signature
+                # as an untrusted certificate, so the free heap goes into the message.
                 return SecurityError(
-                    "TLS certificate verification failed for %s (%s); check ca_roots and server_hostname"
-                    % (self.server_hostname, detail),
+                    "TLS certificate verification failed for %s (%s%s); check ca_roots and server_hostname"
+                    % (self.server_hostname, detail, _free_heap()),
                     stage="tls",
                 )
             if MICROPYTHON:
@@ -573,6 +584,15 @@ class SMTP:
         except (OSError, ValueError, MemoryError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls") from None
+
+
+def _free_heap():
+    return ", %d bytes free" % gc.mem_free() if MICROPYTHON else ""
+
+
+def _out_of_memory(stage, detail):
+    # Short: it is built and logged while memory is short.
+    return OutOfMemory("out of memory during %s (%s%s)" % (stage, detail, _free_heap()), stage=stage)
 
 
 def _failed_transaction(message, error):

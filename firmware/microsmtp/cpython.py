@@ -25,9 +25,16 @@ def make_ssl_context(roots):
 
     if not roots:
         return ssl.create_default_context()
+    from .errors import ConfigError
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for der in roots:
-        context.load_verify_locations(cadata=der)
+    for index, der in enumerate(roots):
+        try:
+            context.load_verify_locations(cadata=der)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                "CA root %d of %d was rejected (%s); check ca_roots" % (index + 1, len(roots), exc), stage="connect"
+            ) from None
     return context
 
 

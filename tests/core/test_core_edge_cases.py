@@ -296,16 +296,30 @@ def test_memory_failures_are_transient_out_of_memory():
         assert isinstance(error, ConnectionLost)
         assert error.transient
         assert error.stage == "tls"
-        assert "not enough memory for the connection to mx.example:587 during tls" in str(error), str(error)
+        assert str(error).startswith("out of memory during tls ("), str(error)
 
     smtp._handshaking = False
     error = smtp._transport_error(MemoryError(), "mail")
     assert type(error) is OutOfMemory, error
     assert error.stage == "mail", error
-    # Other transport failures keep their classes.
+    # Other transport failures keep their classes: a reset, and lwIP's ERR_ARG (-16),
+    # which rp2 raises for an unusable host name.
     assert type(smtp._transport_error(OSError(104), "mail")) is ConnectionLost
+    assert type(smtp._transport_error(OSError(-16), "connect")) is ConnectionLost
     smtp._handshaking = True
     assert type(smtp._transport_error(OSError(-0x2700, "X509 - Certificate verification failed"), "tls")) in (
         SecurityError,
         ConnectionLost,
     )
+
+
+def test_rejected_ca_root_is_config_error():
+    from microsmtp.client import make_ssl_context
+    from microsmtp.errors import ConfigError
+
+    # DER of an INTEGER, not of a certificate.
+    error = raises(ConfigError, make_ssl_context, [b"0\x03\x02\x01\x01"])
+
+    assert str(error).startswith("CA root 1 of 1 was rejected ("), str(error)
+    assert error.stage == "connect"
+    assert not error.transient
