@@ -96,6 +96,19 @@ class App:
             from . import delivery
 
             return await getattr(delivery, step)(self)
+        except MemoryError:
+            # A reset would not make the heap larger, and the same round would run out
+            # again after it. The alerts stay queued, and the next round starts after a
+            # backoff from a heap without the delivery modules.
+            delivery = None
+            unload(_DELIVERY_MODULES)
+            from .outbox import backoff, random_fraction
+
+            self.send_failures += 1
+            outbox = self.config["outbox"]
+            delay = backoff(self.send_failures, outbox["retry_min_s"], outbox["retry_max_s"], random_fraction())
+            log.error("out of memory in a delivery round (%d bytes free); retry in %d s" % (_free(), delay))
+            return delay
         finally:
             delivery = None
             unload(_DELIVERY_MODULES)
@@ -258,6 +271,10 @@ class App:
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
+
+
+def _free():
+    return gc.mem_free() if hasattr(gc, "mem_free") else -1
 
 
 def _log_heap():

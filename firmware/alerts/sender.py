@@ -123,8 +123,17 @@ class Sender:
         except SMTPError as exc:
             await smtp.close()
             return self._session_failed(names[0], exc)
+        except MemoryError:
+            await smtp.close()
+            return self._out_of_memory(names[0])
         try:
             delay = await self._send_all(smtp, names)
+        except MemoryError:
+            # Building or sending a message ran out of memory. A reset would not make
+            # the heap larger, so the alert waits for the next round like after any
+            # transient failure, and the round starts from a collected heap.
+            await smtp.close()
+            return self._out_of_memory(self.outbox.in_flight or names[0])
         except BaseException:
             await smtp.close()
             raise
@@ -196,6 +205,17 @@ class Sender:
             "sending failed (%s, %s): %s; %s kept, retry in %d s"
             % (exc.stage, "transient" if exc.transient else "permanent", exc, name, delay)
         )
+        return delay
+
+    def _out_of_memory(self, name):
+        gc.collect()
+        delay = self._retry_delay()
+        self.last_error = "out of memory"
+        entry = self.outbox.load(name)
+        if entry is not None:
+            self.outbox.retry_later(name, entry, clock.now(), delay)
+        free = gc.mem_free() if hasattr(gc, "mem_free") else -1
+        log.warning("sending failed: out of memory (%d bytes free); %s kept, retry in %d s" % (free, name, delay))
         return delay
 
 

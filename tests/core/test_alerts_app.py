@@ -1,4 +1,5 @@
-"""alerts.app's module unloading, which drops boot and sending code from the heap."""
+"""alerts.app's module unloading, which drops boot and sending code from the heap, and its
+delivery rounds."""
 
 import sys
 
@@ -35,3 +36,38 @@ def test_unload_of_missing_module_is_harmless():
     before = sorted(sys.modules)
     unload(("alerts.no_such_module",))
     assert sorted(sys.modules) == before
+
+
+class RoundState:
+    """The App attributes that App.run_delivery() reads and sets."""
+
+    def __init__(self):
+        self.config = {"outbox": {"retry_min_s": 30, "retry_max_s": 300}}
+        self.send_failures = 0
+        self.delivering = False
+
+
+def test_memory_error_in_delivery_round_backs_off_without_reset():
+    try:
+        import asyncio
+    except ImportError:
+        import uasyncio as asyncio
+
+    from alerts.app import App
+
+    class Delivery:
+        async def deliver(self, app):
+            # Stands for a round whose message, CSV or log line found no heap.
+            raise MemoryError()
+
+    load("alerts.delivery")
+    sys.modules["alerts.delivery"] = Delivery()
+    sys.modules["alerts"].delivery = sys.modules["alerts.delivery"]
+    state = RoundState()
+
+    delay = asyncio.run(App.run_delivery(state, "deliver"))
+
+    assert 15 <= delay <= 30, delay
+    assert state.send_failures == 1
+    assert not state.delivering
+    assert "alerts.delivery" not in sys.modules

@@ -111,3 +111,79 @@ def test_ca_file_with_invalid_base64_is_config_error():
         remove_tree(directory)
     message = str(error)
     assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
+
+
+def sender_config():
+    from alerts.config import validate
+
+    return validate(
+        {
+            "device": "greenhouse-1",
+            "wifi": {"ssid": "home", "password": "wifi-secret"},
+            "smtp": {
+                "host": "127.0.0.1",
+                "user": "alerts@example.com",
+                "password": "smtp-secret",
+                "from": "alerts@example.com",
+                "to": ["you@example.com"],
+            },
+            "ntp": {"host": "pool.ntp.org"},
+            "sensors": [{"name": "t", "type": "simulated", "values": [[0, 20]]}],
+            "rules": [{"name": "hot", "sensor": "t", "above": 35}],
+        }
+    )
+
+
+def run_out_of_memory(where):
+    """Run a Sender session in which ``where`` raises MemoryError.
+
+    Returns (sender, outbox, name of the queued alert, delay, outbox directory).
+    """
+    from alerts.sender import Sender
+
+    from microsmtp.client import SMTP
+
+    replaced = {}
+
+    async def no_memory(self, *args):
+        raise MemoryError()
+
+    async def connected(self):
+        return None
+
+    async def closed(self):
+        return None
+
+    directory = fresh_directory()
+    outbox = Outbox(directory)
+    outbox.recover()
+    name = outbox.put(alert_record(), clock.now())
+    methods = {"connect": connected, "close": closed, "quit": closed}
+    methods[where] = no_memory
+    for method in methods:
+        replaced[method] = getattr(SMTP, method)
+        setattr(SMTP, method, methods[method])
+    try:
+        sender = Sender(sender_config(), outbox, [b"0"])
+        delay = asyncio.run(sender.run_session())
+    finally:
+        for method in replaced:
+            setattr(SMTP, method, replaced[method])
+    return sender, outbox, name, delay, directory
+
+
+def test_memory_error_in_session_keeps_alert_for_retry():
+    # A MemoryError while connecting or sending (no heap for TLS buffers or for the
+    # message) ends the session like a transient failure: the alert stays, with a
+    # backoff, and the board is not reset.
+    for where in ("connect", "send_message"):
+        sender, outbox, name, delay, directory = run_out_of_memory(where)
+        try:
+            assert 15 <= delay <= 30, (where, delay)
+            assert outbox.pending() == [name], where
+            assert outbox.due(clock.now()) > 0, where
+            assert sender.failures == 1, where
+            assert sender.last_error == "out of memory", where
+            assert outbox.in_flight is None, where
+        finally:
+            remove_tree(directory)
