@@ -199,3 +199,49 @@ def test_bench_needs_a_micropython(tmp_path, capsys):
 
     assert status == 78
     assert "is not an executable file" in capsys.readouterr().err
+
+
+def test_given_micropython_relative_name_is_in_current_folder(micropython, tmp_path, monkeypatch):
+    from microsmtp_tools import common
+
+    (tmp_path / "mp").symlink_to(micropython)
+    monkeypatch.chdir(tmp_path)
+
+    assert common.given_micropython("mp", "checking") == str(tmp_path / "mp")
+
+
+def test_given_micropython_rejects_other_programs(tmp_path):
+    from microsmtp_tools import common
+
+    binary_output = tmp_path / "binary-output"
+    binary_output.write_text("#!/bin/sh\nprintf '\\377\\376'\n")
+    binary_output.chmod(0o755)
+
+    with pytest.raises(common.ToolError) as raised:
+        common.given_micropython(str(binary_output), "checking")
+    assert "is not a MicroPython unix port (exit status 0" in raised.value.message
+
+
+def test_run_briefly_kills_what_the_command_started(tmp_path):
+    import os
+    import subprocess
+
+    from microsmtp_tools import common
+
+    started = tmp_path / "started"
+    # The shell starts a child that outlives it unless the whole group is killed.
+    command = ["sh", "-c", "sleep 60 & echo $! > %s; wait" % started]
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        common.run_briefly(command, timeout=1)
+
+    child = int(started.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # A killed child is gone once init has reaped it.
+        subprocess.run(["sleep", "0.05"])
+    else:
+        pytest.fail("the command's child %d still runs" % child)

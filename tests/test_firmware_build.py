@@ -139,6 +139,10 @@ def test_unix_manifest_freezes_firmware_and_stand_ins_but_no_ca_module(tmp_path,
     } | set(stand_ins.glob("*.py"))
     assert recorder.external_includes == [str(tmp_path / "micropython/ports/unix/variants/standard/manifest.py")]
 
+    stock = ManifestRecorder(path_vars(tmp_path, "UNIX"))
+    stock.run(UNIX_DIR / "manifest_stock.py")
+    assert {path for _kind, path in stock.frozen} == set(stand_ins.glob("*.py"))
+
 
 def test_manifest_requires_ca_module(tmp_path, monkeypatch):
     monkeypatch.setenv("MICROSMTP_CA_MODULE", str(tmp_path / "ca_roots.py"))
@@ -328,10 +332,9 @@ def test_firmware_unix_stock_freezes_nothing(tmp_path, monkeypatch, capsys):
     status = cli.main(["firmware", "--board", "UNIX", "--stock", "--micropython", str(root), "--jobs", "1"])
 
     assert status == 0, capsys.readouterr()
-    # No FROZEN_MANIFEST: the port's own manifest, as in a stock image.
     assert log.read_text().splitlines() == [
-        "-C %s -j1 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp-stock"
-        % (root / "ports" / "unix")
+        "-C %s -j1 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp-stock "
+        "FROZEN_MANIFEST=%s" % (root / "ports" / "unix", UNIX_DIR / "manifest_stock.py")
     ]
     assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython-stock").is_file()
 
@@ -346,3 +349,29 @@ def test_firmware_unix_options_rejected_for_real_boards(option, ca_module, tmp_p
 
     assert status == 78
     assert "apply to --board UNIX only" in capsys.readouterr().err
+
+
+def test_firmware_rejects_paths_with_spaces(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path / "my trees", "unix", "UNIX")
+
+    status = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root)])
+
+    assert status == 78
+    assert "contains a space, which MicroPython's build cannot handle" in capsys.readouterr().err
+
+
+def test_firmware_needs_make_and_jobs(tmp_path, monkeypatch, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    executable(bin_dir / "cc", "#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+    no_make = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root)])
+    no_make_err = capsys.readouterr().err
+    no_jobs = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root), "--jobs", "0"])
+
+    assert no_make == 78
+    assert "make not on PATH" in no_make_err
+    assert no_jobs == 78
+    assert "--jobs must be 1 or more, not 0" in capsys.readouterr().err

@@ -105,12 +105,12 @@ print(text + "; " + sys.version.split("; ", 1)[-1] + "; " + getattr(sys.implemen
 def micropython_version(micropython):
     """Return the unix port's version line, e.g. "MicroPython 1.29.0-preview; MicroPython 9458e3a on ..."."""
     try:
-        process = subprocess.run([micropython, "-c", _MP_VERSION_SCRIPT], capture_output=True, text=True, timeout=30)
+        status, out, _err = common.run_briefly([micropython, "-c", _MP_VERSION_SCRIPT])
     except subprocess.TimeoutExpired:
         return "unknown (%s did not answer within 30 s)" % micropython
-    if process.returncode != 0 or not process.stdout.strip():
-        return "unknown (%s exited with status %d)" % (micropython, process.returncode)
-    return process.stdout.strip()
+    if status != 0 or not out.strip():
+        return "unknown (%s exited with status %d)" % (micropython, status)
+    return out.strip()
 
 
 def _import_test_servers():
@@ -365,15 +365,12 @@ def count_round_trips(proxy, target, send, count, security):
 def failures_expected():
     """Drop aiosmtpd's traceback for each failed session: a too small heap fails on purpose."""
 
-    def not_session_failure(record):
-        return "SMTP session exception" not in record.getMessage()
-
     logger = logging.getLogger(AIOSMTPD_LOGGER)
-    logger.addFilter(not_session_failure)
+    logger.addFilter(common.not_session_failure)
     try:
         yield
     finally:
-        logger.removeFilter(not_session_failure)
+        logger.removeFilter(common.not_session_failure)
 
 
 def bisect_heap(clients, port, low_k, high_k, step_k):

@@ -8,6 +8,7 @@ sysexits.h, as in ``microsmtp send``.
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,32 +70,47 @@ def require_executable(name, what, package=None):
     return path
 
 
+def run_briefly(command, timeout=30, **options):
+    """Run a command that should end quickly; return (exit status, stdout, stderr) as text.
+
+    The command runs in its own process group, and the whole group is killed at the
+    timeout, so nothing it started is left behind. Output that is not UTF-8 is kept
+    with replacement characters. Raises OSError, or subprocess.TimeoutExpired.
+    """
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **options
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return process.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
 def given_micropython(path, what):
-    """Return ``path`` as a MicroPython unix port that starts, else raise ToolError.
+    """Return ``path`` as the absolute path of a MicroPython unix port that starts, else raise ToolError.
 
     For --micropython options: an executable built by ``microsmtp firmware --board UNIX``
-    or any other unix port build.
+    or any other unix port build. A name without a folder means the file in the current
+    folder, as any other relative path does.
     """
-    resolved = Path(path).expanduser()
+    resolved = Path(path).expanduser().absolute()
     if not resolved.is_file() or not os.access(resolved, os.X_OK):
         raise ToolError(what, "%s is not an executable file; give the path of a MicroPython unix port" % path)
     try:
-        process = subprocess.run(
-            [str(resolved), "-c", "import sys; print(sys.implementation.name)"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        status, out, err = run_briefly([str(resolved), "-c", "import sys; print(sys.implementation.name)"])
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ToolError(what, "%s did not run: %s" % (path, exc)) from None
-    if process.returncode != 0 or process.stdout.strip() != "micropython":
-        detail = (process.stderr or process.stdout).strip().splitlines()
+    if status != 0 or out.strip() != "micropython":
+        detail = (err or out).strip().splitlines()
         raise ToolError(
             what,
             "%s is not a MicroPython unix port (exit status %d%s)"
-            % (path, process.returncode, ": " + detail[-1] if detail else ""),
+            % (path, status, ": " + detail[-1] if detail else ""),
         )
-    return str(resolved.resolve())
+    return str(resolved)
 
 
 def frozen_packages(micropython, names):
@@ -109,10 +125,11 @@ def frozen_packages(micropython, names):
             script = "import sys\nsys.path[:] = ['.frozen']\nimport %s\n" % name
             environment = dict(os.environ)
             environment.pop("MICROPYPATH", None)
-            process = subprocess.run(
-                [micropython, "-c", script], capture_output=True, text=True, timeout=30, cwd=empty, env=environment
-            )
-            if process.returncode == 0:
+            try:
+                status, _out, _err = run_briefly([micropython, "-c", script], cwd=empty, env=environment)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ToolError("looking for frozen modules in %s" % micropython, str(exc)) from None
+            if status == 0:
                 frozen.append(name)
     return frozen
 
@@ -132,6 +149,14 @@ def require_checkout_dir(path, what):
 # own AUTH code uses the deprecated attribute. It says nothing about the client.
 AIOSMTPD_LOGGER = "mail.log"
 LOGIN_DATA_MESSAGE = "Session.login_data is deprecated"
+
+
+def not_session_failure(record):
+    """Logging filter: drop aiosmtpd's traceback for a session the client broke off.
+
+    The client's side of such a failure is what the bench and the sim report.
+    """
+    return "SMTP session exception" not in record.getMessage()
 
 
 class LoginDataFilter(logging.Filter):

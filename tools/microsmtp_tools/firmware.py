@@ -14,8 +14,8 @@ sim's stand-in hardware modules, so that ``microsmtp sim --micropython`` and
 ``--32bit`` cross-compiles it for i686 (Debian: gcc-i686-linux-gnu; libc6-i386 runs
 it), whose objects have the size of a 32-bit board's. ``--tls-on-heap`` makes mbedTLS
 allocate from the GC heap, as it does on the Pico W (on the ESP32 it uses ESP-IDF's
-heap, as on an ordinary unix build). ``--stock`` freezes nothing of this project, for
-the heap of the firmware deployed as .mpy files onto a stock MicroPython image.
+heap, as on an ordinary unix build). ``--stock`` freezes only the stand-ins, for the
+heap of the firmware deployed as .mpy files onto a stock MicroPython image.
 """
 
 import os
@@ -88,6 +88,8 @@ def check_toolchain(port, root, bits32=False):
                 "%s not on PATH; install them (Debian/Ubuntu: apt-get install gcc-arm-none-eabi "
                 "libnewlib-arm-none-eabi cmake), see %s/ports/rp2/README.md" % (" and ".join(missing), root),
             )
+    if shutil.which("make") is None:
+        raise ToolError("finding make", "make not on PATH; install it (Debian/Ubuntu: apt-get install make)")
 
 
 def image_suffix(bits32=False, tls_on_heap=False, stock=False):
@@ -110,9 +112,10 @@ def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=
     if (root / ".git").exists():
         commands.append(["make", "-C", port_dir] + selection + ["submodules"])
     build_command = ["make", "-C", port_dir, "-j%d" % jobs] + selection
-    build_command.append("BUILD=%s" % build)
-    if not stock:
-        build_command.append("FROZEN_MANIFEST=%s" % manifest)
+    if stock:
+        # The sim's stand-ins for the board's own modules, and nothing of firmware/.
+        manifest = manifest.parent / "manifest_stock.py"
+    build_command += ["BUILD=%s" % build, "FROZEN_MANIFEST=%s" % manifest]
     if bits32:
         build_command.append("CROSS_COMPILE=%s" % UNIX_32BIT_PREFIX)
     if tls_on_heap:
@@ -142,8 +145,16 @@ def run_firmware(args):
     port, image_name = BOARDS[args.board]
     if port != "unix" and (args.bits32 or args.tls_on_heap or args.stock):
         raise ToolError("checking the options", "--32bit, --tls-on-heap and --stock apply to --board UNIX only")
+    if args.jobs < 1:
+        raise ToolError("checking the options", "--jobs must be 1 or more, not %d" % args.jobs)
     root = check_tree(args.micropython, port, args.board)
     manifest = common.BOARDS_DIR / args.board / "manifest.py"
+    for path in (root, manifest):
+        if " " in str(path):
+            # MicroPython's makefiles split paths at spaces.
+            raise ToolError(
+                "checking the paths", "%s contains a space, which MicroPython's build cannot handle; move it" % path
+            )
     if not manifest.is_file():
         raise ToolError("finding the board manifest", "%s not found; is this a microsmtp checkout?" % manifest)
     env = dict(os.environ)
@@ -225,8 +236,8 @@ def add_parser(subcommands):
         "--stock",
         action="store_true",
         help=(
-            "UNIX only: freeze nothing of this project, as in a stock MicroPython image, to measure the "
-            "firmware as the .mpy files `microsmtp deploy` copies"
+            "UNIX only: freeze only the sim's stand-in hardware modules, as in a stock MicroPython image, "
+            "to measure the firmware as the .mpy files `microsmtp deploy` copies"
         ),
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel make jobs (default: CPU count)")

@@ -241,9 +241,12 @@ class LocalServer:
 
         from aiosmtpd.controller import Controller
 
-        from .common import AIOSMTPD_LOGGER, LoginDataFilter
+        from .common import AIOSMTPD_LOGGER, LoginDataFilter, not_session_failure
 
-        logging.getLogger(AIOSMTPD_LOGGER).addFilter(LoginDataFilter())
+        logger = logging.getLogger(AIOSMTPD_LOGGER)
+        logger.addFilter(LoginDataFilter())
+        # The board's log says why its session failed (out of memory, a reset, a timeout).
+        logger.addFilter(not_session_failure)
 
         handler = self._handler()
         controller = Controller(
@@ -413,7 +416,9 @@ class Board:
         for raw in process.stdout:
             line = self.redactor(raw.decode("utf-8", "replace").rstrip("\r\n"))
             self.lines.append(line)
-            if "MemoryError" in line:
+            # The firmware logs a MemoryError it survives, and the SMTP library's
+            # OutOfMemory, as "out of memory".
+            if "MemoryError" in line or "out of memory" in line:
                 self.memory_error = True
             heap = _HEAP_PATTERN.search(line)
             if heap:
@@ -661,7 +666,10 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
     if not args.source:
         library = compile_firmware(firmware, directory / "lib")
     # The unix port searches its frozen modules first, so these run instead of firmware/.
-    frozen = common.frozen_packages(executable, ("alerts", "microsmtp"))
+    try:
+        frozen = common.frozen_packages(executable, ("alerts", "microsmtp"))
+    except common.ToolError as exc:
+        raise SimError("%s failed: %s" % (exc.what, exc.message)) from None
     if frozen:
         print("frozen into %s, used instead of firmware/: %s" % (executable, ", ".join(frozen)), flush=True)
     speed = args.speed or scenario["speed"]
