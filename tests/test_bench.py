@@ -113,6 +113,17 @@ def test_heap_figure(output):
     assert 16 <= int(match.group(1)) <= 512
 
 
+def test_bare_exchange_figure(output, heap_k):
+    match = re.search(
+        r"heap for a bare hand-written asyncio STARTTLS exchange: (\d+)K, (\d+) bytes on top of asyncio and ssl", output
+    )
+
+    assert match, output
+    # The bare exchange loads no library: it fits where the library's alert fits.
+    assert 16 <= int(match.group(1)) <= heap_k, output
+    assert 4096 <= int(match.group(2)) < int(match.group(1)) * 1024, output
+
+
 def test_mpy_sizes(output):
     whole = output[output.index(".mpy size of the library") : output.index(".mpy size of the modules one alert loads")]
     sizes = dict(re.findall(r"^  (xtensawin|armv6m|source)\s+(\d+) bytes$", whole, re.MULTILINE))

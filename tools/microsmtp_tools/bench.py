@@ -6,7 +6,8 @@
   smtplib and aiosmtplib, all against the same local server through the same proxy.
 * The smallest MicroPython heap (``-X heapsize``) with which the unix port sends one
   verified alert, with the library compiled to .mpy (or frozen into the executable
-  given with --micropython), found by bisection.
+  given with --micropython), found by bisection, and the same for a bare hand-written
+  asyncio STARTTLS exchange, for comparison.
 * The .mpy size of the library per architecture.
 
 Servers: aiosmtpd (always; STARTTLS, AUTH, PIPELINING advertised) and, with
@@ -86,6 +87,61 @@ async def main():
 asyncio.run(main())
 print("SENT", job["count"])
 print("MODULES", " ".join(sorted(name for name in sys.modules if name.split(".")[0] == "microsmtp")))
+"""
+
+
+# Runs under the unix port: the same alert as a bare hand-written asyncio exchange, for
+# comparison. It waits for each reply in turn (EHLO, STARTTLS, EHLO over verified TLS,
+# AUTH PLAIN, MAIL, RCPT, DATA, the content, QUIT) and has no MIME, no pipelining and
+# no error handling; it prints "SENT 1" when the server accepted the message.
+_MP_BARE_SCRIPT = """
+import sys, json, asyncio, ssl, binascii
+f = open(sys.argv[1])
+job = json.loads(f.read())
+f.close()
+f = open(job["ca"], "rb")
+ca = f.read()
+f.close()
+ballast = None
+if job.get("headroom"):
+    import gc
+    gc.collect()
+    ballast = bytearray(gc.mem_free() - job["headroom"])
+
+async def reply(r):
+    while True:
+        line = await r.readline()
+        if line[3:4] != b"-":
+            return line
+
+async def command(r, w, line):
+    w.write(line + b"\\r\\n")
+    await w.drain()
+    return await reply(r)
+
+async def main():
+    r, w = await asyncio.open_connection(job["host"], job["port"])
+    await reply(r)
+    await command(r, w, b"EHLO bare")
+    await command(r, w, b"STARTTLS")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=ca)
+    w.s = context.wrap_socket(w.s, server_hostname=job["server_name"], do_handshake_on_connect=False)
+    await command(r, w, b"EHLO bare")
+    token = binascii.b2a_base64(("\\0%s\\0%s" % (job["user"], job["password"])).encode()).strip()
+    await command(r, w, b"AUTH PLAIN " + token)
+    await command(r, w, b"MAIL FROM:<" + job["sender"].encode() + b">")
+    await command(r, w, b"RCPT TO:<" + job["recipient"].encode() + b">")
+    await command(r, w, b"DATA")
+    body = job["body"].replace("\\n", "\\r\\n").encode()
+    accepted = await command(r, w, b"Subject: bench bare\\r\\n\\r\\n" + body + b".")
+    await command(r, w, b"QUIT")
+    w.close()
+    if accepted.startswith(b"250"):
+        print("SENT", 1)
+
+asyncio.run(main())
 """
 
 
@@ -244,7 +300,13 @@ class Clients:
 
         asyncio.run(run())
 
-    def microsmtp_micropython(self, port, count, security="starttls", heap="512K", headroom=None):
+    def bare_micropython(self, port, count, security="starttls", heap="512K", headroom=None):
+        """Return True if the bare exchange sent one message with this heap (and headroom, in bytes)."""
+        return self.microsmtp_micropython(port, count, security, heap, headroom, script="bench_bare.py")
+
+    def microsmtp_micropython(
+        self, port, count, security="starttls", heap="512K", headroom=None, script="bench_send.py"
+    ):
         """Return True if the unix port sent the messages with this heap (and headroom, in bytes)."""
         job = {
             "host": "127.0.0.1",
@@ -266,7 +328,7 @@ class Clients:
         # ".frozen" first keeps the unix port's built-in asyncio.
         env["MICROPYPATH"] = ".frozen:" + str(self.mp_dir / "lib")
         process = subprocess.run(
-            [self.micropython, "-X", "heapsize=" + heap, str(self.mp_dir / "bench_send.py"), str(job_path)],
+            [self.micropython, "-X", "heapsize=" + heap, str(self.mp_dir / script), str(job_path)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -335,6 +397,7 @@ def prepare_micropython(work_dir, ca_der, given=None):
             mpy.compile_file(source, lib / "microsmtp" / (source.stem + ".mpy"), "x64", "microsmtp/" + source.name)
     (work_dir / "ca.der").write_bytes(ca_der)
     (work_dir / "bench_send.py").write_text(_MP_SCRIPT)
+    (work_dir / "bench_bare.py").write_text(_MP_BARE_SCRIPT)
     return micropython, frozen
 
 
@@ -373,36 +436,36 @@ def failures_expected():
         logger.removeFilter(common.not_session_failure)
 
 
-def bisect_heap(clients, port, low_k, high_k, step_k):
-    """Return the smallest heap in KiB (multiple of step_k) that sends one alert, or None."""
-    if not clients.microsmtp_micropython(port, 1, heap="%dK" % high_k):
+def bisect_heap(send, port, low_k, high_k, step_k):
+    """Return the smallest heap in KiB (multiple of step_k) with which send() sends one alert, or None."""
+    if not send(port, 1, heap="%dK" % high_k):
         return None
     # Invariant: high_k works; low_k fails (or is the floor).
     low_k = max(step_k, low_k)
-    if clients.microsmtp_micropython(port, 1, heap="%dK" % low_k):
+    if send(port, 1, heap="%dK" % low_k):
         return low_k
     while high_k - low_k > step_k:
         middle = (low_k + high_k) // 2 // step_k * step_k
         if middle <= low_k:
             middle = low_k + step_k
-        if clients.microsmtp_micropython(port, 1, heap="%dK" % middle):
+        if send(port, 1, heap="%dK" % middle):
             high_k = middle
         else:
             low_k = middle
     return high_k
 
 
-def bisect_headroom(clients, port, step):
-    """Return the smallest free heap in bytes (multiple of step) that sends one alert once the
-    library is loaded, or None."""
+def bisect_headroom(send, port, step):
+    """Return the smallest free heap in bytes (multiple of step) with which send() sends one
+    alert once its code is loaded, or None."""
     low, high = 0, 256 * 1024
-    if not clients.microsmtp_micropython(port, 1, heap="1M", headroom=high):
+    if not send(port, 1, heap="1M", headroom=high):
         return None
     while high - low > step:
         middle = (low + high) // 2 // step * step
         if middle <= low:
             middle = low + step
-        if clients.microsmtp_micropython(port, 1, heap="1M", headroom=middle):
+        if send(port, 1, heap="1M", headroom=middle):
             high = middle
         else:
             low = middle
@@ -464,7 +527,7 @@ def _run_bench(args):
             ("smtplib (CPython)", clients.smtplib),
             ("aiosmtplib (CPython)", clients.aiosmtplib),
         ]
-        heap_k = headroom = None
+        heap_k = headroom = bare_k = bare_headroom = None
         targets = [start_aiosmtpd]
         if args.server == "postfix":
             targets.append(start_postfix)
@@ -485,8 +548,10 @@ def _run_bench(args):
                         print_round_trips(out, "%s, STARTTLS" % title, proxy, target, client_list, count, "starttls")
                     if start is start_aiosmtpd:
                         with failures_expected():
-                            heap_k = bisect_heap(clients, proxy.port, 8, 512, step_k)
-                            headroom = bisect_headroom(clients, proxy.port, step_k * 256)
+                            heap_k = bisect_heap(clients.microsmtp_micropython, proxy.port, 8, 512, step_k)
+                            headroom = bisect_headroom(clients.microsmtp_micropython, proxy.port, step_k * 256)
+                            bare_k = bisect_heap(clients.bare_micropython, proxy.port, 4, 512, step_k)
+                            bare_headroom = bisect_headroom(clients.bare_micropython, proxy.port, step_k * 256)
                 with LatencyProxy("127.0.0.1", target.ports["tls"], rtt_ms) as proxy:
                     print_round_trips(out, "one alert, implicit TLS", proxy, target, client_list, 1, "tls")
             finally:
@@ -504,6 +569,14 @@ def _run_bench(args):
         else:
             print(
                 "heap one alert needs on top of the loaded library: %d bytes (steps of %d)" % (headroom, step_k * 256),
+                file=out,
+            )
+        if bare_k is None or bare_headroom is None:
+            print("heap: the bare exchange failed even with -X heapsize=512K", file=out)
+        else:
+            print(
+                "heap for a bare hand-written asyncio STARTTLS exchange: %dK, %d bytes on top of asyncio and ssl"
+                % (bare_k, bare_headroom),
                 file=out,
             )
         sizes = mpy_sizes(work_dir / "mpy")
