@@ -284,16 +284,22 @@ def test_firmware_unix_32bit_tls_on_heap(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "build" / "firmware" / "UNIX" / "ca_roots.py").exists()
 
 
-def test_firmware_unix_runs_submodules_in_a_git_checkout(tmp_path, monkeypatch, capsys):
-    root = fake_tree(tmp_path, "unix", "UNIX")
+def unix_build_setup(tmp_path, monkeypatch, git=True, compiler="cc"):
+    """A UNIX tree with mpy-cross built, a stand-in make and compiler on PATH; return (root, make log)."""
+    root = fake_tree(tmp_path, "unix", "UNIX", git=git)
     (root / "mpy-cross" / "build").mkdir(parents=True)
     (root / "mpy-cross" / "build" / "mpy-cross").write_text("")
     bin_dir = tmp_path / "bin"
     log = tmp_path / "make.log"
     fake_make(bin_dir, log, "micropython")
-    executable(bin_dir / "cc", "#!/bin/sh\n")
+    executable(bin_dir / compiler, "#!/bin/sh\n")
     monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
     monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+    return root, log
+
+
+def test_firmware_unix_runs_submodules_in_a_git_checkout(tmp_path, monkeypatch, capsys):
+    root, log = unix_build_setup(tmp_path, monkeypatch)
 
     status = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root), "--jobs", "1"])
 
@@ -318,16 +324,8 @@ def test_firmware_unix_32bit_needs_cross_compiler(tmp_path, monkeypatch, capsys)
     assert "i686-linux-gnu-gcc not on PATH" in capsys.readouterr().err
 
 
-def test_firmware_unix_stock_freezes_nothing(tmp_path, monkeypatch, capsys):
-    root = fake_tree(tmp_path, "unix", "UNIX", git=False)
-    (root / "mpy-cross" / "build").mkdir(parents=True)
-    (root / "mpy-cross" / "build" / "mpy-cross").write_text("")
-    bin_dir = tmp_path / "bin"
-    log = tmp_path / "make.log"
-    fake_make(bin_dir, log, "micropython")
-    executable(bin_dir / "cc", "#!/bin/sh\n")
-    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
-    monkeypatch.setattr(common, "BUILD_DIR", tmp_path / "build")
+def test_firmware_unix_stock_freezes_only_stand_ins(tmp_path, monkeypatch, capsys):
+    root, log = unix_build_setup(tmp_path, monkeypatch, git=False)
 
     status = cli.main(["firmware", "--board", "UNIX", "--stock", "--micropython", str(root), "--jobs", "1"])
 

@@ -45,28 +45,40 @@ FLUSH_COUNT = 20
 SECURITY_MODES = ("starttls", "tls")
 MPY_ARCHES = ("xtensawin", "armv6m")
 
-# Runs under the unix port: sends job["count"] messages over one connection (one with
-# microsmtp.send(), the path a board uses for a single alert) and prints "SENT n".
-_MP_SCRIPT = """
-import sys, json, asyncio
-import microsmtp
+# The start of both MicroPython scripts: the job (JSON, path in argv[1]) and the CA.
+_MP_READ_JOB = """
 f = open(sys.argv[1])
 job = json.loads(f.read())
 f.close()
 f = open(job["ca"], "rb")
 ca = f.read()
 f.close()
-options = dict(port=job["port"], username=job["user"], password=job["password"], ca_roots=[ca],
-               server_hostname=job["server_name"], security=job["security"], timeout_ms=60000)
+"""
 
-# With "headroom", the library is loaded first and a ballast leaves only that many
-# bytes free, which measures the send without the cost of loading the code.
+# With "headroom", the code is loaded first and a ballast leaves only that many bytes
+# free, which measures the send without the cost of loading the code.
+_MP_BALLAST = """
 ballast = None
 if job.get("headroom"):
     import gc
     gc.collect()
     ballast = bytearray(gc.mem_free() - job["headroom"])
+"""
 
+# Runs under the unix port: sends job["count"] messages over one connection (one with
+# microsmtp.send(), the path a board uses for a single alert) and prints "SENT n".
+_MP_SCRIPT = (
+    """
+import sys, json, asyncio
+import microsmtp
+"""
+    + _MP_READ_JOB
+    + """
+options = dict(port=job["port"], username=job["user"], password=job["password"], ca_roots=[ca],
+               server_hostname=job["server_name"], security=job["security"], timeout_ms=60000)
+"""
+    + _MP_BALLAST
+    + """
 def message(i):
     return microsmtp.Message(job["sender"], job["recipient"], subject="bench %d" % i, text=job["body"])
 
@@ -88,26 +100,20 @@ asyncio.run(main())
 print("SENT", job["count"])
 print("MODULES", " ".join(sorted(name for name in sys.modules if name.split(".")[0] == "microsmtp")))
 """
+)
 
 
 # Runs under the unix port: the same alert as a bare hand-written asyncio exchange, for
 # comparison. It waits for each reply in turn (EHLO, STARTTLS, EHLO over verified TLS,
 # AUTH PLAIN, MAIL, RCPT, DATA, the content, QUIT) and has no MIME, no pipelining and
 # no error handling; it prints "SENT 1" when the server accepted the message.
-_MP_BARE_SCRIPT = """
+_MP_BARE_SCRIPT = (
+    """
 import sys, json, asyncio, ssl, binascii
-f = open(sys.argv[1])
-job = json.loads(f.read())
-f.close()
-f = open(job["ca"], "rb")
-ca = f.read()
-f.close()
-ballast = None
-if job.get("headroom"):
-    import gc
-    gc.collect()
-    ballast = bytearray(gc.mem_free() - job["headroom"])
-
+"""
+    + _MP_READ_JOB
+    + _MP_BALLAST
+    + """
 async def reply(r):
     while True:
         line = await r.readline()
@@ -143,6 +149,7 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 # Runs under the unix port: prints its version, with the pre-release tag
