@@ -499,8 +499,9 @@ class SMTP:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
-                # mbedTLS reports an allocation failure while it checks a signature
-                # as an untrusted certificate, so the free heap goes into the message.
+                # NOTE: mbedTLS reports an allocation failure while it checks a signature
+                # as an untrusted certificate, so a heap that is too small can end here as
+                # a permanent error. The free heap in the message tells the two apart.
                 return SecurityError(
                     "TLS certificate verification failed for %s (%s%s); check ca_roots and server_hostname"
                     % (self.server_hostname, detail, _free_heap()),
