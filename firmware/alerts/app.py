@@ -231,16 +231,31 @@ class App:
         self.wake.clear()
         delay = None if not self.outbox.pending() else 0
         while True:
-            self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
-            if delay is None or delay > 0:
-                await self._wait_wake(delay)
-            self.watchdog.alive("sender", _SENDER_SLACK_S)
-            if not self.outbox.pending():
-                delay = None
-                continue
-            delay = await self.run_delivery("deliver")
-            self.update_led()
-            gc.collect()
+            try:
+                delay = await self._sender_step(delay)
+            except MemoryError:
+                # Right after a round that ran out of memory, even the wait can find no
+                # heap (asyncio loads wait_for on first use), so a plain sleep stands in
+                # for it and a round follows. The alerts stay queued.
+                gc.collect()
+                delay = self.config["outbox"]["retry_min_s"]
+                log.error("out of memory in the sender (%d bytes free); retry in %d s" % (_free(), delay))
+                self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay))
+                await clock.sleep(delay)
+                delay = 0
+
+    async def _sender_step(self, delay):
+        """Wait for the delay or a new alert, then run a delivery round if one is due; return the next delay."""
+        self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
+        if delay is None or delay > 0:
+            await self._wait_wake(delay)
+        self.watchdog.alive("sender", _SENDER_SLACK_S)
+        if not self.outbox.pending():
+            return None
+        delay = await self.run_delivery("deliver")
+        self.update_led()
+        gc.collect()
+        return delay
 
     def start(self, coroutine):
         task = asyncio.create_task(coroutine)

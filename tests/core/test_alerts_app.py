@@ -85,3 +85,71 @@ def test_memory_error_in_delivery_round_backs_off_without_reset():
     assert 15 <= delay <= 30, delay
     assert state.send_failures == 1
     assert not state.delivering
+
+
+class StopSender(Exception):
+    """Ends App.sender_task() in a test."""
+
+
+class SenderState:
+    """The App attributes that App.sender_task() reads; the first wait finds no heap."""
+
+    def __init__(self):
+        self.config = {"outbox": {"retry_min_s": 30, "retry_max_s": 300}}
+        self.waits = []
+        self.rounds = 0
+        self.watchdog = self
+        self.outbox = self
+
+    def alive(self, name, seconds):
+        pass
+
+    def pending(self):
+        return ["00000001.json"]
+
+    async def _wait_wake(self, seconds):
+        self.waits.append(seconds)
+        if len(self.waits) == 1:
+            raise MemoryError()
+
+    async def run_delivery(self, step):
+        self.rounds += 1
+        if self.rounds == 2:
+            raise StopSender()
+        return 20
+
+    def update_led(self):
+        pass
+
+
+def test_memory_error_in_sender_wait_keeps_sender_running():
+    try:
+        import asyncio
+    except ImportError:
+        import uasyncio as asyncio
+
+    from alerts import clock
+    from alerts.app import App
+
+    state = SenderState()
+    state.wake = asyncio.Event()
+    state._sender_step = lambda delay: App._sender_step(state, delay)
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    real_sleep = clock.sleep
+    clock.sleep = sleep
+    try:
+        asyncio.run(App.sender_task(state))
+    except StopSender:
+        pass
+    finally:
+        clock.sleep = real_sleep
+
+    # A round at once (an alert is pending), then a wait of the 20 s it returned that
+    # runs out of memory, a plain sleep of retry_min_s instead, and the second round.
+    assert state.waits == [20], state.waits
+    assert slept == [30], slept
+    assert state.rounds == 2, state.rounds
