@@ -158,6 +158,8 @@ def fake_tree(tmp_path, port, board, git=True):
     (root / "py" / "mkrules.mk").write_text("")
     if port == "unix":
         (root / "ports" / "unix" / "variants" / "standard").mkdir(parents=True)
+        (root / "lib" / "mbedtls" / "library").mkdir(parents=True)
+        (root / "lib" / "micropython-lib" / "python-stdlib").mkdir(parents=True)
     else:
         (root / "ports" / port / "boards" / board).mkdir(parents=True)
     if git:
@@ -373,3 +375,13 @@ def test_firmware_needs_make_and_jobs(tmp_path, monkeypatch, capsys):
     assert "make not on PATH" in no_make_err
     assert no_jobs == 78
     assert "--jobs must be 1 or more, not 0" in capsys.readouterr().err
+
+
+def test_firmware_unix_needs_submodules_without_git(tmp_path, capsys):
+    root = fake_tree(tmp_path, "unix", "UNIX", git=False)
+    (root / "lib" / "mbedtls" / "library").rmdir()
+
+    status = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root)])
+
+    assert status == 78
+    assert "has no lib/mbedtls and is not a git clone" in capsys.readouterr().err

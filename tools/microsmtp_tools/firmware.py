@@ -54,6 +54,15 @@ def check_tree(micropython_dir, port, board):
                 "checking the MicroPython source tree",
                 "%s has no ports/unix/variants/standard; use a MicroPython release of 1.22 or later" % root,
             )
+        if not (root / ".git").exists():
+            # Without git, `make submodules` cannot fill them in.
+            for submodule in ("lib/mbedtls/library", "lib/micropython-lib/python-stdlib"):
+                if not (root / submodule).is_dir():
+                    raise ToolError(
+                        "checking the MicroPython source tree",
+                        "%s has no %s and is not a git clone; clone MicroPython with git, or unpack the "
+                        "submodule there" % (root, submodule.rsplit("/", 1)[0]),
+                    )
     elif not (root / "ports" / port / "boards" / board).is_dir():
         raise ToolError(
             "checking the MicroPython source tree",

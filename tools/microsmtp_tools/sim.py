@@ -565,7 +565,7 @@ def run(args):
     if args.speed is not None and args.speed <= 0:
         raise SimError("--speed must be a positive number of simulated seconds per real second, e.g. 120")
     firmware = find_firmware()
-    if args.micropython:
+    if args.micropython is not None:
         try:
             executable = common.given_micropython(args.micropython, "checking --micropython")
         except common.ToolError as exc:
