@@ -235,8 +235,8 @@ class App:
                 delay = await self._sender_step(delay)
             except MemoryError:
                 # Right after a round that ran out of memory, even the wait can find no
-                # heap (asyncio loads wait_for on first use), so a plain sleep stands in
-                # for it and a round follows. The alerts stay queued.
+                # heap (asyncio loads wait_for on first use), so a plain sleep replaces it
+                # and a round follows. The alerts stay queued.
                 gc.collect()
                 delay = self.config["outbox"]["retry_min_s"]
                 log.error("out of memory in the sender (%d bytes free); retry in %d s" % (_free(), delay))

@@ -56,7 +56,7 @@ class RoundState:
         self.delivering = False
 
 
-def test_memory_error_in_delivery_round_backs_off_without_reset():
+def test_delivery_round_out_of_memory_backs_off():
     try:
         import asyncio
     except ImportError:
@@ -66,7 +66,7 @@ def test_memory_error_in_delivery_round_backs_off_without_reset():
 
     class Delivery:
         async def deliver(self, app):
-            # Stands for a round whose message, CSV or log line found no heap.
+            # A round whose message, CSV or log line found no heap.
             raise MemoryError()
 
     load("alerts.delivery")
@@ -122,7 +122,7 @@ class SenderState:
         pass
 
 
-def test_memory_error_in_sender_wait_keeps_sender_running():
+def test_sender_wait_out_of_memory_keeps_running():
     try:
         import asyncio
     except ImportError:
