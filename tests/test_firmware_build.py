@@ -121,7 +121,7 @@ def test_manifests_include_micropython_base(ca_module, tmp_path):
     assert pico.external_includes == [str(tmp_path / "micropython/ports/rp2/boards/RPI_PICO_W/manifest.py")]
 
 
-def test_unix_manifest_freezes_firmware_and_stand_ins_but_no_ca_module(tmp_path, monkeypatch):
+def test_unix_manifests_freeze_no_ca_module(tmp_path, monkeypatch):
     # No CA module at all: the virtual board's manifest must not need one.
     monkeypatch.setenv("MICROSMTP_CA_MODULE", str(tmp_path / "missing" / "ca_roots.py"))
     recorder = ManifestRecorder(path_vars(tmp_path, "UNIX"))

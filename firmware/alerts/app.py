@@ -107,7 +107,7 @@ class App:
             self.send_failures += 1
             outbox = self.config["outbox"]
             delay = backoff(self.send_failures, outbox["retry_min_s"], outbox["retry_max_s"], random_fraction())
-            log.error("out of memory in a delivery round (%d bytes free); retry in %d s" % (_free(), delay))
+            log.error("out of memory in a delivery round (%d bytes free); retry in %d s" % (log.free_bytes(), delay))
             return delay
         finally:
             delivery = None
@@ -239,7 +239,7 @@ class App:
                 # and a round follows. The alerts stay queued.
                 gc.collect()
                 delay = self.config["outbox"]["retry_min_s"]
-                log.error("out of memory in the sender (%d bytes free); retry in %d s" % (_free(), delay))
+                log.error("out of memory in the sender (%d bytes free); retry in %d s" % (log.free_bytes(), delay))
                 self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay))
                 await clock.sleep(delay)
                 delay = 0
@@ -286,10 +286,6 @@ class App:
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
-
-
-def _free():
-    return gc.mem_free() if hasattr(gc, "mem_free") else -1
 
 
 def _log_heap():

@@ -198,9 +198,7 @@ class Sender:
         permanent = not exc.transient
         delay = self._retry_delay(permanent)
         self.last_error = str(exc)
-        entry = self.outbox.load(name)
-        if entry is not None:
-            self.outbox.retry_later(name, entry, clock.now(), delay)
+        self._keep(name, delay)
         log.warning(
             "sending failed (%s, %s): %s; %s kept, retry in %d s"
             % (exc.stage, "transient" if exc.transient else "permanent", exc, name, delay)
@@ -211,12 +209,17 @@ class Sender:
         gc.collect()
         delay = self._retry_delay()
         self.last_error = "out of memory"
+        self._keep(name, delay)
+        log.warning(
+            "sending failed: out of memory (%d bytes free); %s kept, retry in %d s" % (log.free_bytes(), name, delay)
+        )
+        return delay
+
+    def _keep(self, name, delay):
+        """Keep the outbox entry ``name`` and date its next attempt ``delay`` seconds from now."""
         entry = self.outbox.load(name)
         if entry is not None:
             self.outbox.retry_later(name, entry, clock.now(), delay)
-        free = gc.mem_free() if hasattr(gc, "mem_free") else -1
-        log.warning("sending failed: out of memory (%d bytes free); %s kept, retry in %d s" % (free, name, delay))
-        return delay
 
 
 def _build(entry, config, report):

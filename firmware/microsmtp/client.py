@@ -146,7 +146,7 @@ def make_ssl_context(ca_roots=None):
         try:
             context.load_verify_locations(cadata=der)
         except ValueError as exc:
-            # mbedTLS also says "invalid cert" when it runs out of memory while parsing.
+            # mbedTLS also raises "invalid cert" when it runs out of memory while parsing.
             raise ConfigError(
                 "CA root %d of %d was rejected (%s%s); check ca_roots" % (index + 1, len(roots), exc, _free_heap()),
                 stage="connect",
@@ -492,7 +492,8 @@ class SMTP:
             stage = "tls"
         # ENOMEM, and the ALLOC_FAILED codes of mbedTLS's SSL, X509, PK, ECP, cipher and
         # MD modules (mbedtls/*.h), which MicroPython raises as OSErrors with a message.
-        # It raises codes above -256 as positive errnos, so those cannot be told apart.
+        # It raises codes above -256 as positive errnos, which are left out because they
+        # collide with real errnos.
         if isinstance(exc, MemoryError) or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180):
             return _out_of_memory(stage, detail)
         if self._handshaking:
@@ -501,7 +502,7 @@ class SMTP:
             if isinstance(exc, ValueError):
                 # NOTE: mbedTLS reports an allocation failure while it checks a signature
                 # as an untrusted certificate, so a heap that is too small can end here as
-                # a permanent error. The free heap in the message tells the two apart.
+                # a permanent error. The free heap in the message helps to distinguish them.
                 return SecurityError(
                     "TLS certificate verification failed for %s (%s%s); check ca_roots and server_hostname"
                     % (self.server_hostname, detail, _free_heap()),

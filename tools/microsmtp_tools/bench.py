@@ -106,7 +106,7 @@ print("MODULES", " ".join(sorted(name for name in sys.modules if name.split(".")
 # Runs under the unix port: the same alert as a bare hand-written asyncio exchange, for
 # comparison. It waits for each reply in turn (EHLO, STARTTLS, EHLO over verified TLS,
 # AUTH PLAIN, MAIL, RCPT, DATA, the content, QUIT) and has no MIME, no pipelining and
-# no error handling; it prints "SENT 1" when the server accepted the message.
+# no error handling. It prints "SENT 1" when the server accepted the message.
 _MP_BARE_SCRIPT = (
     """
 import sys, json, asyncio, ssl, binascii

@@ -103,7 +103,14 @@ def check_toolchain(port, root, bits32=False):
 
 def image_suffix(bits32=False, tls_on_heap=False, stock=False):
     """Return what a UNIX build's folder and file names end with: "-32bit", "-tls-on-heap", "-stock"."""
-    return ("-32bit" if bits32 else "") + ("-tls-on-heap" if tls_on_heap else "") + ("-stock" if stock else "")
+    suffix = ""
+    if bits32:
+        suffix += "-32bit"
+    if tls_on_heap:
+        suffix += "-tls-on-heap"
+    if stock:
+        suffix += "-stock"
+    return suffix
 
 
 def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=False, stock=False):

@@ -245,7 +245,7 @@ class LocalServer:
 
         logger = logging.getLogger(AIOSMTPD_LOGGER)
         logger.addFilter(LoginDataFilter())
-        # The board's log says why its session failed (out of memory, a reset, a timeout).
+        # The board's log shows why its session failed (out of memory, a reset, a timeout).
         logger.addFilter(not_session_failure)
 
         handler = self._handler()
