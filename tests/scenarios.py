@@ -86,7 +86,43 @@ def connection_options(params, log):
     for key in ("username", "password", "oauth2_token", "local_hostname"):
         if key in params:
             options[key] = params[key]
+    if "heap_left_after_wrap" in params:
+        from microsmtp.client import make_ssl_context
+
+        options["ssl_context"] = HeapTakingContext(
+            make_ssl_context(options["ca_roots"]), params["heap_left_after_wrap"]
+        )
     return options
+
+
+class HeapTakingContext:
+    """An SSL context whose wrap_socket() also takes GC heap until ``left`` bytes are free.
+
+    On the Pico W mbedTLS allocates its record buffers from the GC heap when the socket
+    is wrapped. The unix port's mbedTLS does not, so this context imitates it. It runs on
+    MicroPython only, because it measures the heap with gc.mem_free().
+    """
+
+    def __init__(self, context, left):
+        self._context = context
+        self._left = left
+        self.ballast = None
+
+    def wrap_socket(self, sock, **options):
+        import gc
+
+        wrapped = self._context.wrap_socket(sock, **options)
+        # In blocks, smaller ones once the large holes are used up, chained in pairs
+        # because a growing list would need ever larger holes itself.
+        block = 4096
+        gc.collect()
+        while gc.mem_free() > self._left and block >= 16:
+            try:
+                self.ballast = (bytearray(min(block, gc.mem_free() - self._left)), self.ballast)
+            except MemoryError:
+                gc.collect()
+                block //= 2
+        return wrapped
 
 
 async def deliver(params):

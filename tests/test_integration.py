@@ -161,6 +161,32 @@ def test_bad_certificate_aborts_before_auth(runtime, smtp_server, certs, case, m
     assert server.messages == []
 
 
+# mbedTLS reports a failed allocation during the signature check as an untrusted
+# certificate. Where its buffers come from the GC heap and little is left after them,
+# the client takes such a failure for a shortage of memory, which is retried.
+@pytest.mark.parametrize(
+    "case, left, error",
+    [
+        ("wrong_ca", 12288, "OutOfMemory"),
+        ("wrong_ca", 65536, "SecurityError"),
+        ("wrong_host", 12288, "SecurityError"),
+        ("expired", 12288, "SecurityError"),
+    ],
+)
+def test_certificate_check_low_heap(smtp_server, certs, case, left, error):
+    cert_name, hostname = BAD_CERTIFICATES[case]
+    server = smtp_server("tls", getattr(certs, cert_name))
+    params = params_for(server, certs, server_hostname=hostname, heap_left_after_wrap=left)
+    outcome = only_outcome(run_client("micropython", params))
+    assert outcome["error"] == error, outcome
+    assert outcome["stage"] == "tls"
+    assert outcome["transient"] == (error == "OutOfMemory")
+    if error == "OutOfMemory":
+        assert "were left for the certificate check" in outcome["message"]
+    assert b"AUTH" not in client_lines(server)
+    assert server.messages == []
+
+
 def test_wrong_password_is_permanent(runtime, smtp_server, certs, extensions):
     server = smtp_server("starttls", ehlo_extra=extensions)
     result = run_client(runtime, params_for(server, certs, password="wrong-password"))

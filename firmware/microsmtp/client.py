@@ -77,6 +77,14 @@ MIN_CLOCK_YEAR = 2025
 _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
+# Where mbedTLS allocates from the GC heap (the Pico W), wrap_socket() takes its record
+# buffers from it, about 22 KB. A smaller drop means that they are allocated elsewhere.
+_TLS_ON_HEAP = const(16384)
+# Below this much heap left after those buffers, a failed certificate check counts as a
+# shortage of memory, because mbedTLS reports a failed allocation during the signature
+# check as an untrusted certificate. An RSA-2048 chain needed about 9.5 KB (measured on
+# the 32-bit unix port with mbedTLS on the GC heap). Larger keys need more.
+_CERT_CHECK_HEAP = const(16384)
 
 
 def clock_is_set():
@@ -203,6 +211,7 @@ class SMTP:
         self._deadline_ms = 0
         self._handshaking = False
         self._early = None
+        self._heap_after_wrap = None
         self._received_any = False
         self._deadline_locked = False
         self.session = None
@@ -500,9 +509,14 @@ class SMTP:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
-                # NOTE: mbedTLS reports an allocation failure while it checks a signature
-                # as an untrusted certificate, so a heap that is too small can end here as
-                # a permanent error. The free heap in the message helps to distinguish them.
+                left = self._heap_after_wrap
+                if left is not None and left < _CERT_CHECK_HEAP and "not correctly signed" in detail:
+                    # Retried like any shortage of memory. A wrong CA on a board this
+                    # short of heap is retried too, so the message names both causes.
+                    return _out_of_memory("tls", "%s; %d bytes were left for the certificate check" % (detail, left))
+                # NOTE: with mbedTLS on a separate heap (ESP32), an allocation failure
+                # while it checks a signature still ends here as a permanent error. The
+                # free heap in the message helps to tell them apart.
                 return SecurityError(
                     "TLS certificate verification failed for %s (%s%s); check ca_roots and server_hostname"
                     % (self.server_hostname, detail, _free_heap()),
@@ -573,9 +587,12 @@ class SMTP:
         # so the garbage of the dialogue so far is freed first.
         gc.collect()
         try:
+            free = gc.mem_free()
             stream.s = self._context.wrap_socket(
                 stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
             )
+            left = gc.mem_free()
+            self._heap_after_wrap = left if free - left > _TLS_ON_HEAP else None
             if start:
                 # The server waits for our ClientHello before it sends anything, so a
                 # first non-blocking read starts the handshake. It returns None while
