@@ -173,9 +173,10 @@ def test_bad_certificate_aborts_before_auth(runtime, smtp_server, certs, case, m
         ("expired", 12288, "SecurityError"),
     ],
 )
-def test_certificate_check_low_heap(smtp_server, certs, case, left, error):
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_certificate_check_low_heap(smtp_server, certs, case, left, error, mode):
     cert_name, hostname = BAD_CERTIFICATES[case]
-    server = smtp_server("tls", getattr(certs, cert_name))
+    server = smtp_server(mode, getattr(certs, cert_name))
     params = params_for(server, certs, server_hostname=hostname, heap_left_after_wrap=left)
     outcome = only_outcome(run_client("micropython", params))
     assert outcome["error"] == error, outcome
