@@ -339,7 +339,69 @@ def test_firmware_unix_stock_freezes_only_stand_ins(tmp_path, monkeypatch, capsy
     assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython-stock").is_file()
 
 
-@pytest.mark.parametrize("option", ["--32bit", "--tls-on-heap", "--stock"])
+def test_firmware_unix_tls13_build_command(tmp_path, monkeypatch, capsys):
+    root, log = unix_build_setup(tmp_path, monkeypatch, git=False)
+
+    status = cli.main(["firmware", "--board", "UNIX", "--tls13", "--micropython", str(root), "--jobs", "2"])
+
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert log.read_text().splitlines() == [
+        "-C %s -j2 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 BUILD=build-UNIX-microsmtp-tls13 "
+        "FROZEN_MANIFEST=%s USER_C_MODULES=%s" % (root / "ports" / "unix", UNIX_DIR / "manifest.py", UNIX_DIR / "tls13")
+    ]
+    image = tmp_path / "build" / "firmware" / "UNIX" / "micropython-tls13"
+    assert image.read_bytes() == b"ELF\n"
+    assert "microsmtp bench --micropython %s" % image in out
+
+
+def test_firmware_unix_tls13_with_all_options(tmp_path, monkeypatch, capsys):
+    root, log = unix_build_setup(tmp_path, monkeypatch, git=False, compiler="i686-linux-gnu-gcc")
+
+    status = cli.main(
+        [
+            "firmware",
+            "--board",
+            "UNIX",
+            "--stock",
+            "--tls13",
+            "--tls-on-heap",
+            "--32bit",
+            "--micropython",
+            str(root),
+            "--jobs",
+            "1",
+        ]
+    )
+
+    assert status == 0, capsys.readouterr()
+    # The suffixes come in a fixed order, whatever the order of the options.
+    assert log.read_text().splitlines() == [
+        "-C %s -j1 VARIANT=standard MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 "
+        "BUILD=build-UNIX-microsmtp-32bit-tls-on-heap-tls13-stock FROZEN_MANIFEST=%s "
+        'CROSS_COMPILE=i686-linux-gnu- MBEDTLS_CONFIG_FILE=\\"%s\\" CFLAGS_EXTRA=-DMICROPY_TRACKED_ALLOC=1 '
+        "USER_C_MODULES=%s"
+        % (
+            root / "ports" / "unix",
+            UNIX_DIR / "manifest_stock.py",
+            UNIX_DIR / "mbedtls_config_gc_heap.h",
+            UNIX_DIR / "tls13",
+        )
+    ]
+    assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython-32bit-tls-on-heap-tls13-stock").is_file()
+
+
+def test_unix_tls13_module_names_settings_file():
+    # MicroPython's build includes DIR/micropython.mk for USER_C_MODULES=DIR. The
+    # settings file that it passes to mbedTLS must be in the same folder.
+    makefile = (UNIX_DIR / "tls13" / "micropython.mk").read_text()
+    settings = UNIX_DIR / "tls13" / "mbedtls_config_tls13.h"
+
+    assert '-DMBEDTLS_USER_CONFIG_FILE=\\"$(USERMOD_DIR)/%s\\"' % settings.name in makefile
+    assert "#define MBEDTLS_SSL_PROTO_TLS1_3\n" in settings.read_text()
+
+
+@pytest.mark.parametrize("option", ["--32bit", "--tls-on-heap", "--tls13", "--stock"])
 def test_firmware_unix_options_rejected_for_real_boards(option, ca_module, tmp_path, capsys):
     root = fake_tree(tmp_path, "rp2", "RPI_PICO_W")
 

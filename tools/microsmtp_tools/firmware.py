@@ -14,8 +14,9 @@ sim's stand-in hardware modules, so that ``microsmtp sim --micropython`` and
 ``--32bit`` cross-compiles it for i686 (Debian: gcc-i686-linux-gnu; libc6-i386 runs
 it), whose objects have the size of a 32-bit board's. ``--tls-on-heap`` makes mbedTLS
 allocate from the GC heap, as it does on the Pico W (on the ESP32 it uses ESP-IDF's
-heap, as on an ordinary unix build). ``--stock`` freezes only the stand-ins, for the
-heap of the firmware deployed as .mpy files onto a stock MicroPython image.
+heap, as on an ordinary unix build). ``--tls13`` adds TLS 1.3 to mbedTLS, which then
+offers TLS 1.3 and 1.2 (boards/UNIX/tls13/). ``--stock`` freezes only the stand-ins, for
+the heap of the firmware deployed as .mpy files onto a stock MicroPython image.
 """
 
 import os
@@ -38,6 +39,9 @@ UNIX_OPTIONS = ("VARIANT=standard", "MICROPY_PY_BTREE=0", "MICROPY_PY_FFI=0")
 UNIX_32BIT_PREFIX = "i686-linux-gnu-"
 # mbedTLS settings of the unix port, but allocating from the GC heap (see the file).
 TLS_ON_HEAP_CONFIG = common.BOARDS_DIR / "UNIX" / "mbedtls_config_gc_heap.h"
+# Folder passed as USER_C_MODULES. Its micropython.mk compiles mbedTLS's TLS 1.3 sources
+# and adds the TLS 1.3 settings of mbedtls_config_tls13.h to the build's own.
+TLS13_MODULE_DIR = common.BOARDS_DIR / "UNIX" / "tls13"
 
 
 def check_tree(micropython_dir, port, board):
@@ -101,25 +105,30 @@ def check_toolchain(port, root, bits32=False):
         raise ToolError("finding make", "make not on PATH; install it (Debian/Ubuntu: apt-get install make)")
 
 
-def image_suffix(bits32=False, tls_on_heap=False, stock=False):
-    """Return what a UNIX build's folder and file names end with: "-32bit", "-tls-on-heap", "-stock"."""
+def image_suffix(bits32=False, tls_on_heap=False, stock=False, tls13=False):
+    """Return what a UNIX build's folder and file names end with.
+
+    The parts come in this order: "-32bit", "-tls-on-heap", "-tls13", "-stock".
+    """
     suffix = ""
     if bits32:
         suffix += "-32bit"
     if tls_on_heap:
         suffix += "-tls-on-heap"
+    if tls13:
+        suffix += "-tls13"
     if stock:
         suffix += "-stock"
     return suffix
 
 
-def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=False, stock=False):
+def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=False, stock=False, tls13=False):
     """Return the make invocations that build the image, in order, and the build folder.
 
     ``make submodules`` needs git, so a tree that is not a git checkout (an unpacked
     release archive) is taken with the submodules it has.
     """
-    build = "build-%s-microsmtp%s" % (board, image_suffix(bits32, tls_on_heap, stock))
+    build = "build-%s-microsmtp%s" % (board, image_suffix(bits32, tls_on_heap, stock, tls13))
     port_dir = str(root / "ports" / port)
     selection = list(UNIX_OPTIONS) if port == "unix" else ["BOARD=%s" % board]
     commands = []
@@ -138,6 +147,8 @@ def build_commands(root, port, board, manifest, jobs, bits32=False, tls_on_heap=
         # The backslashes reach the compiler's command line through make's shell.
         build_command.append('MBEDTLS_CONFIG_FILE=\\"%s\\"' % TLS_ON_HEAP_CONFIG)
         build_command.append("CFLAGS_EXTRA=-DMICROPY_TRACKED_ALLOC=1")
+    if tls13:
+        build_command.append("USER_C_MODULES=%s" % TLS13_MODULE_DIR)
     commands.append(build_command)
     return commands, Path(port_dir) / build
 
@@ -159,8 +170,10 @@ def stage_ca_module(args, board):
 
 def run_firmware(args):
     port, image_name = BOARDS[args.board]
-    if port != "unix" and (args.bits32 or args.tls_on_heap or args.stock):
-        raise ToolError("checking the options", "--32bit, --tls-on-heap and --stock apply to --board UNIX only")
+    if port != "unix" and (args.bits32 or args.tls_on_heap or args.tls13 or args.stock):
+        raise ToolError(
+            "checking the options", "--32bit, --tls-on-heap, --tls13 and --stock apply to --board UNIX only"
+        )
     if args.jobs < 1:
         raise ToolError("checking the options", "--jobs must be 1 or more, not %d" % args.jobs)
     root = check_tree(args.micropython, port, args.board)
@@ -176,13 +189,13 @@ def run_firmware(args):
     env = dict(os.environ)
     if port == "unix":
         # The virtual board has no CA module frozen in: `microsmtp sim` writes one per run.
-        image_name += image_suffix(args.bits32, args.tls_on_heap, args.stock)
+        image_name += image_suffix(args.bits32, args.tls_on_heap, args.stock, args.tls13)
     else:
         env[CA_ENVIRONMENT_VARIABLE] = str(stage_ca_module(args, args.board))
     check_toolchain(port, root, args.bits32)
 
     commands, build_dir = build_commands(
-        root, port, args.board, manifest, args.jobs, args.bits32, args.tls_on_heap, args.stock
+        root, port, args.board, manifest, args.jobs, args.bits32, args.tls_on_heap, args.stock, args.tls13
     )
     for command in commands:
         print("running: %s" % " ".join(command), flush=True)
@@ -247,6 +260,11 @@ def add_parser(subcommands):
         "--tls-on-heap",
         action="store_true",
         help="UNIX only: mbedTLS allocates from the GC heap, as on the Pico W",
+    )
+    parser.add_argument(
+        "--tls13",
+        action="store_true",
+        help="UNIX only: mbedTLS supports TLS 1.3 as well as 1.2 (the unix port's own build has TLS 1.2 only)",
     )
     parser.add_argument(
         "--stock",
