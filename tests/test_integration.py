@@ -5,12 +5,14 @@ same scenario code in tests/scenarios.py.
 """
 
 import base64
+import datetime
 import json
 import os
 
 import pytest
 import scenarios
 
+import servers
 import unix_port
 
 PASSWORD = "secret"
@@ -186,6 +188,30 @@ def test_certificate_check_low_heap(smtp_server, certs, case, left, error, mode)
         assert "were left for the certificate check" in outcome["message"]
     assert b"AUTH" not in client_lines(server)
     assert server.messages == []
+
+
+def combined_fault_cert(certs, fault):
+    """Return a certificate from the untrusted CA that also has a wrong name or an expired date."""
+    if fault == "wrong_host":
+        return certs.issue_cert(servers.WRONG_HOSTNAME, ca=certs.other_ca)
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    return certs.issue_cert(
+        *servers.SERVER_IDENTITIES, ca=certs.other_ca, not_before=now - 30 * day, not_after=now - day
+    )
+
+
+# mbedTLS gives one line per failed check. A wrong name or an expired date beside the
+# untrusted signature does not depend on the heap, so the error stays permanent.
+@pytest.mark.parametrize("fault", ["wrong_host", "expired"])
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_untrusted_and_other_fault_low_heap(smtp_server, certs, fault, mode):
+    server = smtp_server(mode, combined_fault_cert(certs, fault))
+    params = params_for(server, certs, heap_left_after_wrap=12288)
+    outcome = only_outcome(run_client("micropython", params))
+    assert outcome["error"] == "SecurityError", outcome
+    assert not outcome["transient"]
+    assert b"AUTH" not in client_lines(server)
 
 
 def test_wrong_password_is_permanent(runtime, smtp_server, certs, extensions):

@@ -82,9 +82,10 @@ _WRITE_SIZE = const(512)
 _TLS_ON_HEAP = const(16384)
 # Below this much heap left after those buffers, a failed certificate check counts as a
 # shortage of memory, because mbedTLS reports a failed allocation during the signature
-# check as an untrusted certificate. An RSA-2048 chain needed about 9.5 KB (measured on
-# the 32-bit unix port with mbedTLS on the GC heap). Larger keys need more.
-_CERT_CHECK_HEAP = const(16384)
+# check as an untrusted certificate. A chain of RSA-2048 keys failed this way with up to
+# 21,248 bytes left (32-bit unix port with mbedTLS on the GC heap, code as .mpy files).
+# NOTE: a 4096-bit RSA root (ISRG Root X1) needs more. That was not measured.
+_CERT_CHECK_HEAP = const(24576)
 
 
 def clock_is_set():
@@ -503,17 +504,32 @@ class SMTP:
         # MD modules (mbedtls/*.h), which MicroPython raises as OSErrors with a message.
         # It raises codes above -256 as positive errnos, which are left out because they
         # collide with real errnos.
-        if isinstance(exc, MemoryError) or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180):
+        # mbedTLS also adds a low-level code to a high-level one, as in
+        # MBEDTLS_ERR_RSA_PUBLIC_FAILED + MBEDTLS_ERR_MPI_ALLOC_FAILED (-0x0010). On its
+        # own, -16 is lwIP's ERR_ARG, so only such sums count.
+        if (
+            isinstance(exc, MemoryError)
+            or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180)
+            or (code < -0x7F and -code & 0x7F == 0x10)
+        ):
             return _out_of_memory(stage, detail)
         if self._handshaking:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
                 left = self._heap_after_wrap
-                if left is not None and left < _CERT_CHECK_HEAP and "not correctly signed" in detail:
+                # mbedTLS gives one line per failed check. Only an untrusted signature on
+                # its own can come from a failed allocation, because a wrong name or an
+                # expired date does not depend on the heap.
+                text = str(exc).strip()
+                if left is not None and left < _CERT_CHECK_HEAP and "\n" not in text and "not correctly signed" in text:
                     # Retried like any shortage of memory. A wrong CA on a board this
                     # short of heap is retried too, so the message names both causes.
-                    return _out_of_memory("tls", "%s; %d bytes were left for the certificate check" % (detail, left))
+                    return _out_of_memory(
+                        "tls",
+                        "%s; %d bytes were left for the certificate check (or ca_roots lack the server's root)"
+                        % (detail, left),
+                    )
                 # NOTE: with mbedTLS on a separate heap (ESP32), an allocation failure
                 # while it checks a signature still ends here as a permanent error. The
                 # free heap in the message helps to tell them apart.

@@ -289,8 +289,16 @@ def test_memory_failures_are_transient_out_of_memory():
     smtp = SMTP("mx.example", port=587, security="none")
     smtp._handshaking = True
     # MicroPython raises ENOMEM when mbedTLS cannot allocate its buffers. mbedTLS's SSL
-    # and X509 modules report the same with negative codes. Python code raises MemoryError.
-    for exc in (OSError(12), OSError(-0x7F00, "SSL - Memory allocation failed"), OSError(-0x2880), MemoryError()):
+    # and X509 modules report the same with negative codes, and RSA with its own code
+    # plus the bignum module's (-0x4290). Python code raises MemoryError.
+    failures = (
+        OSError(12),
+        OSError(-0x7F00, "SSL - Memory allocation failed"),
+        OSError(-0x2880),
+        OSError(-0x4290, "MBEDTLS_ERR_RSA_PUBLIC_FAILED+MBEDTLS_ERR_MPI_ALLOC_FAILED"),
+        MemoryError(),
+    )
+    for exc in failures:
         error = smtp._transport_error(exc, "starttls")
         assert type(error) is OutOfMemory, (exc, error)
         assert isinstance(error, ConnectionLost)
