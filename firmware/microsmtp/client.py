@@ -77,8 +77,8 @@ MIN_CLOCK_YEAR = 2025
 _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
-# The drop in free GC heap across wrap_socket() above which mbedTLS allocates from the
-# GC heap, as on the Pico W, where its record buffers take about 22 KB.
+# The drop in free GC heap across wrap_socket() above which mbedTLS is taken to allocate
+# from the GC heap. That happens on the Pico W, where its record buffers take about 22 KB.
 _TLS_ON_HEAP = const(16384)
 # Below this much heap left after those buffers, a failed certificate check counts as a
 # shortage of memory, because mbedTLS reports a failed allocation during the signature
