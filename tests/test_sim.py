@@ -7,6 +7,7 @@ real time a simulated second takes.
 import datetime
 import email
 import email.policy
+import json
 import os
 import subprocess
 import sys
@@ -257,6 +258,36 @@ def test_deep_sleep_keeps_rule_state_across_wakes(micropython, tmp_path):
     assert "back to normal greenhouse-hot" in normal["Subject"]
     assert "Value: 31 C" in normal.get_body(("plain",)).get_content()
     assert "0 watchdog reset(s)" in process.stdout, output
+
+
+def test_deep_sleep_reset_sends_alert_once(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "deep_sleep_reset.json"))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    lines = process.stdout.splitlines()
+    resets = [index for index, line in enumerate(lines) if "board reset while the server holds its MAIL FROM" in line]
+    assert len(resets) == 1, output
+    # The wake after the reset finds the alert open and sends the one in the outbox.
+    after = lines[resets[0] :]
+    woke = next(line for line in after if "woke from deep sleep" in line)
+    assert woke.endswith("active rules: greenhouse-hot"), output
+    assert not any(" INFO queued alert greenhouse-hot" in line for line in after), output
+    files = sorted((tmp_path / "eml").glob("deep_sleep_reset-*.eml"))
+    assert len(files) == 2, output
+    alert, normal = (read_eml(path) for path in files)
+    assert "ALERT greenhouse-hot" in alert["Subject"]
+    assert "back to normal greenhouse-hot" in normal["Subject"]
+
+
+@pytest.mark.parametrize("value", [[0], ["1"], 1])
+def test_invalid_resets_at_mail(tmp_path, value):
+    scenario = json.loads((SCENARIOS / "deep_sleep_reset.json").read_text())
+    scenario["resets_at_mail"] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path))
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert "resets_at_mail must be a list of MAIL command counts from 1" in process.stderr
 
 
 def heap_reports_during_sessions(lines):

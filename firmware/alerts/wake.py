@@ -15,8 +15,9 @@ async def run_once(app):
     from . import board, sleepstate
 
     state = sleepstate.load()
-    if state.get("time") and state.get("slept"):
-        clock.estimate(state["time"] + state["slept"])
+    if state.get("time"):
+        # After a reset during a send, slept is 0: the saved time is the best guess.
+        clock.estimate(state["time"] + state.get("slept", 0))
     if state.get("rules"):
         if app.rules.restore(state["rules"]):
             log.info("woke from deep sleep; active rules: %s" % (", ".join(app.rules.active()) or "none"))
@@ -24,6 +25,7 @@ async def run_once(app):
             log.error("the saved sleep state is not one this firmware can read; starting with no open alerts")
     app.last_ntp = state.get("ntp")
     app.network_failures = state.get("network_failures", 0)
+    app.rule_state = RulesInSleepState(app)
     # The watchdog started in App.__init__ must be fed while this wake runs.
     app.watchdog.alive("wake", _WAKE_SLACK_S)
     app.start(app.watchdog.run())
@@ -36,23 +38,53 @@ async def run_once(app):
     app.watchdog.alive("wake", _WAKE_SLACK_S)
     wait = app.outbox.due(clock.now())
     if app.can_send and wait == 0:
-        # NOTE: the rule state is saved only below, after this round. A reset during
-        # the round restores the state of the previous wake, so an alert queued in
-        # this wake is queued again at the next one, with a new Message-ID.
         await app.run_delivery("deliver")
     interval = app.config["deep_sleep"]["interval_s"]
-    where = sleepstate.save(
+    where = save_state(app, interval)
+    arm_wake_pins(app)
+    log.info("deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(app.outbox.pending()), where))
+    board.deep_sleep(interval)
+
+
+def save_state(app, slept):
+    """Save what the next wake needs; slept is the time until it, 0 before a send."""
+    from . import sleepstate
+
+    return sleepstate.save(
         {
             "time": clock.now(),
-            "slept": interval,
+            "slept": slept,
             "ntp": app.last_ntp,
             "network_failures": app.network_failures,
             "rules": app.rules.state(),
         }
     )
-    arm_wake_pins(app)
-    log.info("deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(app.outbox.pending()), where))
-    board.deep_sleep(interval)
+
+
+class RulesInSleepState:
+    """Saves the sleep state as soon as the rules open, close or send an alert.
+
+    App.queue() saves the rule state right after the outbox took the alerts. A reset
+    during the send that follows (the watchdog, a crash) then does not queue them again
+    at the next wake, because the rules know they were raised.
+    """
+
+    path = "the sleep state"
+
+    def __init__(self, app):
+        import json
+
+        self.app = app
+        self._dumps = json.dumps
+        self._saved = json.dumps(app.rules.durable_state())
+
+    def save(self):
+        # durable_state() leaves out the last readings, so a wake without a decision
+        # writes nothing (the file is on flash where the port has no RTC memory).
+        text = self._dumps(self.app.rules.durable_state())
+        if text != self._saved:
+            save_state(self.app, 0)
+            self._saved = text
 
 
 def arm_wake_pins(app):

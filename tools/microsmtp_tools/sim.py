@@ -66,6 +66,7 @@ _SCENARIO_KEYS = (
     "ntp",
     "wifi_down",
     "power_cycles",
+    "resets_at_mail",
     "pins",
     "wifi",
     "watchdog_ms",
@@ -142,6 +143,12 @@ def load_scenario(path):
     cycles = scenario.get("power_cycles", [])
     if not isinstance(cycles, list) or not all(isinstance(item, (int, float)) and item >= 0 for item in cycles):
         raise SimError("scenario %s: power_cycles must be a list of simulated seconds, e.g. [300]" % path)
+    resets = scenario.get("resets_at_mail", [])
+    if not isinstance(resets, list) or not all(isinstance(item, int) and item >= 1 for item in resets):
+        raise SimError(
+            "scenario %s: resets_at_mail must be a list of MAIL command counts from 1, e.g. [1] to reset the"
+            " board when the server receives its first MAIL FROM" % path
+        )
     pins = scenario.get("pins", {})
     if not isinstance(pins, dict):
         raise SimError('scenario %s: pins must map a pin to a timeline, e.g. {"14": [[0, 0], [420, 1]]}' % path)
@@ -195,8 +202,15 @@ class LocalServer:
         self.port = 0
         self.messages = []
         self.controller = None
+        # MAIL commands counted over all sessions; at the counts in resets_at_mail the
+        # handler sets reset_requested and waits until the sim has reset the board.
+        self.mail_count = 0
+        self.resets_at_mail = set()
+        self.reset_requested = threading.Event()
 
     def _handler(self):
+        import asyncio
+
         from aiosmtpd.smtp import AuthResult
 
         server = self
@@ -208,6 +222,20 @@ class LocalServer:
                 if server.users.get(login) == password:
                     return AuthResult(success=True, auth_data=login)
                 return AuthResult(success=False, handled=False)
+
+            async def handle_MAIL(self, smtp, session, envelope, address, mail_options):
+                server.mail_count += 1
+                if server.mail_count in server.resets_at_mail:
+                    server.reset_requested.set()
+                    # The board is killed while it waits for this reply.
+                    for _ in range(500):
+                        if not server.reset_requested.is_set():
+                            break
+                        await asyncio.sleep(0.01)
+                    return "421 4.3.0 the board was reset during this session"
+                envelope.mail_from = address
+                envelope.mail_options.extend(mail_options)
+                return "250 OK"
 
             async def handle_DATA(self, smtp, session, envelope):
                 reply = server.rejection(bytes(envelope.original_content))
@@ -449,13 +477,8 @@ class Board:
 
     def watchdog_reset(self):
         """End the process as the watchdog's reset would, then start the board again."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.wait_output()
-        self.clear_watchdog()
         self.watchdog_resets += 1
-        self.restarts += 1
-        self.start()
+        self.reset()
 
     def wake_pin(self, pins, elapsed):
         """Return (pin, level) when the wake pin armed before deep sleep reached its level, else None."""
@@ -468,6 +491,15 @@ class Board:
             return None
         level = timeline_value(timeline, elapsed)
         return (wake["pin"], level) if level == wake.get("level") else None
+
+    def reset(self):
+        """End the process as a reset would, keeping RTC memory, then start the board again."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.wait_output()
+        self.clear_watchdog()
+        self.restarts += 1
+        self.start()
 
     def power_cycle(self):
         """Cut the power and restore it: the process ends at once and RTC memory is lost."""
@@ -611,6 +643,7 @@ def run(args):
         password = secrets.token_urlsafe(12)
         server = LocalServer({SIM_USER: password})
         server.rejects = [[item["subject"], item["reply"], item.get("count", 1)] for item in scenario.get("reject", [])]
+        server.resets_at_mail = set(scenario.get("resets_at_mail", []))
         roots = [server.ca_der]
         server.start()
         smtp = {
@@ -710,6 +743,15 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
                 elif not down and not server.running:
                     print("sim   | t=%ds: SMTP server up again" % elapsed, flush=True)
                     server.start()
+            if server is not None and server.reset_requested.is_set():
+                print(
+                    "sim   | t=%ds: board reset while the server holds its MAIL FROM (RTC memory kept)" % elapsed,
+                    flush=True,
+                )
+                if board.poll() is None:
+                    board.reset()
+                server.reset_requested.clear()
+                continue
             if power_cycles and elapsed >= power_cycles[0]:
                 power_cycles.pop(0)
                 print("sim   | t=%ds: power cycle: board off and on again" % elapsed, flush=True)
