@@ -199,14 +199,22 @@ def test_state_survives_restore():
 
 
 def rule_state_path():
+    """Return a file name of this process under /tmp, with no file there yet."""
     import os
 
-    path = "/tmp/alerts-rule-state-test.json"
+    # pytest and the MicroPython run of these tests may run at the same time.
+    path = "/tmp/alerts-rule-state-test-%d.json" % (os.getpid() if hasattr(os, "getpid") else 0)
+    remove_file(path)
+    return path
+
+
+def remove_file(path):
+    import os
+
     try:
         os.remove(path)
     except OSError:
         pass
-    return path
 
 
 def test_rule_state_file_survives_reset():
@@ -229,6 +237,7 @@ def test_rule_state_file_survives_reset():
     assert feed(after, "temp", [33, 27], start=T0 + 300) == ["normal"]
     # min_interval_s still counts from the alert sent before the reset.
     assert feed(after, "temp", [31], start=T0 + 400) == []
+    remove_file(path)
 
 
 def test_rule_state_missing_or_broken_file():
@@ -241,6 +250,7 @@ def test_rule_state_missing_or_broken_file():
         file.write('{"rules": ')
     assert RuleState(rules, path).load() is False
     assert rules.active() == []
+    remove_file(path)
 
 
 def test_rule_state_from_unset_clock_keeps_open_alert():
@@ -258,6 +268,7 @@ def test_rule_state_from_unset_clock_keeps_open_alert():
     assert rules.active() == ["hot"]
     assert rules.rules[0].last_sent is None
     assert rules.limit.sent == []
+    remove_file(path)
 
 
 def test_rule_state_wrong_shape_starts_fresh():
@@ -279,3 +290,4 @@ def test_rule_state_wrong_shape_starts_fresh():
         assert RuleState(rules, path).load() is False, text
         assert rules.active() == [], text
         assert feed(rules, "temp", [20, 31]) == ["alert"], text
+    remove_file(path)
