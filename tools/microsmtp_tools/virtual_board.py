@@ -35,6 +35,23 @@ START_TIMEOUT_S = 10.0
 DEFAULT_HEAP = "1M"
 
 
+def _wait_group_gone(group):
+    """Wait until the MicroPython processes of socat's group have ended too, killing them after 2 s."""
+    # socat can exit before the children that got the same SIGTERM. A child left as a
+    # zombie still counts as a member, so the wait is bounded.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _free_port(port=0):
     """Return ``port`` (0: any free port) after checking that it can be bound on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -156,6 +173,7 @@ class VirtualBoard:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            _wait_group_gone(process.pid)
         self._stderr.seek(0)
         lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
         self._stderr.close()
