@@ -4,7 +4,7 @@
 the first problem. Values of secret keys (passwords, tokens) never appear in a message.
 """
 
-SECRET_KEYS = ("password", "oauth2_token")
+SECRET_KEYS = ("password", "oauth2_token", "oauth2", "refresh_token", "client_secret")
 
 SECURITY_MODES = ("starttls", "tls", "none")
 SENSOR_TYPES = ("mcu_temperature", "adc", "digital", "dht11", "dht22", "ds18b20", "simulated")
@@ -143,6 +143,7 @@ def _validate_smtp(config):
             "user",
             "password",
             "oauth2_token",
+            "oauth2",
             "from",
             "to",
             "ca_file",
@@ -168,18 +169,26 @@ def _validate_smtp(config):
         raise ConfigError(
             "smtp.oauth2_token", "config.json: smtp.password and smtp.oauth2_token are both set; keep one"
         )
-    if user is not None and password is None and token is None:
+    oauth2 = _validate_oauth2(smtp)
+    if oauth2 is not None and (password is not None or token is not None):
+        other = "smtp.password" if password is not None else "smtp.oauth2_token"
         raise ConfigError(
-            "smtp.password", "config.json: smtp.password is missing: smtp.user needs a password or an oauth2_token"
+            "smtp.oauth2",
+            "config.json: smtp.oauth2 and %s are both set; keep one (smtp.oauth2 gets the token itself)" % other,
         )
-    if user is None and (password is not None or token is not None):
+    if user is not None and password is None and token is None and oauth2 is None:
+        raise ConfigError(
+            "smtp.password",
+            "config.json: smtp.password is missing: smtp.user needs a password, an oauth2_token or an oauth2 object",
+        )
+    if user is None and (password is not None or token is not None or oauth2 is not None):
         raise ConfigError("smtp.user", "config.json: smtp.user is missing: a password or token needs the user name")
     if user is not None and security == "none":
         raise ConfigError(
             "smtp.security",
             "config.json: smtp.security is none, which would send the password in plaintext; use starttls or tls",
         )
-    for key in ("user", "password", "oauth2_token"):
+    for key in ("user", "password", "oauth2_token", "oauth2"):
         smtp.setdefault(key, None)
     _address(smtp, "smtp.", "from")
     recipients = smtp.get("to")
@@ -196,6 +205,40 @@ def _validate_smtp(config):
     _field(smtp, "smtp.", "server_name", "str", None)
     _field(smtp, "smtp.", "timeout_s", "number", 60, 5, 600)
     _field(smtp, "smtp.", "transcript", "bool", False)
+
+
+_OAUTH2_KEYS = ("token_url", "client_id", "refresh_token", "client_secret", "scope")
+
+
+def _validate_oauth2(smtp):
+    """Check smtp.oauth2, the settings of the refresh-token grant; return it, or None when absent."""
+    oauth2 = smtp.get("oauth2")
+    if oauth2 is None:
+        return None
+    if not isinstance(oauth2, dict):
+        _fail("smtp.oauth2", "an object {...} with token_url, client_id and refresh_token", oauth2)
+    _check_keys(oauth2, _OAUTH2_KEYS, "smtp.oauth2.")
+    for key in _OAUTH2_KEYS:
+        required = key in ("token_url", "client_id", "refresh_token")
+        value = _field(oauth2, "smtp.oauth2.", key, "str", _REQUIRED if required else None)
+        if value is None:
+            continue
+        if key == "scope":
+            ok = value == value.strip() and "  " not in value and "\t" not in value
+            expected = "scopes separated by single spaces"
+        else:
+            ok = " " not in value and "\t" not in value
+            expected = "a string without spaces"
+        if ok and key == "token_url":
+            authority = value[8:].split("/")[0]
+            host, _, port = authority.partition(":")
+            ok = value.startswith("https://") and host != "" and "@" not in authority
+            if ok and port:
+                ok = port.isdigit() and 0 < int(port) < 65536
+            expected = "an https URL such as https://login.microsoftonline.com/consumers/oauth2/v2.0/token"
+        if not ok:
+            _fail("smtp.oauth2." + key, expected, value)
+    return oauth2
 
 
 def _validate_ntp(config):
@@ -586,12 +629,15 @@ def load(path="config.json", board_path="board.json"):
 def describe(config):
     """Return a one-line summary of a validated config without secrets, for the log."""
     smtp = config["smtp"]
+    user = smtp["user"] or "no AUTH"
+    if smtp.get("oauth2"):
+        user += " (OAuth2 tokens from %s)" % smtp["oauth2"]["token_url"].split("/")[2]
     return "device %s, SMTP %s:%d (%s) as %s, %d sensors, %d rules%s" % (
         config["device"],
         smtp["host"],
         smtp["port"],
         smtp["security"],
-        smtp["user"] or "no AUTH",
+        user,
         len(config["sensors"]),
         len(config["rules"]),
         ", deep sleep" if config["deep_sleep"]["enabled"] else "",

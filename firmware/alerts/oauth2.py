@@ -1,0 +1,531 @@
+"""OAuth2 access tokens for XOAUTH2, from the refresh-token grant (RFC 6749 section 6).
+
+The sender imports this module only when config.json has smtp.oauth2, and unloads it
+before the SMTP session opens. What must outlive it is kept in plain values: the cache
+dict in smtp.oauth2 (the access token, when it was fetched, how long it lives and the
+refresh token in use) and, on flash, the newest refresh token (``STATE_PATH``).
+
+One token request is a POST over HTTPS with asyncio streams, verified with the same
+CA roots as the SMTP server: certificate and host name are always checked. Every step
+(connect, send, each read) is bounded by what is left of ``timeout_s``, and the reply
+by ``MAX_REPLY`` bytes. Tokens, secrets and the request body are never logged.
+"""
+
+import gc
+import json
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from microsmtp.errors import SMTPError
+
+from . import clock, log
+
+# File with the newest refresh token, next to config.json.
+STATE_PATH = "oauth2_token.json"
+# Size limit of a reply (status line, headers and body); a larger one is rejected.
+MAX_REPLY = 16384
+# An access token with less than this many seconds left is refreshed first.
+MARGIN_S = 300
+_READ_SIZE = 512
+# Error codes (RFC 6749 section 5.2) of a rejected refresh token or client, which only a
+# new authorization fixes.
+_REAUTHORIZE = ("invalid_grant", "invalid_client", "unauthorized_client")
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+
+
+class TokenError(SMTPError):
+    """No access token could be obtained; ``stage`` is "token", ``status`` the HTTP status or None.
+
+    ``transient`` is True for network failures, timeouts, HTTP 5xx and 429 and malformed
+    replies, and False when the board's settings must change (a rejected refresh token,
+    an untrusted certificate).
+    """
+
+    def __init__(self, message, transient, status=None):
+        super().__init__(message, stage="token")
+        self.transient = transient
+        self.status = status
+
+
+# -- the access token and its cache ------------------------------------------------------
+
+
+def cached_token(settings):
+    """Return the cached access token if more than MARGIN_S seconds of its life are left, else None."""
+    cache = settings.get("cache")
+    if not cache or not cache.get("token"):
+        return None
+    age_ms = clock.ticks_diff(clock.ticks_ms(), cache["ticks"])
+    # A negative age means the tick counter wrapped around: the token is too old to trust.
+    if age_ms < 0 or age_ms >= (cache["life"] - MARGIN_S) * 1000:
+        return None
+    return cache["token"]
+
+
+def forget(settings):
+    """Drop the cached access token, so that the next round requests a new one."""
+    cache = settings.get("cache")
+    if cache:
+        cache["token"] = None
+
+
+async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH):
+    """Return (token, fetched): the cached access token, or a new one from the token endpoint.
+
+    ``settings`` is config.json's smtp.oauth2; its "cache" entry is created here and
+    keeps the token between delivery rounds. Raises TokenError.
+    """
+    token = cached_token(settings)
+    if token is not None:
+        return token, False
+    cache = settings.get("cache")
+    if cache is None:
+        cache = {"token": None, "ticks": 0, "life": 0, "refresh": None}
+        settings["cache"] = cache
+    if cache["refresh"] is None:
+        cache["refresh"] = _load_refresh_token(settings["refresh_token"], state_path)
+    started = clock.ticks_ms()
+    reply = await request_token(settings, cache["refresh"], ca_roots, timeout_s)
+    token, life, refresh = token_from_reply(reply, host_of(settings["token_url"]))
+    reply = None
+    cache["token"] = token
+    cache["ticks"] = started
+    cache["life"] = life
+    log.info("OAuth2: new access token from %s, valid for %d s" % (host_of(settings["token_url"]), life))
+    if refresh is not None and refresh != cache["refresh"]:
+        cache["refresh"] = refresh
+        _save_refresh_token(settings["refresh_token"], refresh, state_path)
+    return token, True
+
+
+def token_from_reply(reply, host):
+    """Check a parsed 200 reply; return (access token, seconds it may be cached, new refresh token or None)."""
+    if not isinstance(reply, dict):
+        raise TokenError("the token endpoint %s sent JSON that is not an object; retry later" % host, True, 200)
+    token = reply.get("access_token")
+    if not _is_token(token):
+        raise TokenError(
+            "the token endpoint %s sent a reply without a valid access_token; retry later" % host, True, 200
+        )
+    kind = reply.get("token_type")
+    if kind is not None and (not isinstance(kind, str) or kind.lower() != "bearer"):
+        raise TokenError(
+            "the token endpoint %s issued a %s token, but XOAUTH2 needs a Bearer token; check smtp.oauth2.token_url"
+            % (host, _printable(str(kind))),
+            False,
+            200,
+        )
+    life = reply.get("expires_in")
+    if isinstance(life, str) and life.isdigit():
+        # Accept the number sent as a string too.
+        life = int(life)
+    if not isinstance(life, int) or isinstance(life, bool) or life < 0:
+        # Without a known lifetime the token serves this round only.
+        life = 0
+    refresh = reply.get("refresh_token")
+    if refresh is not None and not _is_token(refresh):
+        raise TokenError("the token endpoint %s sent an invalid refresh_token; retry later" % host, True, 200)
+    return token, life, refresh
+
+
+def _is_token(value):
+    if not isinstance(value, str) or not value:
+        return False
+    for char in value:
+        if not " " < char <= "~":
+            return False
+    return True
+
+
+def _fingerprint(text):
+    """Return a short SHA-256 hex digest of text, to recognise a refresh token without storing it."""
+    import binascii
+    import hashlib
+
+    return binascii.hexlify(hashlib.sha256(text.encode()).digest()).decode()[:32]
+
+
+def _load_refresh_token(configured, path):
+    """Return the refresh token saved on flash, unless config.json's token changed since it was saved."""
+    try:
+        with open(path) as file:
+            saved = json.load(file)
+    except (OSError, ValueError):
+        return configured
+    if (
+        isinstance(saved, dict)
+        and saved.get("configured") == _fingerprint(configured)
+        and _is_token(saved.get("refresh_token"))
+    ):
+        return saved["refresh_token"]
+    # config.json contains a newer authorization than the saved token.
+    return configured
+
+
+def _save_refresh_token(configured, refresh, path):
+    from .outbox import write_atomic
+
+    try:
+        write_atomic(path, {"refresh_token": refresh, "configured": _fingerprint(configured)})
+    except OSError as exc:
+        log.error(
+            "OAuth2: the new refresh token could not be saved to %s (%s); after a reset the board uses the"
+            " older one, which the endpoint may reject" % (path, exc)
+        )
+        return
+    log.info("OAuth2: the endpoint sent a new refresh token; saved to %s" % path)
+
+
+# -- the HTTPS request -------------------------------------------------------------------
+
+
+def split_url(url):
+    """Return (host, port, path) of an https URL; raise TokenError for anything else."""
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise TokenError("smtp.oauth2.token_url must start with https://", False)
+    rest = url[8:]
+    slash = rest.find("/")
+    if slash < 0:
+        authority, path = rest, "/"
+    else:
+        authority, path = rest[:slash], rest[slash:]
+    host, port = authority, 443
+    colon = authority.rfind(":")
+    if colon >= 0 and "]" not in authority[colon:]:
+        host = authority[:colon]
+        digits = authority[colon + 1 :]
+        port = int(digits) if digits.isdigit() else 0
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or "@" in host or not 0 < port < 65536 or " " in url:
+        raise TokenError("smtp.oauth2.token_url is not a valid https URL", False)
+    return host, port, path
+
+
+def host_of(url):
+    return split_url(url)[0]
+
+
+def quote(text):
+    """Percent-encode text (UTF-8) for an application/x-www-form-urlencoded body."""
+    out = []
+    for byte in text.encode():
+        if byte in _UNRESERVED:
+            out.append(chr(byte))
+        else:
+            out.append("%%%02X" % byte)
+    return "".join(out)
+
+
+def form_body(settings, refresh_token):
+    """Return the request body of the refresh-token grant as bytes."""
+    fields = [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", settings["client_id"])]
+    for key in ("client_secret", "scope"):
+        if settings.get(key):
+            fields.append((key, settings[key]))
+    return "&".join([quote(key) + "=" + quote(value) for key, value in fields]).encode()
+
+
+def build_request(host, port, path, body):
+    """Return the bytes of the POST request carrying body."""
+    if port != 443:
+        host = "%s:%d" % (host, port)
+    head = (
+        "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: %d\r\nAccept: application/json\r\nConnection: close\r\n\r\n" % (path, host, len(body))
+    )
+    return head.encode() + body
+
+
+async def request_token(settings, refresh_token, ca_roots, timeout_s):
+    """POST the refresh-token grant to smtp.oauth2.token_url; return the parsed JSON of a 200 reply."""
+    host, port, path = split_url(settings["token_url"])
+    request = build_request(host, port, path, form_body(settings, refresh_token))
+    raw = await exchange(host, port, request, ca_roots, timeout_s)
+    request = None
+    status, body = parse_response(raw, host)
+    raw = None
+    return reply_json(status, body, host)
+
+
+async def exchange(host, port, request, ca_roots, timeout_s):
+    """Send request over TLS to host:port and return the raw reply, complete or up to MAX_REPLY bytes.
+
+    The connection is closed and its TLS buffers freed before this returns.
+    """
+    from microsmtp.client import clock_is_set, make_ssl_context
+    from microsmtp.errors import ConfigError
+
+    if not clock_is_set():
+        raise TokenError(
+            "clock not set: the certificate of the token endpoint %s cannot be checked; set the time (NTP) first"
+            % host,
+            True,
+        )
+    try:
+        context = make_ssl_context(ca_roots)
+    except ConfigError as exc:
+        raise TokenError("%s (token endpoint %s)" % (exc, host), False) from None
+    # NOTE: on MicroPython the DNS lookup inside open_connection() blocks, and no
+    # timeout interrupts it (as for the SMTP server).
+    deadline = _Deadline(timeout_s, host)
+    # mbedTLS needs large contiguous blocks for its buffers.
+    gc.collect()
+    step = "connecting"
+    writer = None
+    received = False
+    try:
+        reader, writer = await deadline.limit(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=host), step
+        )
+        context = None
+        step = "sending the request"
+        writer.write(request)
+        await deadline.limit(writer.drain(), step)
+        step = "reading the reply"
+        data = b""
+        while True:
+            chunk = await deadline.limit(reader.read(_READ_SIZE), step)
+            if not chunk:
+                break
+            received = True
+            data += chunk
+            if len(data) > MAX_REPLY:
+                raise TokenError(
+                    "the reply of the token endpoint %s is larger than %d bytes; retry later" % (host, MAX_REPLY), True
+                )
+            if reply_complete(data):
+                break
+        if not data:
+            raise TokenError(
+                "the token endpoint %s:%d closed the connection without a reply; retry later" % (host, port), True
+            )
+        return data
+    except ValueError as exc:
+        # A failed certificate check is a ValueError on both runtimes (CPython's
+        # SSLCertVerificationError included), raised during the handshake.
+        # NOTE: mbedTLS also reports a failed allocation during the signature check as an
+        # untrusted certificate. Unlike the SMTP client, this does not tell the two apart.
+        if received:
+            raise TokenError(
+                "the token endpoint %s sent a malformed reply (%s); retry later" % (host, _detail(exc)), True
+            ) from None
+        raise TokenError(
+            "TLS certificate verification failed for the token endpoint %s (%s); the CA root of %s must be in"
+            " ca_roots (smtp.ca_file or ca_roots.py)" % (host, _detail(exc), host),
+            False,
+        ) from None
+    except OSError as exc:
+        raise TokenError(
+            "connection to the token endpoint %s:%d failed while %s (%s); retry later"
+            % (host, port, step, _detail(exc)),
+            True,
+        ) from None
+    finally:
+        if writer is not None:
+            await _close(writer)
+        writer = reader = None
+        gc.collect()
+
+
+class _Deadline:
+    """Time budget of the whole request (timeout_s), which bounds every step."""
+
+    def __init__(self, timeout_s, host):
+        self.total_ms = int(timeout_s * 1000)
+        self.start = clock.ticks_ms()
+        self.host = host
+
+    async def limit(self, awaitable, step):
+        left = self.total_ms - clock.ticks_diff(clock.ticks_ms(), self.start)
+        if left <= 0:
+            if hasattr(awaitable, "close"):
+                awaitable.close()
+            raise TokenError(self._message(step), True)
+        try:
+            return await asyncio.wait_for(awaitable, left / 1000)
+        except asyncio.TimeoutError:
+            raise TokenError(self._message(step), True) from None
+
+    def _message(self, step):
+        return "the token endpoint %s timed out after %d s (while %s); retry later" % (
+            self.host,
+            self.total_ms // 1000,
+            step,
+        )
+
+
+async def _close(writer):
+    """Close the connection without waiting long for the peer (CPython may wait for its TLS close)."""
+    try:
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 2)
+    except Exception:
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+
+def _detail(exc):
+    return "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
+
+
+def _printable(text, limit=120):
+    """Return text with only printable ASCII, cut to limit characters, for a log line."""
+    out = "".join([char if " " <= char <= "~" else "?" for char in text[:limit]])
+    return out + ("..." if len(text) > limit else "")
+
+
+# -- parsing the reply -------------------------------------------------------------------
+
+
+def _split_head(data):
+    """Return (status line, {lower-case name: value}, body) or None while the head is incomplete."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = _decode(data[:end]).split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ValueError("malformed header line")
+        name = name.lower()
+        value = value.strip()
+        if name in headers:
+            value = headers[name] + ", " + value
+        headers[name] = value
+    return lines[0], headers, data[end + 4 :]
+
+
+def _decode(data):
+    # Header bytes outside ASCII become "?", because the names and values used here are ASCII.
+    return "".join([chr(byte) if byte < 128 else "?" for byte in data])
+
+
+def reply_complete(data):
+    """Return True once data contains a whole reply, by Content-Length or chunked coding."""
+    try:
+        head = _split_head(data)
+    except ValueError:
+        return True
+    if head is None:
+        return False
+    headers, body = head[1], head[2]
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        try:
+            return dechunk(body) is not None
+        except ValueError:
+            return True
+    length = headers.get("content-length")
+    if length is not None and length.isdigit():
+        return len(body) >= int(length)
+    return False
+
+
+def dechunk(body):
+    """Decode a chunked body (RFC 9112 section 7.1); None while incomplete, ValueError when malformed."""
+    out = b""
+    index = 0
+    while True:
+        end = body.find(b"\r\n", index)
+        if end < 0:
+            return None
+        size_text = _decode(body[index:end]).split(";")[0].strip()
+        if not size_text or len(size_text) > 8:
+            raise ValueError("bad chunk size")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ValueError("bad chunk size") from None
+        index = end + 2
+        if size == 0:
+            # Trailer fields (ignored) end with an empty line.
+            while True:
+                end = body.find(b"\r\n", index)
+                if end < 0:
+                    return None
+                if end == index:
+                    return out
+                index = end + 2
+        if len(body) < index + size + 2:
+            return None
+        if body[index + size : index + size + 2] != b"\r\n":
+            raise ValueError("chunk not followed by CRLF")
+        out += body[index : index + size]
+        index += size + 2
+
+
+def parse_response(data, host):
+    """Return (status, body bytes) of a complete raw HTTP reply; raise TokenError when malformed."""
+    try:
+        head = _split_head(data)
+        if head is None:
+            raise ValueError("the reply ends inside its headers")
+        status_line, headers, body = head
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+            raise ValueError("bad status line %s" % _printable(status_line, 40))
+        status = int(parts[1])
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if coding.lower() != "chunked":
+                raise ValueError("unsupported transfer coding %s" % _printable(coding, 40))
+            body = dechunk(body)
+            if body is None:
+                raise ValueError("the chunked body ends early")
+        else:
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    raise ValueError("bad Content-Length")
+                if len(body) < int(length):
+                    raise ValueError("the body ends after %d of %s bytes" % (len(body), length))
+                body = body[: int(length)]
+    except ValueError as exc:
+        raise TokenError(
+            "the token endpoint %s sent a malformed HTTP reply (%s); retry later" % (host, exc), True
+        ) from None
+    return status, body
+
+
+def reply_json(status, body, host):
+    """Return the JSON object of a 200 reply; raise TokenError for any other status or a body that is not JSON."""
+    try:
+        reply = json.loads(body.decode())
+    except (ValueError, UnicodeError):
+        reply = None
+    if 200 <= status < 300:
+        if reply is None:
+            raise TokenError("the token endpoint %s sent a reply that is not JSON; retry later" % host, True, status)
+        return reply
+    error = reply.get("error") if isinstance(reply, dict) else None
+    description = reply.get("error_description") if isinstance(reply, dict) else None
+    detail = "HTTP %d" % status
+    if isinstance(error, str):
+        detail += " " + _printable(error, 40)
+    if isinstance(description, str) and description:
+        detail += ": " + _printable(description.split("\n")[0].strip())
+    if status >= 500 or status in (408, 429):
+        raise TokenError("the token endpoint %s is unavailable (%s); retry later" % (host, detail), True, status)
+    if status in (400, 401) and error in _REAUTHORIZE:
+        raise TokenError(
+            "the token endpoint %s rejected the refresh token or client (%s); authorize the board again and put"
+            " the new refresh token in config.json (smtp.oauth2.refresh_token)" % (host, detail),
+            False,
+            status,
+        )
+    if 400 <= status < 500:
+        raise TokenError(
+            "the token endpoint %s rejected the request (%s); check smtp.oauth2 in config.json (token_url,"
+            " client_id, client_secret, scope)" % (host, detail),
+            False,
+            status,
+        )
+    # A redirect or another unexpected status: the URL is probably not the token endpoint.
+    raise TokenError(
+        "the token endpoint %s answered %s; check smtp.oauth2.token_url in config.json" % (host, detail), False, status
+    )

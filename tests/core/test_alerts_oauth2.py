@@ -1,0 +1,347 @@
+"""OAuth2 token refresh on the board (alerts.oauth2): the request, reply parsing, errors, cache and flash.
+
+No network here: tests/test_oauth2.py runs the same code against a local HTTPS endpoint.
+The smtp.oauth2 checks of config.json are here too.
+"""
+
+import json
+import os
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from alerts import clock, oauth2
+from alerts.config import ConfigError, validate
+from alerts.oauth2 import TokenError
+
+from helpers import listdir, raises, remove_tree
+
+HOST = "login.example.com"
+REFRESH = "rt-config/with+special=chars"
+SECRET = "client-secret-value"
+
+_counter = [0]
+
+
+def fresh_directory():
+    _counter[0] += 1
+    path = "/tmp/alerts-oauth2-test-%d-%d" % (os.getpid() if hasattr(os, "getpid") else 0, _counter[0])
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    return path
+
+
+def settings(**changes):
+    values = {
+        "token_url": "https://login.example.com/consumers/oauth2/v2.0/token",
+        "client_id": "client-1",
+        "refresh_token": REFRESH,
+        "client_secret": None,
+        "scope": "https://outlook.office.com/SMTP.Send offline_access",
+    }
+    values.update(changes)
+    return values
+
+
+def http(status_line, headers, body):
+    head = status_line + "\r\n" + "".join([name + ": " + value + "\r\n" for name, value in headers])
+    return head.encode() + b"\r\n" + body
+
+
+def json_reply(status, value, reason="OK"):
+    body = json.dumps(value).encode()
+    return http("HTTP/1.1 %d %s" % (status, reason), [("Content-Length", str(len(body)))], body)
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def test_quote_unreserved_characters():
+    assert oauth2.quote("AZaz09-._~") == "AZaz09-._~"
+    assert oauth2.quote("a b+c/d=e&f") == "a%20b%2Bc%2Fd%3De%26f"
+    assert oauth2.quote("\u00e9") == "%C3%A9"
+    assert oauth2.quote("%") == "%25"
+
+
+def test_form_body_refresh_grant():
+    body = oauth2.form_body(settings(), REFRESH).decode()
+    assert body == (
+        "grant_type=refresh_token&refresh_token=rt-config%2Fwith%2Bspecial%3Dchars&client_id=client-1"
+        "&scope=https%3A%2F%2Foutlook.office.com%2FSMTP.Send%20offline_access"
+    )
+    body = oauth2.form_body(settings(client_secret=SECRET, scope=None), "rt-2").decode()
+    assert body == "grant_type=refresh_token&refresh_token=rt-2&client_id=client-1&client_secret=client-secret-value"
+
+
+def test_request_head_and_length():
+    body = b"grant_type=refresh_token"
+    request = oauth2.build_request(HOST, 443, "/token", body)
+    head, _, rest = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /token HTTP/1.1"
+    assert "Host: login.example.com" in lines
+    assert "Content-Type: application/x-www-form-urlencoded" in lines
+    assert "Content-Length: %d" % len(body) in lines
+    assert "Connection: close" in lines
+    assert rest == body
+    assert b"Host: localhost:8443\r\n" in oauth2.build_request("localhost", 8443, "/", b"")
+
+
+def test_split_url():
+    assert oauth2.split_url("https://oauth2.googleapis.com/token") == ("oauth2.googleapis.com", 443, "/token")
+    assert oauth2.split_url("https://localhost:8443") == ("localhost", 8443, "/")
+    for url in ("http://login.example.com/token", "https://:443/x", "https://a:0/", "https://a:x/", "https://u@h/"):
+        error = raises(TokenError, oauth2.split_url, url)
+        assert not error.transient, url
+        assert "token_url" in str(error)
+
+
+# -- parsing the reply ---------------------------------------------------------------------
+
+
+def test_content_length_reply():
+    raw = json_reply(200, {"access_token": "at-1"}) + b"ignored after the length"
+    status, body = oauth2.parse_response(raw, HOST)
+    assert status == 200
+    assert json.loads(body.decode()) == {"access_token": "at-1"}
+    assert oauth2.reply_complete(raw)
+    assert not oauth2.reply_complete(raw[:-30])
+    assert not oauth2.reply_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")
+
+
+def test_chunked_reply_extension_trailer():
+    body = b'{"access_token": "at-1"}'
+    chunked = b"5;name=value\r\n" + body[:5] + b"\r\n" + ("%x\r\n" % (len(body) - 5)).encode() + body[5:] + b"\r\n"
+    raw = http("HTTP/1.1 200 OK", [("Transfer-Encoding", "chunked")], chunked + b"0\r\nX-Trailer: 1\r\n\r\n")
+    assert oauth2.reply_complete(raw)
+    assert not oauth2.reply_complete(raw[:-2])
+    assert oauth2.parse_response(raw, HOST) == (200, body)
+    assert oauth2.dechunk(b"4\r\nabcd\r\n0\r\n\r\n") == b"abcd"
+    assert oauth2.dechunk(b"4\r\nab") is None
+
+
+def test_malformed_replies_are_transient():
+    cases = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5",
+        b"SMTP 220 hello\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+    ]
+    for raw in cases:
+        error = raises(TokenError, oauth2.parse_response, raw, HOST)
+        assert error.transient, raw
+        assert error.stage == "token"
+        assert "malformed HTTP reply" in str(error), str(error)
+        assert HOST in str(error)
+
+
+def test_success_reply_token_fields():
+    reply = oauth2.reply_json(200, b'{"access_token": "at-1", "token_type": "Bearer", "expires_in": 3599}', HOST)
+    assert oauth2.token_from_reply(reply, HOST) == ("at-1", 3599, None)
+    reply = {"access_token": "at-2", "token_type": "bearer", "expires_in": "3600", "refresh_token": "rt-2"}
+    assert oauth2.token_from_reply(reply, HOST) == ("at-2", 3600, "rt-2")
+    # Without a lifetime the token is not kept for later rounds.
+    assert oauth2.token_from_reply({"access_token": "at-3"}, HOST) == ("at-3", 0, None)
+
+
+def test_invalid_success_replies():
+    error = raises(TokenError, oauth2.reply_json, 200, b"<html>not json</html>", HOST)
+    assert error.transient
+    assert "not JSON" in str(error)
+    for reply in ([1, 2], {"token_type": "Bearer"}, {"access_token": ""}, {"access_token": "a b"}):
+        error = raises(TokenError, oauth2.token_from_reply, reply, HOST)
+        assert error.transient, reply
+    error = raises(TokenError, oauth2.token_from_reply, {"access_token": "x", "token_type": "mac"}, HOST)
+    assert not error.transient
+    assert "Bearer" in str(error)
+
+
+def error_reply(status, body):
+    return raises(TokenError, oauth2.reply_json, status, body, HOST)
+
+
+def test_rejected_refresh_token_permanent():
+    for status, code in ((400, "invalid_grant"), (401, "invalid_client"), (400, "unauthorized_client")):
+        body = json.dumps({"error": code, "error_description": "AADSTS70000: grant expired\r\nTrace ID: 1"})
+        error = error_reply(status, body.encode())
+        assert not error.transient, code
+        assert error.status == status
+        assert error.stage == "token"
+        text = str(error)
+        assert HOST in text
+        assert "HTTP %d %s: AADSTS70000: grant expired" % (status, code) in text, text
+        assert "Trace ID" not in text
+        assert "authorize the board again and put the new refresh token in config.json" in text
+
+
+def test_other_client_errors_are_permanent():
+    error = error_reply(400, b'{"error": "invalid_scope"}')
+    assert not error.transient
+    assert "check smtp.oauth2" in str(error)
+    error = error_reply(404, b"not found")
+    assert not error.transient
+    assert "HTTP 404" in str(error)
+    error = error_reply(302, b"")
+    assert not error.transient
+    assert "token_url" in str(error)
+
+
+def test_server_errors_are_transient():
+    for status, body in ((500, b"oops"), (503, b'{"error": "temporarily_unavailable"}'), (429, b""), (408, b"")):
+        error = error_reply(status, body)
+        assert error.transient, status
+        assert "retry later" in str(error)
+        assert "HTTP %d" % status in str(error)
+
+
+def test_error_text_printable_short():
+    body = json.dumps({"error": "invalid_grant", "error_description": "\x1b[31m" + "x" * 500})
+    text = str(error_reply(400, body.encode()))
+    assert "\x1b" not in text
+    assert len(text) < 400
+
+
+# -- the cache and the refresh token on flash ----------------------------------------------
+
+
+def test_cached_token_until_margin():
+    values = settings()
+    assert oauth2.cached_token(values) is None
+    values["cache"] = {"token": "at-1", "ticks": clock.ticks_ms(), "life": 3600, "refresh": REFRESH}
+    assert oauth2.cached_token(values) == "at-1"
+    token, fetched = asyncio.run(oauth2.access_token(values, None, 5, "/nonexistent/state.json"))
+    assert (token, fetched) == ("at-1", False)
+    values["cache"]["life"] = oauth2.MARGIN_S
+    assert oauth2.cached_token(values) is None
+    values["cache"]["life"] = 3600
+    values["cache"]["ticks"] = clock.ticks_ms() - (3600 - oauth2.MARGIN_S + 1) * 1000
+    assert oauth2.cached_token(values) is None
+    values["cache"]["ticks"] = clock.ticks_ms()
+    oauth2.forget(values)
+    assert oauth2.cached_token(values) is None
+
+
+def test_saved_refresh_token_until_config_changes():
+    directory = fresh_directory()
+    path = directory + "/oauth2_token.json"
+    try:
+        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
+        oauth2._save_refresh_token(REFRESH, "rt-2", path)
+        with open(path) as file:
+            text = file.read()
+        assert "rt-2" in text
+        # Only a digest of the configured token is stored, never the token itself.
+        assert REFRESH not in text
+        assert oauth2._load_refresh_token(REFRESH, path) == "rt-2"
+        # The user authorized again and put a new token in config.json.
+        assert oauth2._load_refresh_token("rt-new", path) == "rt-new"
+        with open(path, "w") as file:
+            file.write("{broken")
+        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
+        assert listdir(directory) == ["oauth2_token.json"]
+    finally:
+        remove_tree(directory)
+
+
+# -- smtp.oauth2 in config.json ------------------------------------------------------------
+
+
+def base_config(**oauth2_settings):
+    config = {
+        "device": "board-1",
+        "wifi": {"ssid": "home"},
+        "smtp": {
+            "host": "smtp.office365.com",
+            "user": "alerts@example.com",
+            "from": "alerts@example.com",
+            "to": ["you@example.com"],
+            "oauth2": {
+                "token_url": "https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
+                "client_id": "client-1",
+                "refresh_token": "refresh-secret",
+                "scope": "https://outlook.office.com/SMTP.Send offline_access",
+            },
+        },
+        "ntp": {"host": "pool.ntp.org"},
+        "sensors": [{"name": "board", "type": "mcu_temperature"}],
+    }
+    config["smtp"]["oauth2"].update(oauth2_settings)
+    return config
+
+
+def config_error(config):
+    error = raises(ConfigError, validate, config)
+    assert "refresh-secret" not in str(error)
+    assert "secret-2" not in str(error)
+    return error
+
+
+def test_oauth2_config_defaults():
+    config = validate(base_config())
+    oauth2_settings = config["smtp"]["oauth2"]
+    assert oauth2_settings["client_secret"] is None
+    assert config["smtp"]["password"] is None
+    assert config["smtp"]["oauth2_token"] is None
+    config = validate(base_config(token_url="https://oauth2.googleapis.com/token", client_secret="secret-2"))
+    assert config["smtp"]["oauth2"]["client_secret"] == "secret-2"
+    from alerts.config import describe
+
+    text = describe(config)
+    assert "oauth2.googleapis.com" in text
+    assert "secret-2" not in text
+    assert "refresh-secret" not in text
+
+
+def test_oauth2_config_errors_name_key():
+    cases = [
+        ("token_url", "http://login.example.com/token", "smtp.oauth2.token_url is invalid: expected an https URL"),
+        ("token_url", "https://login.example.com:99999/token", "smtp.oauth2.token_url is invalid"),
+        ("token_url", "https:///token", "smtp.oauth2.token_url is invalid"),
+        ("client_id", "id with space", "smtp.oauth2.client_id is invalid: expected a string without spaces"),
+        ("client_id", 12, "smtp.oauth2.client_id is invalid"),
+        ("refresh_token", "line\nbreak", "smtp.oauth2.refresh_token is invalid"),
+        ("refresh_token", "with space", "smtp.oauth2.refresh_token is invalid"),
+        ("client_secret", "nul\x00", "smtp.oauth2.client_secret is invalid"),
+        ("scope", " leading", "smtp.oauth2.scope is invalid: expected scopes separated by single spaces"),
+        ("scope", "a\r\nb", "smtp.oauth2.scope is invalid"),
+        ("extra", "x", "unknown key smtp.oauth2.extra"),
+    ]
+    for key, value, expected in cases:
+        error = config_error(base_config(**{key: value}))
+        assert expected in str(error), (key, str(error))
+        assert error.key.startswith("smtp.oauth2."), error.key
+    for key in ("token_url", "client_id", "refresh_token"):
+        config = base_config()
+        del config["smtp"]["oauth2"][key]
+        error = config_error(config)
+        assert "smtp.oauth2.%s is missing" % key in str(error), str(error)
+
+
+def test_oauth2_secrets_not_shown():
+    for key in ("refresh_token", "client_secret"):
+        error = config_error(base_config(**{key: "secret-2 with space"}))
+        assert "not shown because it is secret" in str(error), str(error)
+    config = base_config()
+    config["smtp"]["oauth2"] = "refresh-secret"
+    error = config_error(config)
+    assert "smtp.oauth2 is invalid: expected an object" in str(error)
+
+
+def test_oauth2_with_password_rejected():
+    for key in ("password", "oauth2_token"):
+        config = base_config()
+        config["smtp"][key] = "secret-2"
+        error = config_error(config)
+        assert "smtp.oauth2 and smtp.%s are both set" % key in str(error), str(error)
+    config = base_config()
+    del config["smtp"]["user"]
+    assert "smtp.user is missing" in str(config_error(config))
