@@ -7,6 +7,11 @@ message) sets that entry aside with the reply, and the session goes on. A perman
 error of the whole session (rejected credentials, failed certificate check) keeps
 every entry queued and retries after the maximum delay, because the entries are fine
 and only the configuration or the server must change.
+
+With smtp.oauth2 in config.json, each session first gets an access token from
+alerts.oauth2 (cached between rounds) and sends it with XOAUTH2. A failed token
+request keeps the entries like a failed session. When the server rejects a cached
+token, it is dropped and the session runs once more with a new one.
 """
 
 import gc
@@ -15,6 +20,8 @@ from . import clock, log
 from .outbox import backoff, random_fraction
 
 _MESSAGE_STAGES = ("mail", "rcpt", "data", "message")
+# Returned by _session_failed() when the session should run again with a new access token.
+_RENEW = object()
 
 
 def load_ca_roots(config):
@@ -79,6 +86,12 @@ class Sender:
         self.failures = 0
         self.delivered = 0
         self.last_error = None
+        # smtp.oauth2 (with alerts.oauth2's cache in it), or None for a password or a fixed token.
+        self._oauth2 = config["smtp"].get("oauth2")
+        self._token = None
+        # True when this session's token came from the cache, False when it was just requested.
+        self._token_cached = False
+        self._renewed = False
 
     def _options(self):
         smtp = self.config["smtp"]
@@ -87,7 +100,7 @@ class Sender:
             "security": smtp["security"],
             "username": smtp["user"],
             "password": smtp["password"],
-            "oauth2_token": smtp["oauth2_token"],
+            "oauth2_token": self._token or smtp["oauth2_token"],
             "server_hostname": smtp["server_name"],
             "local_hostname": self.config["device"],
             "timeout_ms": int(smtp["timeout_s"] * 1000),
@@ -106,14 +119,44 @@ class Sender:
 
     async def run_session(self):
         """Send every pending entry that is due; return seconds until the next session (None: empty)."""
-        from microsmtp.client import SMTP
-        from microsmtp.errors import SMTPError
-
         now = clock.now()
         wait = self.outbox.due(now)
         if wait is None or wait > 0:
             return wait
         names = self.outbox.pending()
+        self._renewed = False
+        while True:
+            delay = await self._session(names)
+            if delay is not _RENEW:
+                return delay
+
+    async def _get_token(self):
+        """Set self._token from alerts.oauth2, which is unloaded again before the SMTP session."""
+        from . import oauth2
+
+        try:
+            self._token, fetched = await oauth2.access_token(
+                self._oauth2, self.ca_roots, self.config["smtp"]["timeout_s"]
+            )
+        finally:
+            oauth2 = None
+            from .app import unload
+
+            unload(("alerts.oauth2",))
+        self._token_cached = not fetched
+
+    async def _session(self, names):
+        from microsmtp.client import SMTP
+        from microsmtp.errors import SMTPError
+
+        if self._oauth2 is not None:
+            try:
+                await self._get_token()
+            except SMTPError as exc:
+                # A TokenError from alerts.oauth2, with stage "token".
+                return self._session_failed(names[0], exc)
+            except MemoryError:
+                return self._out_of_memory(names[0])
         # mbedTLS needs large contiguous blocks (about 21 KB on rp2); collect before asking.
         gc.collect()
         smtp = SMTP(self.config["smtp"]["host"], **self._options())
@@ -195,6 +238,16 @@ class Sender:
         return self.outbox.due(clock.now())
 
     def _session_failed(self, name, exc):
+        if self._oauth2 is not None and exc.stage == "auth" and exc.code is not None:
+            # The server rejected the access token, so the next attempt must request a
+            # new one. alerts.oauth2 (unloaded by now) keeps it in cache["token"].
+            cache = self._oauth2.get("cache")
+            if cache:
+                cache["token"] = None
+            if self._token_cached and not self._renewed:
+                self._renewed = True
+                log.info("the server rejected the cached OAuth2 access token (%s); requesting a new one" % exc.code)
+                return _RENEW
         permanent = not exc.transient
         delay = self._retry_delay(permanent)
         self.last_error = str(exc)
