@@ -6,15 +6,17 @@ local HTTPS endpoint in tests/token_server.py, and the mail goes to a local aios
 server that accepts only the access token the test names.
 """
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import threading
+from urllib.parse import quote
 
 import pytest
 import token_server
-from token_server import drop, error, huge, raw, stall, status, tokens
+from token_server import drop, echo, error, huge, raw, stall, status, tokens
 
 import unix_port
 
@@ -383,7 +385,7 @@ def test_untrusted_endpoint_certificate(boards, smtp_server, token_endpoint, cer
     assert result["delay"] == RETRY_MAX
     error_text = result["last_error"]
     assert "TLS certificate verification failed for the token endpoint localhost" in error_text, error_text
-    assert "the CA root of localhost must be in ca_roots" in error_text
+    assert "check that ca_roots (smtp.ca_file or ca_roots.py) contain its CA root" in error_text
     assert endpoint.requests == []
     assert server.connections == []
 
@@ -432,3 +434,59 @@ def test_rotated_refresh_token_survives_restart(boards, smtp_server, token_endpo
     assert endpoint.problems == []
     board.close()
     assert_no_secret_in(board.text(), "rt-2.rotated", "rt-new", "at-3")
+
+
+def test_hostile_replies_keep_alert_and_secrets(boards, smtp_server, token_endpoint):
+    endpoint = token_endpoint(
+        client_secret=CLIENT_SECRET,
+        replies=[
+            # A negative chunk size made the parser go back and read the same lines forever.
+            raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n-6\r\n"),
+            # Deeper than CPython's recursion limit: RecursionError ended the round.
+            raw(token_server.http_reply(200, b"[" * 3000 + b"]" * 3000)),
+            # An endpoint that repeats the request, secrets included, in its error text.
+            echo(400),
+            tokens("at-after"),
+        ],
+    )
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-after"})
+    board = boards(board_config(server, endpoint, client_secret=CLIENT_SECRET))
+    name = board.put()
+
+    expected = [
+        ("the token endpoint localhost sent a malformed HTTP reply (bad chunk size)", True),
+        ("JSON", True),
+        ("the token endpoint localhost rejected the request (HTTP 400 invalid_request: cannot parse", False),
+    ]
+    for attempt, (text, transient) in enumerate(expected, 1):
+        result = board.round(timeout_s=2)
+        assert result["pending"] == [name], board.text()
+        assert result["attempts"] == [attempt]
+        assert text in result["last_error"], result["last_error"]
+        assert (result["delay"] < RETRY_MAX) == transient, result
+    assert "[hidden]" in result["last_error"]
+
+    result = board.round()
+    assert result["delivered"] == 1, board.text()
+    assert endpoint.problems == []
+    board.close()
+    encoded = quote(REFRESH, safe="")
+    assert_no_secret_in(board.text() + json.dumps(result), encoded, "at-after")
+
+
+def test_token_url_with_address_and_query(boards, smtp_server, token_endpoint):
+    # An IP address as the host and a query in the path, with the transcript on.
+    endpoint = token_endpoint(url_host="127.0.0.1", query="tenant=a%20b&x=1", replies=[tokens("at-ip")])
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-ip"})
+    config = board_config(server, endpoint)
+    config["smtp"]["transcript"] = True
+    board = boards(config)
+    board.put()
+    result = board.round()
+    assert result["delivered"] == 1, board.text()
+    assert endpoint.problems == []
+    assert len(endpoint.requests) == 1
+    board.close()
+    assert "--> AUTH XOAUTH2 <redacted>" in board.text(), board.text()
+    sasl = base64.b64encode(b"user=alice\x01auth=Bearer at-ip\x01\x01").decode()
+    assert_no_secret_in(board.text(), "at-ip", sasl[:20])

@@ -18,6 +18,11 @@ gets the next scripted reply from ``replies``:
 * ``drop()``: close the connection without a reply.
 * ``stall()``: say nothing until the client leaves.
 * ``huge(size)``: a 200 reply whose body is ``size`` bytes long.
+* ``echo(status)``: a JSON error reply whose error_description repeats the request body,
+  secrets included.
+
+``url_host`` (default "localhost") and ``query`` (default none) shape ``url``; the
+request line and the Host field must match them.
 
 Without a scripted reply left, the server answers 500. Built on raw_server.RawServer.
 """
@@ -68,6 +73,10 @@ def huge(size):
     return Reply("huge", size=size)
 
 
+def echo(status):
+    return Reply("echo", status=status)
+
+
 def http_reply(code, body, content_type="application/json", chunked=False):
     reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 500: "Internal Server Error"}.get(code, "Status")
     head = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nConnection: close\r\n" % (code, reason, content_type)
@@ -84,7 +93,18 @@ def http_reply(code, body, content_type="application/json", chunked=False):
 class TokenServer:
     """The token endpoint of the module docstring; ``url`` is the token_url to configure (host localhost)."""
 
-    def __init__(self, cert, *, client_id, refresh_token, client_secret=None, scope=None, replies=()):
+    def __init__(
+        self,
+        cert,
+        *,
+        client_id,
+        refresh_token,
+        client_secret=None,
+        scope=None,
+        replies=(),
+        url_host="localhost",
+        query="",
+    ):
         self.client_id = client_id
         self.refresh_token = refresh_token
         self.client_secret = client_secret
@@ -97,7 +117,9 @@ class TokenServer:
         cert.configure_cert(self._context)
         self._server = RawServer(self._serve)
         self.port = self._server.port
-        self.url = "https://localhost:%d%s" % (self.port, PATH)
+        self.url_host = url_host
+        self.target = PATH + ("?" + query if query else "")
+        self.url = "https://%s:%d%s" % (url_host, self.port, self.target)
 
     def push(self, *replies):
         with self._lock:
@@ -125,7 +147,7 @@ class TokenServer:
             if reply.kind == "tokens" and reply.values["refresh_token"] is not None:
                 # The old refresh token stops working once a new one is issued.
                 self.refresh_token = reply.values["refresh_token"]
-        self._answer(sock, reply)
+        self._answer(sock, reply, body)
 
     def _check(self, head, body):
         lines = head.decode("latin-1").split("\r\n")
@@ -134,11 +156,11 @@ class TokenServer:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
 
-        if lines[0] != "POST %s HTTP/1.1" % PATH:
+        if lines[0] != "POST %s HTTP/1.1" % self.target:
             return ("invalid_request", "unexpected request line %r" % lines[0]), None
         if headers.get("content-type") != "application/x-www-form-urlencoded":
             return ("invalid_request", "unexpected content type %r" % headers.get("content-type")), None
-        if headers.get("host") != "localhost:%d" % self.port or headers.get("connection") != "close":
+        if headers.get("host") != "%s:%d" % (self.url_host, self.port) or headers.get("connection") != "close":
             return ("invalid_request", "unexpected Host or Connection header"), None
 
         try:
@@ -165,7 +187,7 @@ class TokenServer:
             return ("invalid_grant", "the refresh token is not the current one"), None
         return None, form
 
-    def _answer(self, sock, reply):
+    def _answer(self, sock, reply, request_body):
         values = reply.values
         if reply.kind == "tokens":
             body = {"token_type": "Bearer", "scope": "SMTP.Send", "expires_in": values["expires_in"]}
@@ -177,6 +199,10 @@ class TokenServer:
             body = {"error": values["code"]}
             if values["description"]:
                 body["error_description"] = values["description"]
+            sock.sendall(http_reply(values["status"], json.dumps(body).encode()))
+        elif reply.kind == "echo":
+            text = "cannot parse " + request_body.decode("ascii")
+            body = {"error": "invalid_request", "error_description": text}
             sock.sendall(http_reply(values["status"], json.dumps(body).encode()))
         elif reply.kind == "status":
             sock.sendall(http_reply(values["code"], values["body"], content_type="text/plain"))

@@ -230,15 +230,42 @@ def _validate_oauth2(smtp):
             ok = " " not in value and "\t" not in value
             expected = "a string without spaces"
         if ok and key == "token_url":
-            authority = value[8:].split("/")[0]
-            host, _, port = authority.partition(":")
-            ok = value.startswith("https://") and host != "" and "@" not in authority
-            if ok and port:
-                ok = port.isdigit() and 0 < int(port) < 65536
+            ok = _https_url_ok(value)
             expected = "an https URL such as https://login.microsoftonline.com/consumers/oauth2/v2.0/token"
         if not ok:
             _fail("smtp.oauth2." + key, expected, value)
     return oauth2
+
+
+_HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._"
+
+
+def _https_url_ok(url):
+    """Return True for the URLs that alerts.oauth2.split_url() accepts (keep the two alike).
+
+    A valid URL is https:// with a host name, an IPv4 address or an IPv6 address in brackets,
+    an optional port from 1 to 65535, then a path, a query or a fragment. Every character
+    is printable ASCII other than a space.
+    """
+    if not url.startswith("https://") or [char for char in url if not " " < char <= "~"]:
+        return False
+    authority = url[8:]
+    for mark in "/?#":
+        authority = authority.split(mark)[0]
+    if authority.startswith("["):
+        host, bracket, port = authority[1:].partition("]")
+        allowed = "0123456789ABCDEFabcdef:." if bracket and ":" in host else ""
+        if port and port[0] != ":":
+            return False
+        port = port[1:] if port else "443"
+    else:
+        host, colon, port = authority.partition(":")
+        allowed = _HOST_CHARS
+        if not colon:
+            port = "443"
+    if not host or [char for char in host if char not in allowed]:
+        return False
+    return port.isdigit() and 0 < int(port) < 65536
 
 
 def _validate_ntp(config):
@@ -631,7 +658,7 @@ def describe(config):
     smtp = config["smtp"]
     user = smtp["user"] or "no AUTH"
     if smtp.get("oauth2"):
-        user += " (OAuth2 tokens from %s)" % smtp["oauth2"]["token_url"].split("/")[2]
+        user += " (OAuth2 tokens from %s)" % smtp["oauth2"]["token_url"].split("/")[2].split("?")[0].split("#")[0]
     return "device %s, SMTP %s:%d (%s) as %s, %d sensors, %d rules%s" % (
         config["device"],
         smtp["host"],

@@ -34,6 +34,10 @@ _READ_SIZE = 512
 # new authorization fixes.
 _REAUTHORIZE = ("invalid_grant", "invalid_client", "unauthorized_client")
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+# Characters of a host name or IPv4 address, and of an IPv6 address in a URL.
+_HOST_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._"
+_IPV6_CHARS = "0123456789ABCDEFabcdef:."
+_HEX_DIGITS = "0123456789ABCDEFabcdef"
 
 
 class TokenError(SMTPError):
@@ -89,7 +93,7 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH):
         cache["refresh"] = _load_refresh_token(settings["refresh_token"], state_path)
     started = clock.ticks_ms()
     reply = await request_token(settings, cache["refresh"], ca_roots, timeout_s)
-    token, life, refresh = token_from_reply(reply, host_of(settings["token_url"]))
+    token, life, refresh = token_from_reply(reply, host_of(settings["token_url"]), _secrets(settings, cache["refresh"]))
     reply = None
     cache["token"] = token
     cache["ticks"] = started
@@ -101,8 +105,11 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH):
     return token, True
 
 
-def token_from_reply(reply, host):
-    """Check a parsed 200 reply; return (access token, seconds it may be cached, new refresh token or None)."""
+def token_from_reply(reply, host, hidden=()):
+    """Check a parsed 200 reply; return (access token, seconds it may be cached, new refresh token or None).
+
+    ``hidden`` (the secrets sent) never appear in an error message, even when the reply repeats them.
+    """
     if not isinstance(reply, dict):
         raise TokenError("the token endpoint %s sent JSON that is not an object; retry later" % host, True, 200)
     token = reply.get("access_token")
@@ -114,7 +121,7 @@ def token_from_reply(reply, host):
     if kind is not None and (not isinstance(kind, str) or kind.lower() != "bearer"):
         raise TokenError(
             "the token endpoint %s issued a %s token, but XOAUTH2 needs a Bearer token; check smtp.oauth2.token_url"
-            % (host, _printable(str(kind))),
+            % (host, _printable(str(kind), hidden=hidden)),
             False,
             200,
         )
@@ -149,20 +156,41 @@ def _fingerprint(text):
 
 
 def _load_refresh_token(configured, path):
-    """Return the refresh token saved on flash, unless config.json's token changed since it was saved."""
-    try:
-        with open(path) as file:
-            saved = json.load(file)
-    except (OSError, ValueError):
-        return configured
-    if (
-        isinstance(saved, dict)
-        and saved.get("configured") == _fingerprint(configured)
-        and _is_token(saved.get("refresh_token"))
-    ):
-        return saved["refresh_token"]
-    # config.json contains a newer authorization than the saved token.
+    """Return the refresh token saved on flash, unless config.json's token changed since it was saved.
+
+    A complete path.tmp is newer than path: a reset interrupted the save before or during
+    the rename (on FAT, path is removed first). A partial one is not valid JSON.
+    """
+    fingerprint = _fingerprint(configured)
+    for name in (path + ".tmp", path):
+        saved = _read_state(name)
+        if isinstance(saved, dict) and saved.get("configured") == fingerprint and _is_token(saved.get("refresh_token")):
+            return saved["refresh_token"]
+    # No saved token, or config.json contains a newer authorization than the saved one.
     return configured
+
+
+def _read_state(path):
+    """Return the parsed JSON in path, or None when it is missing, damaged or larger than any token file."""
+    try:
+        with open(path, "rb") as file:
+            return _parse_json(file.read(MAX_REPLY))
+    except OSError:
+        return None
+
+
+def _parse_json(data):
+    """Return the parsed JSON in the bytes data, or None when it is not JSON.
+
+    Any failure but MemoryError counts: deep nesting raises RecursionError on CPython and
+    RuntimeError on MicroPython, and bytes that are not UTF-8 raise UnicodeError.
+    """
+    try:
+        return json.loads(data.decode())
+    except MemoryError:
+        raise
+    except Exception:
+        return None
 
 
 def _save_refresh_token(configured, refresh, path):
@@ -183,24 +211,39 @@ def _save_refresh_token(configured, refresh, path):
 
 
 def split_url(url):
-    """Return (host, port, path) of an https URL; raise TokenError for anything else."""
-    if not isinstance(url, str) or not url.startswith("https://"):
-        raise TokenError("smtp.oauth2.token_url must start with https://", False)
-    rest = url[8:]
-    slash = rest.find("/")
-    if slash < 0:
-        authority, path = rest, "/"
+    """Return (host, port, path) of an https URL; raise TokenError for anything else.
+
+    The host is a name or an IPv4 address, or an IPv6 address in brackets (returned
+    without them). The path keeps its query; a fragment is dropped. alerts.config
+    accepts the same URLs (its own copy, because host tools load it alone).
+    """
+    if not _is_token(url) or not url.startswith("https://"):
+        raise TokenError("smtp.oauth2.token_url must be an https URL without spaces", False)
+    rest = url[8:].split("#")[0]
+    end = len(rest)
+    for mark in "/?":
+        index = rest.find(mark)
+        if 0 <= index < end:
+            end = index
+    authority, path = rest[:end], rest[end:]
+    if not path.startswith("/"):
+        path = "/" + path
+    if authority.startswith("["):
+        host, bracket, port_text = authority[1:].partition("]")
+        allowed = _IPV6_CHARS if bracket and ":" in host else ""
+        if port_text:
+            if port_text[0] != ":":
+                host = ""
+            port_text = port_text[1:]
+        else:
+            port_text = "443"
     else:
-        authority, path = rest[:slash], rest[slash:]
-    host, port = authority, 443
-    colon = authority.rfind(":")
-    if colon >= 0 and "]" not in authority[colon:]:
-        host = authority[:colon]
-        digits = authority[colon + 1 :]
-        port = int(digits) if digits.isdigit() else 0
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or "@" in host or not 0 < port < 65536 or " " in url:
+        host, colon, port_text = authority.partition(":")
+        allowed = _HOST_CHARS
+        if not colon:
+            port_text = "443"
+    port = int(port_text) if port_text.isdigit() else 0
+    if not host or [char for char in host if char not in allowed] or not 0 < port < 65536:
         raise TokenError("smtp.oauth2.token_url is not a valid https URL", False)
     return host, port, path
 
@@ -231,6 +274,9 @@ def form_body(settings, refresh_token):
 
 def build_request(host, port, path, body):
     """Return the bytes of the POST request carrying body."""
+    if ":" in host:
+        # An IPv6 address keeps its brackets in the Host field.
+        host = "[%s]" % host
     if port != 443:
         host = "%s:%d" % (host, port)
     head = (
@@ -246,9 +292,15 @@ async def request_token(settings, refresh_token, ca_roots, timeout_s):
     request = build_request(host, port, path, form_body(settings, refresh_token))
     raw = await exchange(host, port, request, ca_roots, timeout_s)
     request = None
-    status, body = parse_response(raw, host)
+    hidden = _secrets(settings, refresh_token)
+    status, body = parse_response(raw, host, hidden)
     raw = None
-    return reply_json(status, body, host)
+    return reply_json(status, body, host, hidden)
+
+
+def _secrets(settings, refresh_token):
+    """Return the secrets a request sends, for _printable() to hide in text that a reply chose."""
+    return [value for value in (refresh_token, settings.get("client_secret")) if value]
 
 
 async def exchange(host, port, request, ca_roots, timeout_s):
@@ -314,8 +366,9 @@ async def exchange(host, port, request, ca_roots, timeout_s):
                 "the token endpoint %s sent a malformed reply (%s); retry later" % (host, _detail(exc)), True
             ) from None
         raise TokenError(
-            "TLS certificate verification failed for the token endpoint %s (%s); the CA root of %s must be in"
-            " ca_roots (smtp.ca_file or ca_roots.py)" % (host, _detail(exc), host),
+            "TLS certificate verification failed for the token endpoint %s (%s); check that ca_roots"
+            " (smtp.ca_file or ca_roots.py) contain its CA root and that token_url names the host in its"
+            " certificate" % (host, _detail(exc)),
             False,
         ) from None
     except OSError as exc:
@@ -326,7 +379,7 @@ async def exchange(host, port, request, ca_roots, timeout_s):
         ) from None
     finally:
         if writer is not None:
-            await _close(writer)
+            await _close(writer, deadline)
         writer = reader = None
         gc.collect()
 
@@ -339,8 +392,11 @@ class _Deadline:
         self.start = clock.ticks_ms()
         self.host = host
 
+    def left_ms(self):
+        return self.total_ms - clock.ticks_diff(clock.ticks_ms(), self.start)
+
     async def limit(self, awaitable, step):
-        left = self.total_ms - clock.ticks_diff(clock.ticks_ms(), self.start)
+        left = self.left_ms()
         if left <= 0:
             if hasattr(awaitable, "close"):
                 awaitable.close()
@@ -358,23 +414,38 @@ class _Deadline:
         )
 
 
-async def _close(writer):
-    """Close the connection without waiting long for the peer (CPython may wait for its TLS close)."""
+async def _close(writer, deadline):
+    """Close the connection, and abort it when the peer's close takes 2 s or outlasts the deadline.
+
+    CPython waits for the peer's TLS close. After a timeout nothing is left of the budget,
+    so the connection is aborted at once.
+    """
     try:
         writer.close()
-        await asyncio.wait_for(writer.wait_closed(), 2)
+        left = min(deadline.left_ms(), 2000)
+        if left > 0:
+            await asyncio.wait_for(writer.wait_closed(), left / 1000)
+            return
     except Exception:
-        transport = getattr(writer, "transport", None)
-        if transport is not None:
-            transport.abort()
+        pass
+    transport = getattr(writer, "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def _detail(exc):
     return "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
 
 
-def _printable(text, limit=120):
-    """Return text with only printable ASCII, cut to limit characters, for a log line."""
+def _printable(text, limit=120, hidden=()):
+    """Return text with only printable ASCII, cut to limit characters, for a log line.
+
+    Each secret in hidden, as sent or form-encoded, is replaced first, so that no part of it
+    remains even when a reply repeats it.
+    """
+    for secret in hidden:
+        for form in (secret, quote(secret)):
+            text = text.replace(form, "[hidden]")
     out = "".join([char if " " <= char <= "~" else "?" for char in text[:limit]])
     return out + ("..." if len(text) > limit else "")
 
@@ -435,12 +506,11 @@ def dechunk(body):
         if end < 0:
             return None
         size_text = _decode(body[index:end]).split(";")[0].strip()
-        if not size_text or len(size_text) > 8:
+        # Hex digits only: int() would also take a sign, "0x" or "_", and a negative
+        # size would move back in the body and parse the same lines forever.
+        if not size_text or len(size_text) > 8 or [char for char in size_text if char not in _HEX_DIGITS]:
             raise ValueError("bad chunk size")
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ValueError("bad chunk size") from None
+        size = int(size_text, 16)
         index = end + 2
         if size == 0:
             # Trailer fields (ignored) end with an empty line.
@@ -459,8 +529,11 @@ def dechunk(body):
         index += size + 2
 
 
-def parse_response(data, host):
-    """Return (status, body bytes) of a complete raw HTTP reply; raise TokenError when malformed."""
+def parse_response(data, host, hidden=()):
+    """Return (status, body bytes) of a complete raw HTTP reply; raise TokenError when malformed.
+
+    ``hidden`` (the secrets sent) never appear in an error message, even when the reply repeats them.
+    """
     try:
         head = _split_head(data)
         if head is None:
@@ -468,12 +541,12 @@ def parse_response(data, host):
         status_line, headers, body = head
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
-            raise ValueError("bad status line %s" % _printable(status_line, 40))
+            raise ValueError("bad status line %s" % _printable(status_line, 40, hidden))
         status = int(parts[1])
         coding = headers.get("transfer-encoding")
         if coding is not None:
             if coding.lower() != "chunked":
-                raise ValueError("unsupported transfer coding %s" % _printable(coding, 40))
+                raise ValueError("unsupported transfer coding %s" % _printable(coding, 40, hidden))
             body = dechunk(body)
             if body is None:
                 raise ValueError("the chunked body ends early")
@@ -492,12 +565,12 @@ def parse_response(data, host):
     return status, body
 
 
-def reply_json(status, body, host):
-    """Return the JSON object of a 200 reply; raise TokenError for any other status or a body that is not JSON."""
-    try:
-        reply = json.loads(body.decode())
-    except (ValueError, UnicodeError):
-        reply = None
+def reply_json(status, body, host, hidden=()):
+    """Return the JSON object of a 200 reply; raise TokenError for any other status or a body that is not JSON.
+
+    ``hidden`` (the secrets sent) never appear in an error message, even when the reply repeats them.
+    """
+    reply = _parse_json(body)
     if 200 <= status < 300:
         if reply is None:
             raise TokenError("the token endpoint %s sent a reply that is not JSON; retry later" % host, True, status)
@@ -506,9 +579,9 @@ def reply_json(status, body, host):
     description = reply.get("error_description") if isinstance(reply, dict) else None
     detail = "HTTP %d" % status
     if isinstance(error, str):
-        detail += " " + _printable(error, 40)
+        detail += " " + _printable(error, 40, hidden)
     if isinstance(description, str) and description:
-        detail += ": " + _printable(description.split("\n")[0].strip())
+        detail += ": " + _printable(description.split("\n")[0].strip(), hidden=hidden)
     if status >= 500 or status in (408, 429):
         raise TokenError("the token endpoint %s is unavailable (%s); retry later" % (host, detail), True, status)
     if status in (400, 401) and error in _REAUTHORIZE:

@@ -6,6 +6,7 @@ The smtp.oauth2 checks of config.json are here too.
 
 import json
 import os
+import sys
 
 try:
     import asyncio
@@ -345,3 +346,186 @@ def test_oauth2_with_password_rejected():
     config = base_config()
     del config["smtp"]["user"]
     assert "smtp.user is missing" in str(config_error(config))
+
+
+# -- hostile replies, damaged state, token_url forms ---------------------------------------
+
+
+def test_chunk_size_hex_digits_only():
+    # A negative size once moved back in the body, so the same lines were parsed forever.
+    for body in (b"1\r\nA\r\n-6\r\n", b"-2\r\n0\r\n\r\n", b"+2\r\nab\r\n0\r\n\r\n", b"0x2\r\nab\r\n0\r\n\r\n"):
+        raises(ValueError, oauth2.dechunk, body)
+        raw = http("HTTP/1.1 200 OK", [("Transfer-Encoding", "chunked")], body)
+        # The reply counts as complete, so reading stops, and as malformed.
+        assert oauth2.reply_complete(raw), body
+        error = raises(TokenError, oauth2.parse_response, raw, HOST)
+        assert error.transient
+        assert "bad chunk size" in str(error), str(error)
+    assert oauth2.dechunk(b"A\r\n0123456789\r\n0\r\n\r\n") == b"0123456789"
+
+
+def _token_from_body(status, body):
+    """Return the TokenError of a reply, or None when MicroPython ran out of memory parsing it."""
+    try:
+        oauth2.token_from_reply(oauth2.reply_json(status, body, HOST), HOST)
+    except TokenError as exc:
+        return exc
+    except MemoryError:
+        # The sender keeps the alerts after a MemoryError, like after a transient failure.
+        assert sys.implementation.name == "micropython"
+        return None
+    raise AssertionError("expected TokenError for HTTP %d" % status)
+
+
+def test_deeply_nested_json_is_not_json():
+    # The deepest nesting a reply within MAX_REPLY can hold. CPython raised RecursionError,
+    # which ended the delivery round and reset the board.
+    depth = oauth2.MAX_REPLY // 2
+    body = b"[" * depth + b"]" * depth
+    error = _token_from_body(200, body)
+    if error is not None:
+        assert error.transient
+        assert "JSON" in str(error), str(error)
+    error = _token_from_body(400, body)
+    if error is not None:
+        assert error.status == 400
+        assert not error.transient
+    # A state file nested deeper than CPython's recursion limit (MicroPython parses it).
+    directory = fresh_directory()
+    path = directory + "/oauth2_token.json"
+    try:
+        with open(path, "wb") as file:
+            file.write(b"[" * 3000 + b"]" * 3000)
+        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
+    finally:
+        remove_tree(directory)
+
+
+def test_secrets_repeated_by_reply_hidden():
+    hidden = [REFRESH, SECRET]
+    sent = oauth2.form_body(settings(client_secret=SECRET), REFRESH).decode()
+    # The secrets as sent (form-encoded), as plain text, and cut at the 120-character limit.
+    descriptions = ["cannot parse " + sent, "token %s secret %s" % (REFRESH, SECRET), "x" * 110 + SECRET]
+    for description in descriptions:
+        body = json.dumps({"error": "invalid_request " + SECRET, "error_description": description}).encode()
+        text = str(raises(TokenError, oauth2.reply_json, 400, body, HOST, hidden))
+        assert "[hidden]" in text, text
+        for secret in (REFRESH, oauth2.quote(REFRESH), SECRET, SECRET[:8], "rt-config%2F"):
+            assert secret not in text, (secret, text)
+    text = str(raises(TokenError, oauth2.parse_response, b"HTTP/1.1 " + SECRET.encode() + b"\r\n\r\n", HOST, hidden))
+    assert SECRET not in text
+    reply = {"access_token": "at-1", "token_type": REFRESH}
+    assert REFRESH not in str(raises(TokenError, oauth2.token_from_reply, reply, HOST, hidden))
+
+
+def test_damaged_state_files_ignored():
+    directory = fresh_directory()
+    path = directory + "/oauth2_token.json"
+    fingerprint = oauth2._fingerprint(REFRESH)
+    large = json.dumps({"refresh_token": "rt-saved", "configured": fingerprint, "pad": "x" * oauth2.MAX_REPLY})
+    cases = [
+        b"",
+        b"\xff\xfe{",
+        b"[1, 2]",
+        json.dumps({"refresh_token": 5, "configured": fingerprint}).encode(),
+        json.dumps({"refresh_token": "a b", "configured": fingerprint}).encode(),
+        # Larger than any token file: not read whole.
+        large.encode(),
+    ]
+    try:
+        for data in cases:
+            with open(path, "wb") as file:
+                file.write(data)
+            assert oauth2._load_refresh_token(REFRESH, path) == REFRESH, data[:40]
+    finally:
+        remove_tree(directory)
+
+
+def test_interrupted_save_keeps_newest_refresh_token():
+    directory = fresh_directory()
+    path = directory + "/oauth2_token.json"
+    try:
+        oauth2._save_refresh_token(REFRESH, "rt-2", path)
+        # A reset after the .tmp copy was written, before the rename (on FAT after the
+        # old file was removed): the .tmp copy contains the newest token.
+        os.rename(path, path + ".tmp")
+        assert oauth2._load_refresh_token(REFRESH, path) == "rt-2"
+        oauth2._save_refresh_token(REFRESH, "rt-1", path)
+        os.rename(path, path + ".keep")
+        oauth2._save_refresh_token(REFRESH, "rt-3", path)
+        os.rename(path, path + ".tmp")
+        os.rename(path + ".keep", path)
+        assert oauth2._load_refresh_token(REFRESH, path) == "rt-3"
+        # A reset while the .tmp copy was written: it is partial, the older file counts.
+        with open(path + ".tmp", "w") as file:
+            file.write('{"refresh_token": "rt-4", "config')
+        assert oauth2._load_refresh_token(REFRESH, path) == "rt-1"
+        # The next save completes normally.
+        oauth2._save_refresh_token(REFRESH, "rt-5", path)
+        assert oauth2._load_refresh_token(REFRESH, path) == "rt-5"
+        assert listdir(directory) == ["oauth2_token.json"]
+    finally:
+        remove_tree(directory)
+
+
+class _SlowWriter:
+    """A connection whose peer never confirms the close."""
+
+    def __init__(self):
+        self.closed = False
+        self.aborted = False
+        self.transport = self
+
+    def close(self):
+        self.closed = True
+
+    async def wait_closed(self):
+        await asyncio.sleep(3600)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_close_after_deadline_aborts():
+    # After a timeout nothing is left of the budget: the connection is aborted, not
+    # waited for (CPython waited up to 2 s more for the peer's TLS close).
+    writer = _SlowWriter()
+    deadline = oauth2._Deadline(0, HOST)
+    asyncio.run(oauth2._close(writer, deadline))
+    assert writer.closed
+    assert writer.aborted
+
+
+# (URL, (host, port, path)) or (URL, None) for a URL that config.json and the request reject.
+TOKEN_URLS = [
+    ("https://login.example.com/t?tenant=a%20b", ("login.example.com", 443, "/t?tenant=a%20b")),
+    ("https://login.example.com?tenant=a", ("login.example.com", 443, "/?tenant=a")),
+    ("https://login.example.com/t#part", ("login.example.com", 443, "/t")),
+    ("https://login.example.com#part", ("login.example.com", 443, "/")),
+    ("https://127.0.0.1:8443/token", ("127.0.0.1", 8443, "/token")),
+    ("https://[::1]:8443/token", ("::1", 8443, "/token")),
+    ("https://[2001:db8::5]/token", ("2001:db8::5", 443, "/token")),
+    ("https://login.example.com:/token", None),
+    ("https://[::1/token", None),
+    ("https://[::1]8443/token", None),
+    ("https://[example.com]/token", None),
+    ("https://a:b:443/token", None),
+    ("https://login.example.com\x01/token", None),
+    ("https://login.example.com/t\x7f", None),
+    ("https://l\u00f6gin.example.com/token", None),
+    ("https://login.example.com\\@evil/token", None),
+    ("https://user@login.example.com/token", None),
+]
+
+
+def test_token_url_forms_match_config():
+    for url, expected in TOKEN_URLS:
+        if expected is None:
+            assert not raises(TokenError, oauth2.split_url, url).transient, url
+            assert "token_url is invalid" in str(config_error(base_config(token_url=url))), url
+        else:
+            assert oauth2.split_url(url) == expected, url
+            validate(base_config(token_url=url))
+    request = oauth2.build_request("::1", 8443, "/t", b"")
+    assert b"\r\nHost: [::1]:8443\r\n" in request
+    assert b"\r\nHost: [::1]\r\n" in oauth2.build_request("::1", 443, "/t", b"")
