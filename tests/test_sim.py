@@ -105,6 +105,28 @@ def test_wifi_down_at_boot_feeds_watchdog(micropython, tmp_path):
     assert "0 board restart(s), 0 watchdog reset(s)" in process.stdout, output
 
 
+def test_sensor_read_during_boot_network_step(micropython, tmp_path):
+    # WiFi is down for the first 900 s, and the boot network step gives up after two
+    # attempts 2 real s (600 simulated s) apart. The sensor is above 30 from 200 s to 400 s,
+    # inside that step, so only sensors that already run then can see it.
+    scenario = tmp_path / "spike_at_boot.json"
+    scenario.write_text(
+        '{"speed": 300, "duration_s": 1500, "wifi_down": [[0, 900]], "wifi": {"retries": 2},'
+        ' "sensors": [{"name": "t", "type": "simulated", "unit": "C", "interval_s": 30,'
+        ' "values": [[0, 20], [200, 40], [400, 20]]}],'
+        ' "rules": [{"name": "hot", "sensor": "t", "above": 30}],'
+        ' "expect": [{"kind": "alert", "subject": "ALERT hot"}, {"kind": "normal", "subject": "back to normal hot"}]}'
+    )
+    process = run_sim(tmp_path, "--scenario", str(scenario))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "WiFi sim-network did not connect after 2 attempts" in process.stdout, output
+    lines = board_lines(process)
+    gave_up = next(index for index, line in enumerate(lines) if "did not connect after 2 attempts" in line)
+    queued = next(index for index, line in enumerate(lines) if "INFO queued alert hot" in line)
+    assert queued < gave_up, output
+
+
 def test_real_server_path_with_local_server(micropython, tmp_path, smtp_server, certs):
     # A local aiosmtpd with its own CA acts as the "real" server: the sim starts none.
     server = smtp_server("starttls")

@@ -269,15 +269,14 @@ class App:
         # watchdog timeout, and a board not fed meanwhile would be reset again and again
         # without ever reading a sensor.
         self.start(self.watchdog.run())
-        if not clock.is_set():
-            self.watchdog.alive("sender", _SENDER_SLACK_S)
-            # NOTE: the sensors start after this step, so a condition that ends during it
-            # goes unseen. Starting them first fragments the heap that the first SMTP
-            # session needs (the default scenario then no longer fits in `sim --heap 164K`).
-            await self.run_delivery("network")
+        # The sensors start before the boot network step, so a condition that begins and
+        # ends while WiFi and NTP are still coming up is queued too, dated once NTP replies.
         for spec in self.config["sensors"]:
             self.start(self.sensor_task(spec))
         self.start(self.tick_task())
+        if not clock.is_set():
+            self.watchdog.alive("sender", _SENDER_SLACK_S)
+            await self.run_delivery("network")
         self.start(self.led.run())
         if self.can_send:
             await self.sender_task()
