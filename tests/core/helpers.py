@@ -51,3 +51,17 @@ def remove_tree(path):
         except OSError:
             remove_tree(child)
     os.rmdir(path)
+
+
+_created = [0]
+
+
+def fresh_directory(prefix):
+    """Return a new empty directory /tmp/PREFIX-PID-N (both runtimes have /tmp on the test hosts)."""
+    _created[0] += 1
+    path = "/tmp/%s-%d-%d" % (prefix, os.getpid() if hasattr(os, "getpid") else 0, _created[0])
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    return path

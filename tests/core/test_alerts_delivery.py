@@ -1,6 +1,5 @@
 """Delivery rounds (alerts.delivery) and loading the CA roots (alerts.sender.load_ca_roots)."""
 
-import os
 import sys
 
 try:
@@ -12,20 +11,7 @@ from alerts import clock
 from alerts.outbox import Outbox
 from alerts.sender import SenderConfigError, load_ca_roots
 
-from helpers import raises, remove_tree
-
-_counter = [0]
-
-
-def fresh_directory():
-    """Return a new empty directory under /tmp (both runtimes have it on the test hosts)."""
-    _counter[0] += 1
-    path = "/tmp/alerts-delivery-test-%d-%d" % (os.getpid() if hasattr(os, "getpid") else 0, _counter[0])
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
-    return path
+from helpers import fresh_directory, raises, remove_tree
 
 
 class RoundApp:
@@ -49,7 +35,7 @@ def alert_record():
 def test_round_with_nothing_due_skips_network():
     from alerts.delivery import deliver
 
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-delivery-test")
     try:
         outbox = Outbox(directory)
         outbox.recover()
@@ -65,7 +51,7 @@ def test_round_with_nothing_due_skips_network():
 def test_round_with_empty_outbox_returns_none():
     from alerts.delivery import deliver
 
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-delivery-test")
     try:
         outbox = Outbox(directory)
         outbox.recover()
@@ -75,7 +61,7 @@ def test_round_with_empty_outbox_returns_none():
 
 
 def load_broken_ca_module(text):
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-delivery-test")
     with open(directory + "/ca_roots.py", "w") as file:
         file.write(text)
     sys.path.insert(0, directory)
@@ -101,7 +87,7 @@ def test_ca_module_without_roots_is_config_error():
 
 
 def test_ca_file_with_invalid_base64_is_config_error():
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-delivery-test")
     path = directory + "/ca.pem"
     with open(path, "w") as file:
         file.write("-----BEGIN CERTIFICATE-----\nabcde\n-----END CERTIFICATE-----\n")
@@ -154,7 +140,7 @@ def run_out_of_memory(where):
     async def closed(self):
         return None
 
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-delivery-test")
     outbox = Outbox(directory)
     outbox.recover()
     name = outbox.put(alert_record(), clock.now())

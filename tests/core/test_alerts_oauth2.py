@@ -17,23 +17,11 @@ from alerts import clock, oauth2
 from alerts.config import ConfigError, validate
 from alerts.oauth2 import TokenError
 
-from helpers import listdir, raises, remove_tree
+from helpers import fresh_directory, listdir, raises, remove_tree
 
 HOST = "login.example.com"
 REFRESH = "rt-config/with+special=chars"
 SECRET = "client-secret-value"
-
-_counter = [0]
-
-
-def fresh_directory():
-    _counter[0] += 1
-    path = "/tmp/alerts-oauth2-test-%d-%d" % (os.getpid() if hasattr(os, "getpid") else 0, _counter[0])
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
-    return path
 
 
 def settings(**changes):
@@ -232,7 +220,7 @@ def test_cached_token_until_margin():
 
 
 def test_saved_refresh_token_until_config_changes():
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     try:
         assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
@@ -391,7 +379,7 @@ def test_deeply_nested_json_is_not_json():
         assert error.status == 400
         assert not error.transient
     # A state file nested deeper than CPython's recursion limit (MicroPython parses it).
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     try:
         with open(path, "wb") as file:
@@ -419,7 +407,7 @@ def test_secrets_repeated_by_reply_hidden():
 
 
 def test_damaged_state_files_ignored():
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     fingerprint = oauth2._fingerprint(REFRESH)
     large = json.dumps({"refresh_token": "rt-saved", "configured": fingerprint, "pad": "x" * oauth2.MAX_REPLY})
@@ -442,7 +430,7 @@ def test_damaged_state_files_ignored():
 
 
 def test_interrupted_save_keeps_newest_refresh_token():
-    directory = fresh_directory()
+    directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     try:
         oauth2._save_refresh_token(REFRESH, "rt-2", path)
