@@ -518,3 +518,149 @@ def test_firmware_missing_message_says_checkout(tmp_path, monkeypatch):
         sim.find_firmware()
     assert "run microsmtp sim from a checkout of the repository" in str(error.value)
     assert str(tmp_path) in str(error.value)
+
+
+def oauth2_summary(process):
+    """Return (issued, rejected) from the sim's OAuth2 summary line."""
+    import re
+
+    match = re.search(r"OAuth2: (\d+) access token\(s\) issued, (\d+) token request\(s\) rejected", process.stdout)
+    assert match, unix_port.format_output(process)
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_oauth2_scenario_delivers_with_xoauth2(micropython, tmp_path):
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "oauth2.json"), "--speed", "240")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "local OAuth2 token endpoint https://localhost:" in process.stdout, output
+    # Each delivery round requests a token: one for the alert, one for the back-to-normal email.
+    issued, rejected = oauth2_summary(process)
+    assert issued >= 2, output
+    assert rejected == 0, output
+    # The endpoint rotates the refresh token, and it accepts only the newest one.
+    saved = [line for line in board_lines(process) if "OAuth2: the endpoint sent a new refresh token" in line]
+    assert len(saved) == issued, output
+    assert "--> AUTH XOAUTH2 <redacted>" in process.stdout, output
+    assert "AUTH PLAIN" not in process.stdout, output
+    delivered = [line for line in process.stdout.splitlines() if line.startswith("delivered ")]
+    assert len(delivered) == 2, output
+    assert all("(TLS yes, AUTH sim-board XOAUTH2)" in line for line in delivered), output
+    subjects = [read_eml(path)["Subject"] for path in sorted((tmp_path / "eml").glob("oauth2-*.eml"))]
+    assert len(subjects) == 2, output
+    assert "ALERT greenhouse-hot" in subjects[0]
+    assert "back to normal greenhouse-hot" in subjects[1]
+
+
+def test_oauth2_revoked_refresh_token_keeps_alerts_queued(micropython, tmp_path):
+    scenario = json.loads((SCENARIOS / "oauth2.json").read_text())
+    scenario["oauth2"] = {"revoke_after": 0}
+    path = tmp_path / "revoked.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path), "--speed", "240", "--duration", "900")
+    output = unix_port.format_output(process)
+    assert process.returncode == 1, output
+    assert 'FAILED: expected email did not arrive: {"kind": "alert"' in process.stdout, output
+    issued, rejected = oauth2_summary(process)
+    assert issued == 0, output
+    assert rejected >= 1, output
+    failures = [line for line in board_lines(process) if "sending failed (token, permanent)" in line]
+    assert failures, output
+    assert "rejected the refresh token or client (HTTP 400 invalid_grant" in failures[0], output
+    assert "00000001.json kept" in failures[0], output
+    # No SMTP session was opened, so nothing arrived.
+    assert "--> AUTH" not in process.stdout, output
+    assert list((tmp_path / "eml").glob("revoked-*.eml")) == []
+
+
+def test_local_server_xoauth2_accepts_only_valid_issued_tokens():
+    import base64
+    import smtplib
+    import ssl
+
+    from microsmtp_tools import sim, sim_oauth2
+
+    server = sim.LocalServer({sim.SIM_USER: "unused-password"})
+    endpoint = sim_oauth2.TokenEndpoint(server.ca, expires_in=60)
+    now = [1000.0]
+    endpoint.clock = lambda: now[0]
+    server.tokens = endpoint
+    fields = {
+        "grant_type": ["refresh_token"],
+        "client_id": [endpoint.client_id],
+        "client_secret": [endpoint.client_secret],
+        "refresh_token": [endpoint.refresh_token],
+    }
+    status, reply = endpoint.grant(fields)
+    assert status == 200
+    assert reply["token_type"] == "Bearer"
+    assert reply["expires_in"] == 60
+    wrong = dict(fields, refresh_token=["not-the-refresh-token"])
+    assert endpoint.grant(wrong) == (
+        400,
+        {"error": "invalid_grant", "error_description": "the refresh token is not valid"},
+    )
+    assert endpoint.grant(dict(fields, client_id=["other"]))[1]["error"] == "invalid_grant"
+    assert endpoint.issued == 1
+
+    def login(user, token):
+        context = ssl.create_default_context(cadata=server.ca.cert_pem.bytes().decode("ascii"))
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.starttls(context=context)
+            client.ehlo()
+            assert "XOAUTH2" in client.esmtp_features["auth"].split()
+            payload = base64.b64encode(("user=%s\x01auth=Bearer %s\x01\x01" % (user, token)).encode()).decode()
+            code, text = client.docmd("AUTH", "XOAUTH2 " + payload)
+            if code == 334:
+                assert b'"status": "401"' in base64.b64decode(text)
+                code, text = client.docmd("")
+            return code
+
+    server.start()
+    try:
+        assert login(sim.SIM_USER, reply["access_token"]) == 235
+        assert login(sim.SIM_USER, "never-issued") == 535
+        assert login("someone-else", reply["access_token"]) == 535
+        now[0] += 60
+        assert login(sim.SIM_USER, reply["access_token"]) == 535
+    finally:
+        server.stop()
+    assert server.xoauth2_rejected == 3
+
+
+def test_oauth2_report_fails_plain_login(tmp_path, capsys):
+    import types
+
+    from microsmtp_tools import sim, sim_oauth2
+
+    server = sim.LocalServer({sim.SIM_USER: "unused-password"})
+    server.tokens = sim_oauth2.TokenEndpoint(server.ca)
+    content = b"Subject: [sim-board] ALERT hot\r\nMessage-ID: <1@example.com>\r\nX-Alert-Kind: alert\r\n\r\nhot\r\n"
+    server.messages.append({"content": content, "user": sim.SIM_USER, "mechanism": "PLAIN", "tls": True})
+    scenario = {"name": "plain", "expect": [{"kind": "alert", "subject": "ALERT hot"}]}
+    args = types.SimpleNamespace(output=str(tmp_path / "eml"))
+    board = types.SimpleNamespace(restarts=0, watchdog_resets=0, heap_in_use=[])
+    status = sim.report(args, scenario, server, board, [], False)
+    output = capsys.readouterr().out
+    assert status == sim.EX_FAILED, output
+    assert "FAILED: message <1@example.com> arrived with AUTH PLAIN instead of XOAUTH2" in output
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("yes", "oauth2 must be true, false or an object with expires_in, rotate, revoke_after"),
+        ({"expires_in": 0}, "oauth2 expires_in must be a positive number of seconds"),
+        ({"rotate": 1}, "oauth2 rotate must be true or false"),
+        ({"revoke_after": -1}, "oauth2 revoke_after must be a number of tokens from 0"),
+        ({"lifetime": 60}, "oauth2 must be true, false or an object"),
+    ],
+)
+def test_invalid_oauth2_option(tmp_path, value, message):
+    scenario = json.loads((SCENARIOS / "oauth2.json").read_text())
+    scenario["oauth2"] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path))
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert message in process.stderr

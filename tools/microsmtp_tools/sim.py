@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import common
+from . import common, sim_oauth2
 
 EX_OK = 0
 EX_FAILED = 1
@@ -71,6 +71,7 @@ _SCENARIO_KEYS = (
     "wifi",
     "watchdog_ms",
     "reject",
+    "oauth2",
     "expect",
     "exact",
 )
@@ -169,6 +170,11 @@ def load_scenario(path):
             or not re.match(r"5\d\d ", str(item.get("reply", "")))
         ):
             raise SimError('scenario %s: each reject item is {"subject": TEXT, "reply": "5xx ...", "count": N}' % path)
+    problem = sim_oauth2.options_problem(scenario.get("oauth2", False))
+    if problem is not None:
+        raise SimError(
+            'scenario %s: oauth2 %s, e.g. {"expires_in": 3600, "rotate": true, "revoke_after": 0}' % (path, problem)
+        )
     for item in scenario["expect"]:
         if not isinstance(item, dict) or not set(item) <= {"kind", "rule", "subject"}:
             raise SimError('scenario %s: each expect item is {"kind": ..., "rule": ..., "subject": ...}' % path)
@@ -181,7 +187,11 @@ def load_scenario(path):
 
 
 class LocalServer:
-    """aiosmtpd with STARTTLS and AUTH on 127.0.0.1; can be stopped and restarted on its port."""
+    """aiosmtpd with STARTTLS and AUTH on 127.0.0.1; can be stopped and restarted on its port.
+
+    With a token endpoint (``tokens``, a sim_oauth2.TokenEndpoint) it offers XOAUTH2 as well
+    and accepts the access tokens the endpoint issued while they are valid.
+    """
 
     def __init__(self, users):
         import ssl
@@ -194,6 +204,9 @@ class LocalServer:
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.cert.configure_cert(self.context)
         self.users = users
+        self.tokens = None
+        # XOAUTH2 logins rejected because the token was not issued or had expired.
+        self.xoauth2_rejected = 0
         # [subject text, reply, count]: the first count messages whose Subject contains
         # the text are rejected with the reply after the final dot.
         self.rejects = []
@@ -210,8 +223,10 @@ class LocalServer:
 
     def _handler(self):
         import asyncio
+        import base64
+        import binascii
 
-        from aiosmtpd.smtp import AuthResult
+        from aiosmtpd.smtp import MISSING, AuthResult
 
         server = self
 
@@ -220,8 +235,37 @@ class LocalServer:
                 login = auth_data.login.decode("utf-8", "replace")
                 password = auth_data.password.decode("utf-8", "replace")
                 if server.users.get(login) == password:
-                    return AuthResult(success=True, auth_data=login)
+                    # (user, mechanism), kept with each message.
+                    return AuthResult(success=True, auth_data=(login, mechanism))
                 return AuthResult(success=False, handled=False)
+
+            async def auth_XOAUTH2(self, smtp, args):
+                # Offered only with a token endpoint (see start()).
+                if len(args) == 1:
+                    payload = await smtp.challenge_auth("")
+                    if payload is MISSING:
+                        return AuthResult(success=False, handled=True)
+                else:
+                    try:
+                        payload = base64.b64decode(args[1].encode(), validate=True)
+                    except (binascii.Error, ValueError):
+                        await smtp.push("501 5.5.2 Can't decode base64")
+                        return AuthResult(success=False, handled=True)
+                parsed = sim_oauth2.parse_xoauth2(payload)
+                if parsed is None:
+                    await smtp.push("501 5.5.2 malformed XOAUTH2 response")
+                    return AuthResult(success=False, handled=True)
+                user, token = parsed
+                if user in server.users and server.tokens.token_valid(token):
+                    return AuthResult(success=True, auth_data=(user, "XOAUTH2"))
+                server.xoauth2_rejected += 1
+                # As Google and Microsoft do: a 334 with the JSON status, then the error
+                # after the client's empty response.
+                if await smtp.challenge_auth(sim_oauth2.xoauth2_failure_status()) is MISSING:
+                    return AuthResult(success=False, handled=True)
+                return AuthResult(
+                    success=False, handled=False, message="535 5.7.8 the access token is not valid or has expired"
+                )
 
             async def handle_MAIL(self, smtp, session, envelope, address, mail_options):
                 server.mail_count += 1
@@ -246,7 +290,8 @@ class LocalServer:
                         "mail_from": envelope.mail_from,
                         "rcpt_tos": list(envelope.rcpt_tos),
                         "content": bytes(envelope.original_content),
-                        "user": session.auth_data if session.authenticated else None,
+                        "user": session.auth_data[0] if session.authenticated else None,
+                        "mechanism": session.auth_data[1] if session.authenticated else None,
                         "tls": smtp._tls_protocol is not None,
                     }
                 )
@@ -287,6 +332,7 @@ class LocalServer:
             auth_required=True,
             auth_require_tls=True,
             authenticator=handler.authenticate,
+            auth_exclude_mechanism=[] if self.tokens is not None else ["XOAUTH2"],
             decode_data=False,
         )
         if self.port == 0:
@@ -376,13 +422,18 @@ def board_config(scenario, smtp):
 
 class Redactor:
     def __init__(self, secrets_list):
-        import base64
-
         self.forms = []
         for secret in secrets_list:
-            if secret:
-                self.forms += [secret, base64.b64encode(secret.encode()).decode()]
-        self.forms.sort(key=len, reverse=True)
+            self.add(secret)
+
+    def add(self, secret):
+        """Hide secret too, as it is and in base64; safe while another thread redacts."""
+        import base64
+
+        if secret:
+            forms = self.forms + [secret, base64.b64encode(secret.encode()).decode()]
+            forms.sort(key=len, reverse=True)
+            self.forms = forms
 
     def __call__(self, text):
         for form in self.forms:
@@ -445,8 +496,9 @@ class Board:
             line = self.redactor(raw.decode("utf-8", "replace").rstrip("\r\n"))
             self.lines.append(line)
             # The firmware logs a MemoryError it survives, and the SMTP library's
-            # OutOfMemory, as "out of memory".
-            if "MemoryError" in line or "out of memory" in line:
+            # OutOfMemory, as "out of memory". alerts.oauth2 logs an mbedTLS buffer that
+            # the GC heap cannot hold as a failed connection with ENOMEM.
+            if "MemoryError" in line or "out of memory" in line or "ENOMEM" in line:
                 self.memory_error = True
             heap = _HEAP_PATTERN.search(line)
             if heap:
@@ -607,6 +659,14 @@ def run(args):
     real = args.server is not None
     password = None
     server = None
+    endpoint = None
+    oauth2 = sim_oauth2.options(scenario.get("oauth2"))
+    redactor = Redactor([SIM_WIFI["password"]])
+    if real and oauth2 is not None:
+        raise SimError(
+            "scenario %s turns on oauth2, which needs the local server and token endpoint; run it without --server"
+            % scenario["name"]
+        )
     if real:
         host, _, port = args.server.rpartition(":")
         if not host or not port.isdigit():
@@ -645,6 +705,11 @@ def run(args):
         server.rejects = [[item["subject"], item["reply"], item.get("count", 1)] for item in scenario.get("reject", [])]
         server.resets_at_mail = set(scenario.get("resets_at_mail", []))
         roots = [server.ca_der]
+        if oauth2 is not None:
+            endpoint = sim_oauth2.TokenEndpoint(server.ca, on_secret=redactor.add, **oauth2)
+            for secret in (endpoint.client_secret, endpoint.refresh_token):
+                redactor.add(secret)
+            server.tokens = endpoint
         server.start()
         smtp = {
             "host": server.host,
@@ -658,17 +723,31 @@ def run(args):
             "transcript": True,
             "timeout_s": 20,
         }
-    redactor = Redactor([password, SIM_WIFI["password"]])
+        if endpoint is not None:
+            # The board gets its access tokens itself and has no password.
+            endpoint.start()
+            del smtp["password"]
+            smtp["oauth2"] = endpoint.settings()
+    redactor.add(password)
     directory = Path(tempfile.mkdtemp(prefix="microsmtp-sim-"))
     try:
         return _run_board(args, scenario, server, smtp, roots, directory, firmware, executable, redactor, real)
     finally:
         if server is not None:
             server.stop()
+        if endpoint is not None:
+            endpoint.stop()
         if args.keep:
             print("board directory kept: %s" % directory)
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _frozen_has(executable, module):
+    try:
+        return bool(common.frozen_packages(executable, (module,)))
+    except common.ToolError as exc:
+        raise SimError("%s failed: %s" % (exc.what, exc.message)) from None
 
 
 def read_certificates(path):
@@ -705,6 +784,13 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
         raise SimError("%s failed: %s" % (exc.what, exc.message)) from None
     if frozen:
         print("frozen into %s, used instead of firmware/: %s" % (executable, ", ".join(frozen)), flush=True)
+    if "oauth2" in smtp and "alerts" in frozen and not _frozen_has(executable, "alerts.oauth2"):
+        # The frozen alerts package hides the compiled one, so alerts.oauth2 cannot be added beside it.
+        raise SimError(
+            "the alerts package frozen into %s has no alerts.oauth2 (the image was built from firmware"
+            " older than alerts/oauth2.py), so it cannot run a scenario with oauth2; build the image again"
+            " with `microsmtp firmware --board UNIX`, or use an image without the firmware frozen in" % executable
+        )
     speed = args.speed or scenario["speed"]
     settings = {
         "speed": speed,
@@ -722,6 +808,18 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
     )
     if not real:
         print("local SMTP server 127.0.0.1:%d (STARTTLS, AUTH, test CA from trustme)" % server.port, flush=True)
+    if server is not None and server.tokens is not None:
+        endpoint = server.tokens
+        print(
+            "local OAuth2 token endpoint %s (access tokens valid for %d s%s%s)"
+            % (
+                endpoint.url,
+                endpoint.expires_in,
+                ", new refresh token with each" if endpoint.rotate else "",
+                ", refresh token revoked after %d" % endpoint.revoke_after if endpoint.revoke_after is not None else "",
+            ),
+            flush=True,
+        )
     board = Board(executable, directory, library, args.heap, redactor, not args.quiet)
     settings["wall_start_ns"] = time.time_ns()
     (directory / "sim.json").write_text(json.dumps(settings))
@@ -835,12 +933,16 @@ def report(args, scenario, server, board, problems, real):
                     subject,
                     " [duplicate]" if duplicate else "",
                     "yes" if message["tls"] else "NO",
-                    message["user"] or "none",
+                    "%s %s" % (message["user"], message["mechanism"]) if message["user"] else "none",
                     path,
                 )
             )
             if not message["tls"] or message["user"] != SIM_USER:
                 problems.append("message %s arrived without TLS or AUTH" % message_id)
+            elif server.tokens is not None and message["mechanism"] != "XOAUTH2":
+                problems.append(
+                    "message %s arrived with AUTH %s instead of XOAUTH2" % (message_id, message["mechanism"])
+                )
             if not duplicate:
                 delivered.append((kind, None, subject))
     problems += check_expectations(scenario, delivered)
@@ -856,6 +958,21 @@ def report(args, scenario, server, board, problems, real):
             board.watchdog_resets,
         )
     )
+    if server is not None and server.tokens is not None:
+        endpoint = server.tokens
+        print(
+            "OAuth2: %d access token(s) issued, %d token request(s) rejected with invalid_grant%s,"
+            " %d XOAUTH2 login(s) refused"
+            % (
+                endpoint.issued,
+                len(endpoint.rejected),
+                " (%s)"
+                % ", ".join("%s: %d" % (why, endpoint.rejected.count(why)) for why in sorted(set(endpoint.rejected)))
+                if endpoint.rejected
+                else "",
+                server.xoauth2_rejected,
+            )
+        )
     if board.heap_in_use:
         print(
             "heap in use after a collection: %d bytes at the first report, %d at the last, at most %d (%d report(s))"
