@@ -308,7 +308,7 @@ async def exchange(host, port, request, ca_roots, timeout_s):
 
     The connection is closed and its TLS buffers freed before this returns.
     """
-    from microsmtp.client import clock_is_set, make_ssl_context
+    from microsmtp.client import clock_is_set, lacks_memory, make_ssl_context
     from microsmtp.errors import ConfigError
 
     if not clock_is_set():
@@ -372,6 +372,9 @@ async def exchange(host, port, request, ca_roots, timeout_s):
             False,
         ) from None
     except OSError as exc:
+        if lacks_memory(exc):
+            # The sender keeps the alerts and starts the next round from a collected heap.
+            raise MemoryError("the token request ran out of memory (%s)" % _detail(exc)) from None
         raise TokenError(
             "connection to the token endpoint %s:%d failed while %s (%s); retry later"
             % (host, port, step, _detail(exc)),

@@ -500,18 +500,7 @@ class SMTP:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if self._handshaking:
             stage = "tls"
-        # ENOMEM, and the ALLOC_FAILED codes of mbedTLS's SSL, X509, PK, ECP, cipher and
-        # MD modules (mbedtls/*.h), which MicroPython raises as OSErrors with a message.
-        # It raises codes above -256 as positive errnos, which are left out because they
-        # collide with real errnos.
-        # mbedTLS also adds a low-level code to a high-level one, as in
-        # MBEDTLS_ERR_RSA_PUBLIC_FAILED + MBEDTLS_ERR_MPI_ALLOC_FAILED (-0x0010). On its
-        # own, -16 is lwIP's ERR_ARG, so only such sums count.
-        if (
-            isinstance(exc, MemoryError)
-            or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180)
-            or (code < -0x7F and -code & 0x7F == 0x10)
-        ):
+        if lacks_memory(exc):
             return _out_of_memory(stage, detail)
         if self._handshaking:
             # Certificate failures raise ValueError on both runtimes (CPython's
@@ -619,6 +608,23 @@ class SMTP:
         except (OSError, ValueError, MemoryError) as exc:
             await self.close()
             raise self._transport_error(exc, "tls") from None
+
+
+def lacks_memory(exc):
+    """Return True when a socket or TLS exception means that the heap ran out."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    # ENOMEM, and the ALLOC_FAILED codes of mbedTLS's SSL, X509, PK, ECP, cipher and MD
+    # modules (mbedtls/*.h), which MicroPython raises as OSErrors with a message. It
+    # raises codes above -256 as positive errnos, which are left out because they
+    # collide with real errnos.
+    # mbedTLS also adds a low-level code to a high-level one, as in
+    # MBEDTLS_ERR_RSA_PUBLIC_FAILED + MBEDTLS_ERR_MPI_ALLOC_FAILED (-0x0010). On its
+    # own, -16 is lwIP's ERR_ARG, so only such sums count.
+    return (
+        isinstance(exc, MemoryError)
+        or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180)
+        or (code < -0x7F and -code & 0x7F == 0x10)
+    )
 
 
 def _free_heap():

@@ -517,3 +517,33 @@ def test_token_url_forms_match_config():
     request = oauth2.build_request("::1", 8443, "/t", b"")
     assert b"\r\nHost: [::1]:8443\r\n" in request
     assert b"\r\nHost: [::1]\r\n" in oauth2.build_request("::1", 443, "/t", b"")
+
+
+def connect_failing(code):
+    """Return a stand-in for asyncio.open_connection() that raises OSError(code)."""
+
+    async def connect(*args, **kwargs):
+        raise OSError(code, "connection failed")
+
+    return connect
+
+
+def test_out_of_memory_in_token_request():
+    # With mbedTLS on the GC heap (Pico W), a short heap fails the connection with ENOMEM
+    # or an mbedTLS ALLOC_FAILED code. That is a lack of memory, which the sender
+    # handles by keeping the alerts and collecting the heap, not a network failure.
+    import microsmtp.client
+
+    saved = (microsmtp.client.make_ssl_context, asyncio.open_connection)
+    microsmtp.client.make_ssl_context = lambda roots: None
+    try:
+        for code in (12, -0x7F00):
+            asyncio.open_connection = connect_failing(code)
+            error = raises(MemoryError, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
+            assert "token request ran out of memory" in str(error), code
+
+        asyncio.open_connection = connect_failing(111)
+        error = raises(TokenError, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
+        assert error.transient
+    finally:
+        microsmtp.client.make_ssl_context, asyncio.open_connection = saved
