@@ -316,6 +316,21 @@ def test_firmware_unix_runs_submodules_in_a_git_checkout(tmp_path, monkeypatch, 
     assert (tmp_path / "build" / "firmware" / "UNIX" / "micropython").is_file()
 
 
+def test_firmware_build_drops_cached_frozen_bytecode(tmp_path, monkeypatch, capsys):
+    # The cached .mpy is newer than a source taken from another checkout, so MicroPython's
+    # build would keep it: the cache must go before each build.
+    root, log = unix_build_setup(tmp_path, monkeypatch, git=False)
+    cached = root / "ports" / "unix" / "build-UNIX-microsmtp" / "frozen_mpy" / "alerts" / "sender.mpy"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"M\x06")
+
+    status = cli.main(["firmware", "--board", "UNIX", "--micropython", str(root), "--jobs", "1"])
+
+    assert status == 0, capsys.readouterr()
+    assert not cached.parent.parent.exists()
+    assert (root / "ports" / "unix" / "build-UNIX-microsmtp" / "micropython").is_file()
+
+
 def test_firmware_unix_32bit_needs_cross_compiler(tmp_path, monkeypatch, capsys):
     root = fake_tree(tmp_path, "unix", "UNIX")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

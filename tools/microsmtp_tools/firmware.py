@@ -197,6 +197,11 @@ def run_firmware(args):
     commands, build_dir = build_commands(
         root, port, args.board, manifest, args.jobs, args.bits32, args.tls_on_heap, args.stock, args.tls13
     )
+    if not args.dry_run:
+        # MicroPython's build compiles a frozen module again only when its source is newer
+        # than the cached .mpy. A source from another checkout, or an older version with
+        # its old time stamp, would leave stale bytecode in the image.
+        shutil.rmtree(build_dir / "frozen_mpy", ignore_errors=True)
     for command in commands:
         print("running: %s" % " ".join(command), flush=True)
         if args.dry_run:
