@@ -664,3 +664,21 @@ def test_invalid_oauth2_option(tmp_path, value, message):
     process = run_sim(tmp_path, "--scenario", str(path))
     assert process.returncode == 78, unix_port.format_output(process)
     assert message in process.stderr
+
+
+@pytest.mark.parametrize(
+    "modules, expected",
+    [
+        ("alerts/__init__ alerts/app alerts/oauth2 microsmtp/client", True),
+        ("alerts/__init__ alerts/app microsmtp/client", False),
+        # No firmware frozen in: the compiled alerts package is used, so nothing is missing.
+        ("builtins machine sys", True),
+    ],
+)
+def test_frozen_image_module_list(tmp_path, modules, expected):
+    from microsmtp_tools import sim
+
+    image = tmp_path / "micropython"
+    image.write_text("#!/bin/sh\necho '%s'\n" % modules)
+    image.chmod(0o755)
+    assert sim._frozen_has(image, "alerts.oauth2") is expected
