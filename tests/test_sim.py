@@ -86,19 +86,28 @@ def test_missing_expected_email_fails(micropython, tmp_path):
     assert 'FAILED: expected email did not arrive: {"kind": "alert"}' in process.stdout, output
 
 
+def run_wifi_down_at_boot(tmp_path, values, **settings):
+    """Run a scenario with WiFi down for the first 900 s and a sensor t with these values."""
+    scenario = {
+        "speed": 300,
+        "duration_s": 1500,
+        "wifi_down": [[0, 900]],
+        "wifi": {"retries": 2},
+        "sensors": [{"name": "t", "type": "simulated", "unit": "C", "interval_s": 30, "values": values}],
+        "rules": [{"name": "hot", "sensor": "t", "above": 30}],
+        "expect": [{"kind": "alert", "subject": "ALERT hot"}, {"kind": "normal", "subject": "back to normal hot"}],
+    }
+    scenario.update(settings)
+    path = tmp_path / "wifi_down_at_boot.json"
+    path.write_text(json.dumps(scenario))
+    return run_sim(tmp_path, "--scenario", str(path))
+
+
 def test_wifi_down_at_boot_feeds_watchdog(micropython, tmp_path):
     # WiFi is down for the first 900 s (3 real s). The boot network step gives up after
     # two attempts 2 real s apart, longer than the 1 s watchdog. A board that does not
     # feed it during that step is reset again and again until WiFi is back.
-    scenario = tmp_path / "wifi_down_at_boot.json"
-    scenario.write_text(
-        '{"speed": 300, "duration_s": 1500, "watchdog_ms": 1000, "wifi_down": [[0, 900]], "wifi": {"retries": 2},'
-        ' "sensors": [{"name": "t", "type": "simulated", "unit": "C", "interval_s": 30,'
-        ' "values": [[0, 20], [700, 40], [1000, 20]]}],'
-        ' "rules": [{"name": "hot", "sensor": "t", "above": 30}],'
-        ' "expect": [{"kind": "alert", "subject": "ALERT hot"}, {"kind": "normal", "subject": "back to normal hot"}]}'
-    )
-    process = run_sim(tmp_path, "--scenario", str(scenario))
+    process = run_wifi_down_at_boot(tmp_path, [[0, 20], [700, 40], [1000, 20]], watchdog_ms=1000)
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
     assert "WiFi sim-network did not connect after 2 attempts" in process.stdout, output
@@ -109,15 +118,7 @@ def test_sensor_read_during_boot_network_step(micropython, tmp_path):
     # WiFi is down for the first 900 s, and the boot network step gives up after two
     # attempts 2 real s (600 simulated s) apart. The sensor is above 30 from 200 s to 400 s,
     # inside that step, so only sensors that already run then can see it.
-    scenario = tmp_path / "spike_at_boot.json"
-    scenario.write_text(
-        '{"speed": 300, "duration_s": 1500, "wifi_down": [[0, 900]], "wifi": {"retries": 2},'
-        ' "sensors": [{"name": "t", "type": "simulated", "unit": "C", "interval_s": 30,'
-        ' "values": [[0, 20], [200, 40], [400, 20]]}],'
-        ' "rules": [{"name": "hot", "sensor": "t", "above": 30}],'
-        ' "expect": [{"kind": "alert", "subject": "ALERT hot"}, {"kind": "normal", "subject": "back to normal hot"}]}'
-    )
-    process = run_sim(tmp_path, "--scenario", str(scenario))
+    process = run_wifi_down_at_boot(tmp_path, [[0, 20], [200, 40], [400, 20]])
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
     assert "WiFi sim-network did not connect after 2 attempts" in process.stdout, output
