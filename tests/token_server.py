@@ -16,7 +16,7 @@ gets the next scripted reply from ``replies``:
 * ``status(code, body=b"")``: any other status with a raw body.
 * ``raw(data)``: bytes as they are (a bad status line, JSON that does not parse).
 * ``drop()``: close the connection without a reply.
-* ``stall()``: say nothing until the client leaves.
+* ``stall()``: send nothing until the client leaves.
 * ``huge(size)``: a 200 reply whose body is ``size`` bytes long.
 * ``echo(status)``: a JSON error reply whose error_description repeats the request body,
   secrets included.

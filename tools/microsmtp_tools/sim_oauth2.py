@@ -5,7 +5,7 @@
 form POST to ``PATH`` with grant_type=refresh_token, the expected client_id and
 client_secret and the current refresh token; it then gets a fresh random access token
 and, with ``rotate``, a new refresh token that replaces the current one. Anything else
-gets 400 invalid_grant, with an error_description that says what was wrong. After
+gets 400 invalid_grant, with an error_description naming the problem. After
 ``revoke_after`` tokens the refresh token counts as revoked, as when the user withdraws
 the board's authorization.
 
