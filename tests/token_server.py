@@ -24,7 +24,7 @@ gets the next scripted reply from ``replies``:
 ``url_host`` (default "localhost") and ``query`` (default none) shape ``url``; the
 request line and the Host field must match them.
 
-Without a scripted reply left, the server answers 500. Built on raw_server.RawServer.
+Without a scripted reply left, the server replies with 500. Built on raw_server.RawServer.
 """
 
 import json

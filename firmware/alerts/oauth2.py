@@ -603,5 +603,7 @@ def reply_json(status, body, host, hidden=()):
         )
     # A redirect or another unexpected status: the URL is probably not the token endpoint.
     raise TokenError(
-        "the token endpoint %s answered %s; check smtp.oauth2.token_url in config.json" % (host, detail), False, status
+        "the token endpoint %s responded with %s; check smtp.oauth2.token_url in config.json" % (host, detail),
+        False,
+        status,
     )

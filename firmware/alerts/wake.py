@@ -3,6 +3,8 @@
 alerts.app imports this module only when deep_sleep.enabled is set.
 """
 
+import json
+
 from . import clock, log
 
 # Real seconds one wake may go without progress before the watchdog stops feeding. The
@@ -62,7 +64,7 @@ def save_state(app, slept):
 
 
 class RulesInSleepState:
-    """Saves the sleep state as soon as the rules open, close or send an alert.
+    """Rule-state store of deep-sleep mode, which saves the sleep state when a rule decides.
 
     App.queue() saves the rule state right after the outbox took the alerts. A reset
     during the send that follows (the watchdog, a crash) then does not queue them again
@@ -72,16 +74,13 @@ class RulesInSleepState:
     path = "the sleep state"
 
     def __init__(self, app):
-        import json
-
         self.app = app
-        self._dumps = json.dumps
         self._saved = json.dumps(app.rules.durable_state())
 
     def save(self):
         # durable_state() leaves out the last readings, so a wake without a decision
         # writes nothing (the file is on flash where the port has no RTC memory).
-        text = self._dumps(self.app.rules.durable_state())
+        text = json.dumps(self.app.rules.durable_state())
         if text != self._saved:
             save_state(self.app, 0)
             self._saved = text
