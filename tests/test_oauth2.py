@@ -39,6 +39,7 @@ try:
 except ImportError:
     import uasyncio as asyncio
 
+from alerts.app import _DELIVERY_MODULES, unload
 from alerts.outbox import Outbox
 
 params = json.loads(sys.stdin.readline())
@@ -74,6 +75,21 @@ while True:
             entry["next"] = 0
             write_atomic("outbox/" + name, entry)
         config["smtp"]["timeout_s"] = command.get("timeout_s", 10)
+        if command.get("heap_left"):
+            # mbedTLS's buffers on the GC heap, leaving heap_left bytes (tests/scenarios.py).
+            sys.path.append(params["tests"])
+            import microsmtp.client
+            from scenarios import HeapTakingContext
+
+            make_context = microsmtp.client.make_ssl_context
+            contexts = []
+
+            def heap_taking_context(ca_roots, left=command["heap_left"]):
+                # Kept until the round ends, so that its ballast outlives the handshake.
+                contexts.append(HeapTakingContext(make_context(ca_roots), left))
+                return contexts[-1]
+
+            microsmtp.client.make_ssl_context = heap_taking_context
         from alerts.sender import Sender
 
         sender = Sender(config, outbox, roots)
@@ -81,9 +97,7 @@ while True:
         loaded = "alerts.oauth2" in sys.modules
         values = {"delay": delay, "delivered": sender.delivered, "last_error": sender.last_error,
                   "oauth2_loaded": loaded}
-        sender = Sender = None
-        from alerts.app import _DELIVERY_MODULES, unload
-
+        sender = Sender = contexts = None
         unload(_DELIVERY_MODULES)
         values["pending"] = outbox.pending()
         values["attempts"] = [outbox.load(name)["attempts"] for name in values["pending"]]
@@ -117,7 +131,7 @@ class Board:
         self._timer = threading.Timer(120, self.process.kill)
         self._timer.start()
         self.log = []
-        self._write({"config": config, "ca": str(certs.ca_der_path)})
+        self._write({"config": config, "ca": str(certs.ca_der_path), "tests": str(unix_port.REPO_DIR / "tests")})
 
     def _write(self, value):
         self.process.stdin.write(json.dumps(value) + "\n")
@@ -490,3 +504,101 @@ def test_token_url_with_address_and_query(boards, smtp_server, token_endpoint):
     assert "--> AUTH XOAUTH2 <redacted>" in board.text(), board.text()
     sasl = base64.b64encode(b"user=alice\x01auth=Bearer at-ip\x01\x01").decode()
     assert_no_secret_in(board.text(), "at-ip", sasl[:20])
+
+
+def deep_sleep_config(smtp_server, endpoint):
+    config = board_config(smtp_server, endpoint)
+    config["deep_sleep"] = {"enabled": True, "interval_s": 600}
+    return config
+
+
+def wake_and_send(boards, config):
+    """Queue and send one alert in a new board process, as after a wake from deep sleep (RAM lost)."""
+    board = boards(config)
+    board.put()
+    result = board.round()
+    board.close()
+    return board, result
+
+
+def test_deep_sleep_keeps_access_token_across_wakes(boards, smtp_server, token_endpoint):
+    endpoint = token_endpoint(replies=[tokens("at-1", expires_in=3600)])
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
+    config = deep_sleep_config(server, endpoint)
+    for _ in range(3):
+        board, result = wake_and_send(boards, config)
+        assert result["delivered"] == 1, board.text()
+    # One token request for three wakes that sent.
+    assert len(endpoint.requests) == 1
+    assert "access token from oauth2_token.json, valid for" in board.text()
+    state = json.loads((boards.flash / "oauth2_token.json").read_text())
+    assert state["access_token"] == "at-1"
+    assert 3590 <= state["expires"] - state["issued"] <= 3600
+    assert REFRESH not in json.dumps(state)
+
+    # The server stops accepting the saved token: the renewal requests a new one, saved for the next wake.
+    server.oauth2_tokens["alice"] = "at-2"
+    endpoint.push(tokens("at-2"))
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+    assert "the server rejected the cached OAuth2 access token (535)" in board.text()
+    assert len(endpoint.requests) == 2
+    assert json.loads((boards.flash / "oauth2_token.json").read_text())["access_token"] == "at-2"
+
+    # Again, and this time the token request fails: the rejected token is gone from flash too.
+    server.oauth2_tokens["alice"] = "at-3"
+    endpoint.push(status(500, b"internal error"))
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 0, board.text()
+    assert "access_token" not in json.loads((boards.flash / "oauth2_token.json").read_text())
+    # So the next wake requests a token before it opens an SMTP session.
+    connections = len(server.connections)
+    endpoint.push(tokens("at-3"))
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 2, board.text()
+    assert len(server.connections) == connections + 1
+    assert len(endpoint.requests) == 4
+    assert endpoint.problems == []
+    assert_no_secret_in(board.text(), "at-1", "at-2", "at-3")
+
+
+def test_without_deep_sleep_access_token_not_saved(boards, smtp_server, token_endpoint):
+    endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
+    config = board_config(server, endpoint)
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+    assert not (boards.flash / "oauth2_token.json").exists()
+    server.oauth2_tokens["alice"] = "at-2"
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+    assert len(endpoint.requests) == 2
+    assert not (boards.flash / "oauth2_token.json").exists()
+
+
+# mbedTLS reports a failed allocation during the signature check as an untrusted
+# certificate. The harness imitates its buffers on the GC heap, because the unix port's
+# mbedTLS uses the C heap. With little heap left the token request counts as out of
+# memory, which the sender retries. With enough heap left it stays a permanent error.
+@pytest.mark.parametrize("left, transient", [(12288, True), (65536, False)])
+def test_untrusted_endpoint_low_heap(micropython, tmp_path, smtp_server, token_endpoint, certs, left, transient):
+    endpoint = token_endpoint(cert=certs.wrong_ca_cert)
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    board = Board("micropython", micropython, flash, board_config(server, endpoint), certs)
+    try:
+        board.put()
+        result = board.round(heap_left=left)
+    finally:
+        board.close()
+    assert len(result["pending"]) == 1, board.text()
+    assert (result["delay"] < RETRY_MAX) == transient, board.text()
+    if transient:
+        assert result["last_error"] == "out of memory"
+        assert "bytes were left for the certificate check, or ca_roots lack the root of localhost" in board.text()
+        assert "not correctly signed" in board.text()
+    else:
+        assert "TLS certificate verification failed for the token endpoint localhost" in result["last_error"]
+    assert endpoint.requests == []
+    assert server.connections == []

@@ -574,6 +574,22 @@ def test_oauth2_revoked_refresh_token_keeps_alerts_queued(micropython, tmp_path)
     assert list((tmp_path / "eml").glob("revoked-*.eml")) == []
 
 
+def test_oauth2_deep_sleep_reuses_token(micropython, tmp_path):
+    # RAM is lost at every wake; the access token saved in oauth2_token.json serves both emails.
+    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
+    scenario["oauth2"] = {"expires_in": 3600, "rotate": True}
+    path = tmp_path / "sleep_oauth2.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path), "--speed", "240")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    delivered = [line for line in process.stdout.splitlines() if line.startswith("delivered ")]
+    assert len(delivered) == 2, output
+    assert all("AUTH sim-board XOAUTH2" in line for line in delivered), output
+    assert oauth2_summary(process) == (1, 0), output
+    assert any("OAuth2: access token from oauth2_token.json" in line for line in board_lines(process)), output
+
+
 def test_local_server_xoauth2_accepts_only_valid_issued_tokens():
     import base64
     import smtplib

@@ -76,22 +76,33 @@ def forget(settings):
         cache["token"] = None
 
 
-async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH):
+async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH, keep=False):
     """Return (token, fetched): the cached access token, or a new one from the token endpoint.
 
     ``settings`` is config.json's smtp.oauth2; its "cache" entry is created here and
-    keeps the token between delivery rounds. Raises TokenError.
+    keeps the token between delivery rounds. ``keep`` (deep-sleep mode, where RAM is
+    lost at every wake) also keeps the access token in ``state_path`` for the next wake.
+    Raises TokenError.
     """
+    cache = settings.get("cache")
+    if cache and cache.get("unsaved"):
+        # A save failed before, or the sender dropped a token that is on flash.
+        _save_state(settings, cache, state_path)
     token = cached_token(settings)
     if token is not None:
         return token, False
-    cache = settings.get("cache")
     if cache is None:
-        cache = {"token": None, "ticks": 0, "life": 0, "refresh": None}
+        # expires and issued: clock seconds of a token kept on flash, else None. unsaved:
+        # 0 when the file is up to date, 1 when it must be written, 2 after a failed write.
+        cache = {"token": None, "ticks": 0, "life": 0, "refresh": None, "expires": None, "issued": None, "unsaved": 0}
         settings["cache"] = cache
     if cache["refresh"] is None:
-        cache["refresh"] = _load_refresh_token(settings["refresh_token"], state_path)
+        _load_state(settings, cache, state_path, keep)
+        token = cached_token(settings)
+        if token is not None:
+            return token, False
     started = clock.ticks_ms()
+    issued = clock.now()
     reply = await request_token(settings, cache["refresh"], ca_roots, timeout_s)
     token, life, refresh = token_from_reply(reply, host_of(settings["token_url"]), _secrets(settings, cache["refresh"]))
     reply = None
@@ -99,9 +110,15 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH):
     cache["ticks"] = started
     cache["life"] = life
     log.info("OAuth2: new access token from %s, valid for %d s" % (host_of(settings["token_url"]), life))
+    save = keep and clock.is_accurate() and life > MARGIN_S
+    # A token that the next wake could not reuse is not written; one there already has expired.
+    cache["expires"] = issued + life if save else None
+    cache["issued"] = issued
     if refresh is not None and refresh != cache["refresh"]:
         cache["refresh"] = refresh
-        _save_refresh_token(settings["refresh_token"], refresh, state_path)
+        _save_state(settings, cache, state_path, "the endpoint sent a new refresh token")
+    elif save:
+        _save_state(settings, cache, state_path, "the access token is kept for the next wake")
     return token, True
 
 
@@ -155,19 +172,46 @@ def _fingerprint(text):
     return binascii.hexlify(hashlib.sha256(text.encode()).digest()).decode()[:32]
 
 
-def _load_refresh_token(configured, path):
-    """Return the refresh token saved on flash, unless config.json's token changed since it was saved.
+def _load_state(settings, cache, path, keep):
+    """Set the refresh token in use from flash and, when ``keep``, the saved access token if it may be reused.
 
-    A complete path.tmp is newer than path: a reset interrupted the save before or during
-    the rename (on FAT, path is removed first). A partial one is not valid JSON.
+    Only a state saved for config.json's refresh token counts: after the user authorized
+    the board again, config.json contains the newer token. A complete path.tmp is newer than
+    path: a reset interrupted the save before or during the rename (on FAT, path is
+    removed first). A partial one is not valid JSON.
     """
+    configured = settings["refresh_token"]
     fingerprint = _fingerprint(configured)
+    saved = None
     for name in (path + ".tmp", path):
         saved = _read_state(name)
-        if isinstance(saved, dict) and saved.get("configured") == fingerprint and _is_token(saved.get("refresh_token")):
-            return saved["refresh_token"]
+        if isinstance(saved, dict) and saved.get("configured") == fingerprint:
+            break
+        saved = None
     # No saved token, or config.json contains a newer authorization than the saved one.
-    return configured
+    cache["refresh"] = configured
+    if saved is None:
+        return
+    if _is_token(saved.get("refresh_token")):
+        cache["refresh"] = saved["refresh_token"]
+    token = saved.get("access_token")
+    expires = saved.get("expires")
+    issued = saved.get("issued")
+    if not keep or not _is_token(token) or not isinstance(expires, int) or not isinstance(issued, int):
+        return
+    now = clock.now()
+    # An unset or estimated clock (before NTP) cannot tell how old the token is.
+    if not clock.is_accurate():
+        return
+    if issued > now:
+        log.warning("OAuth2: the access token in %s was issued after the current time; the clock moved back" % path)
+    elif expires - now > MARGIN_S:
+        cache["token"] = token
+        cache["ticks"] = clock.ticks_ms()
+        cache["life"] = expires - now
+        cache["expires"] = expires
+        cache["issued"] = issued
+        log.info("OAuth2: access token from %s, valid for %d s more" % (path, expires - now))
 
 
 def _read_state(path):
@@ -193,18 +237,45 @@ def _parse_json(data):
         return None
 
 
-def _save_refresh_token(configured, refresh, path):
+def _save_state(settings, cache, path, done=None):
+    """Write the refresh token in use and a kept access token to path, or mark the cache to try again.
+
+    ``done`` names what is saved, for the log line, and is None for a retry.
+    Only a fingerprint of config.json's refresh token is stored, and the token in use only
+    when it is a newer one, so that no secret is stored twice.
+    """
     from .outbox import write_atomic
 
+    configured = settings["refresh_token"]
+    state = {"configured": _fingerprint(configured)}
+    if cache["refresh"] != configured:
+        state["refresh_token"] = cache["refresh"]
+    if cache["token"] and cache.get("expires"):
+        state["access_token"] = cache["token"]
+        state["expires"] = cache["expires"]
+        state["issued"] = cache["issued"]
     try:
-        write_atomic(path, {"refresh_token": refresh, "configured": _fingerprint(configured)})
+        write_atomic(path, state)
     except OSError as exc:
-        log.error(
-            "OAuth2: the new refresh token could not be saved to %s (%s); after a reset the board uses the"
-            " older one, which the endpoint may reject" % (path, exc)
-        )
+        if cache.get("unsaved") != 2:
+            log.error(
+                "OAuth2: %s could not be written (%s); it is tried again at each token use, and a reset before"
+                " then loses %s"
+                % (
+                    path,
+                    exc,
+                    "the new refresh token, which the endpoint may require"
+                    if "refresh_token" in state
+                    else "the access token",
+                )
+            )
+        cache["unsaved"] = 2
         return
-    log.info("OAuth2: the endpoint sent a new refresh token; saved to %s" % path)
+    if cache.get("unsaved") == 2:
+        log.info("OAuth2: %s written at last" % path)
+    elif done:
+        log.info("OAuth2: %s; saved to %s" % (done, path))
+    cache["unsaved"] = 0
 
 
 # -- the HTTPS request -------------------------------------------------------------------
@@ -308,7 +379,7 @@ async def exchange(host, port, request, ca_roots, timeout_s):
 
     The connection is closed and its TLS buffers freed before this returns.
     """
-    from microsmtp.client import clock_is_set, lacks_memory, make_ssl_context
+    from microsmtp.client import cert_check_lacked_heap, clock_is_set, lacks_memory, make_ssl_context
     from microsmtp.errors import ConfigError
 
     if not clock_is_set():
@@ -329,11 +400,17 @@ async def exchange(host, port, request, ca_roots, timeout_s):
     step = "connecting"
     writer = None
     received = False
+    # MicroPython's open_connection() wraps the socket, and the handshake runs at the first
+    # write or read. A drop in free heap across it shows that mbedTLS uses the GC heap.
+    heap = gc.mem_free() if hasattr(gc, "mem_free") else None
     try:
         reader, writer = await deadline.limit(
             asyncio.open_connection(host, port, ssl=context, server_hostname=host), step
         )
         context = None
+        if heap is not None:
+            gc.collect()
+            heap = (heap, gc.mem_free())
         step = "sending the request"
         writer.write(request)
         await deadline.limit(writer.drain(), step)
@@ -359,11 +436,17 @@ async def exchange(host, port, request, ca_roots, timeout_s):
     except ValueError as exc:
         # A failed certificate check is a ValueError on both runtimes (CPython's
         # SSLCertVerificationError included), raised during the handshake.
-        # NOTE: mbedTLS also reports a failed allocation during the signature check as an
-        # untrusted certificate. Unlike the SMTP client, this does not tell the two apart.
         if received:
             raise TokenError(
                 "the token endpoint %s sent a malformed reply (%s); retry later" % (host, _detail(exc)), True
+            ) from None
+        if isinstance(heap, tuple) and cert_check_lacked_heap(exc, *heap):
+            # mbedTLS reports a failed allocation during the signature check as an
+            # untrusted certificate. A wrong CA on a board this short of heap is retried
+            # too, so the message names both causes.
+            raise MemoryError(
+                "the token request ran out of memory (%s; %d bytes were left for the certificate check, or"
+                " ca_roots lack the root of %s)" % (_detail(exc), heap[1], host)
             ) from None
         raise TokenError(
             "TLS certificate verification failed for the token endpoint %s (%s); check that ca_roots"

@@ -11,7 +11,8 @@ and only the configuration or the server must change.
 With smtp.oauth2 in config.json, each session first gets an access token from
 alerts.oauth2 (cached between rounds) and sends it with XOAUTH2. A failed token
 request keeps the entries like a failed session. When the server rejects a cached
-token, it is dropped and the session runs once more with a new one.
+token, it is dropped and the session runs once more with a new one. In deep-sleep
+mode the token is kept on flash as well, for the next wake, and dropped there too.
 """
 
 import gc
@@ -88,6 +89,8 @@ class Sender:
         self.last_error = None
         # smtp.oauth2 (with alerts.oauth2's cache in it), or None for a password or a fixed token.
         self._oauth2 = config["smtp"].get("oauth2")
+        # In deep-sleep mode RAM is lost at every wake, so alerts.oauth2 keeps the access token on flash too.
+        self._keep_token = config.get("deep_sleep", {}).get("enabled", False)
         self._token = None
         # True when this session's token came from the cache, False when it was just requested.
         self._token_cached = False
@@ -136,7 +139,7 @@ class Sender:
 
         try:
             self._token, fetched = await oauth2.access_token(
-                self._oauth2, self.ca_roots, self.config["smtp"]["timeout_s"]
+                self._oauth2, self.ca_roots, self.config["smtp"]["timeout_s"], keep=self._keep_token
             )
         finally:
             oauth2 = None
@@ -155,8 +158,8 @@ class Sender:
             except SMTPError as exc:
                 # A TokenError from alerts.oauth2, with stage "token".
                 return self._session_failed(names[0], exc)
-            except MemoryError:
-                return self._out_of_memory(names[0])
+            except MemoryError as exc:
+                return self._out_of_memory(names[0], exc)
         # mbedTLS needs large contiguous blocks (about 21 KB on rp2); collect before asking.
         gc.collect()
         smtp = SMTP(self.config["smtp"]["host"], **self._options())
@@ -244,6 +247,11 @@ class Sender:
             cache = self._oauth2.get("cache")
             if cache:
                 cache["token"] = None
+                if cache.get("expires"):
+                    # The token is on flash too (deep-sleep mode): the next token request
+                    # writes the file without it first.
+                    cache["expires"] = None
+                    cache["unsaved"] = cache.get("unsaved") or 1
             if self._token_cached and not self._renewed:
                 self._renewed = True
                 log.info("the server rejected the cached OAuth2 access token (%s); requesting a new one" % exc.code)
@@ -258,13 +266,16 @@ class Sender:
         )
         return delay
 
-    def _out_of_memory(self, name):
+    def _out_of_memory(self, name, exc=None):
         gc.collect()
         delay = self._retry_delay()
         self.last_error = "out of memory"
         self._keep(name, delay)
+        # A MemoryError of alerts.oauth2 names the step that ran out of heap.
+        detail = "%s; " % exc if exc is not None and exc.args else ""
         log.warning(
-            "sending failed: out of memory (%d bytes free); %s kept, retry in %d s" % (log.free_bytes(), name, delay)
+            "sending failed: out of memory (%s%d bytes free); %s kept, retry in %d s"
+            % (detail, log.free_bytes(), name, delay)
         )
         return delay
 

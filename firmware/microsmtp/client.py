@@ -506,18 +506,14 @@ class SMTP:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
             if isinstance(exc, ValueError):
-                left = self._heap_after_wrap
-                # mbedTLS gives one line per failed check. Only an untrusted signature on
-                # its own can come from a failed allocation, because a wrong name or an
-                # expired date does not depend on the heap.
-                text = str(exc).strip()
-                if left is not None and left < _CERT_CHECK_HEAP and "\n" not in text and "not correctly signed" in text:
+                heap = self._heap_after_wrap
+                if heap and cert_check_lacked_heap(exc, *heap):
                     # Retried like any shortage of memory. A wrong CA on a board this
                     # short of heap is retried too, so the message names both causes.
                     return _out_of_memory(
                         "tls",
                         "%s; %d bytes were left for the certificate check (or ca_roots lack the server's root)"
-                        % (detail, left),
+                        % (detail, heap[1]),
                     )
                 # NOTE: with mbedTLS on a separate heap (ESP32), an allocation failure
                 # while it checks a signature still ends here as a permanent error. The
@@ -596,8 +592,7 @@ class SMTP:
             stream.s = self._context.wrap_socket(
                 stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
             )
-            left = gc.mem_free()
-            self._heap_after_wrap = left if free - left > _TLS_ON_HEAP else None
+            self._heap_after_wrap = (free, gc.mem_free())
             if start:
                 # The server waits for our ClientHello before it sends anything, so a
                 # first non-blocking read starts the handshake. It returns None while
@@ -624,6 +619,21 @@ def lacks_memory(exc):
         isinstance(exc, MemoryError)
         or code in (12, -0x7F00, -0x2880, -0x3F80, -0x4D80, -0x6180, -0x5180)
         or (code < -0x7F and -code & 0x7F == 0x10)
+    )
+
+
+def cert_check_lacked_heap(exc, free, left):
+    """Return True when exc, a failed certificate check, may be a failed allocation instead.
+
+    ``free`` and ``left`` are the free GC heap before and after the socket was wrapped.
+    A drop of more than _TLS_ON_HEAP means that mbedTLS took its buffers from the GC
+    heap, where the signature check allocates too. mbedTLS gives one line per failed
+    check, and only an untrusted signature on its own can come from a failed allocation,
+    because a wrong name or an expired date does not depend on the heap.
+    """
+    text = str(exc).strip()
+    return (
+        free - left > _TLS_ON_HEAP and left < _CERT_CHECK_HEAP and "\n" not in text and "not correctly signed" in text
     )
 
 

@@ -202,6 +202,21 @@ def test_error_text_printable_short():
 # -- the cache and the refresh token on flash ----------------------------------------------
 
 
+def new_cache(refresh=None):
+    return {"token": None, "ticks": 0, "life": 0, "refresh": refresh, "expires": None, "issued": None, "unsaved": 0}
+
+
+def load_refresh(configured, path):
+    """Return the refresh token that a board with config.json's token ``configured`` uses after a reset."""
+    cache = new_cache()
+    oauth2._load_state(settings(refresh_token=configured), cache, path, False)
+    return cache["refresh"]
+
+
+def save_refresh(configured, refresh, path):
+    oauth2._save_state(settings(refresh_token=configured), new_cache(refresh), path)
+
+
 def test_cached_token_until_margin():
     values = settings()
     assert oauth2.cached_token(values) is None
@@ -223,19 +238,19 @@ def test_saved_refresh_token_until_config_changes():
     directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     try:
-        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
-        oauth2._save_refresh_token(REFRESH, "rt-2", path)
+        assert load_refresh(REFRESH, path) == REFRESH
+        save_refresh(REFRESH, "rt-2", path)
         with open(path) as file:
             text = file.read()
         assert "rt-2" in text
         # Only a digest of the configured token is stored, never the token itself.
         assert REFRESH not in text
-        assert oauth2._load_refresh_token(REFRESH, path) == "rt-2"
+        assert load_refresh(REFRESH, path) == "rt-2"
         # The user authorized again and put a new token in config.json.
-        assert oauth2._load_refresh_token("rt-new", path) == "rt-new"
+        assert load_refresh("rt-new", path) == "rt-new"
         with open(path, "w") as file:
             file.write("{broken")
-        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
+        assert load_refresh(REFRESH, path) == REFRESH
         assert listdir(directory) == ["oauth2_token.json"]
     finally:
         remove_tree(directory)
@@ -384,7 +399,7 @@ def test_deeply_nested_json_is_not_json():
     try:
         with open(path, "wb") as file:
             file.write(b"[" * 3000 + b"]" * 3000)
-        assert oauth2._load_refresh_token(REFRESH, path) == REFRESH
+        assert load_refresh(REFRESH, path) == REFRESH
     finally:
         remove_tree(directory)
 
@@ -424,7 +439,7 @@ def test_damaged_state_files_ignored():
         for data in cases:
             with open(path, "wb") as file:
                 file.write(data)
-            assert oauth2._load_refresh_token(REFRESH, path) == REFRESH, data[:40]
+            assert load_refresh(REFRESH, path) == REFRESH, data[:40]
     finally:
         remove_tree(directory)
 
@@ -433,24 +448,24 @@ def test_interrupted_save_keeps_newest_refresh_token():
     directory = fresh_directory("alerts-oauth2-test")
     path = directory + "/oauth2_token.json"
     try:
-        oauth2._save_refresh_token(REFRESH, "rt-2", path)
+        save_refresh(REFRESH, "rt-2", path)
         # A reset after the .tmp copy was written, before the rename (on FAT after the
         # old file was removed): the .tmp copy contains the newest token.
         os.rename(path, path + ".tmp")
-        assert oauth2._load_refresh_token(REFRESH, path) == "rt-2"
-        oauth2._save_refresh_token(REFRESH, "rt-1", path)
+        assert load_refresh(REFRESH, path) == "rt-2"
+        save_refresh(REFRESH, "rt-1", path)
         os.rename(path, path + ".keep")
-        oauth2._save_refresh_token(REFRESH, "rt-3", path)
+        save_refresh(REFRESH, "rt-3", path)
         os.rename(path, path + ".tmp")
         os.rename(path + ".keep", path)
-        assert oauth2._load_refresh_token(REFRESH, path) == "rt-3"
+        assert load_refresh(REFRESH, path) == "rt-3"
         # A reset while the .tmp copy was written: it is partial, the older file counts.
         with open(path + ".tmp", "w") as file:
             file.write('{"refresh_token": "rt-4", "config')
-        assert oauth2._load_refresh_token(REFRESH, path) == "rt-1"
+        assert load_refresh(REFRESH, path) == "rt-1"
         # The next save completes normally.
-        oauth2._save_refresh_token(REFRESH, "rt-5", path)
-        assert oauth2._load_refresh_token(REFRESH, path) == "rt-5"
+        save_refresh(REFRESH, "rt-5", path)
+        assert load_refresh(REFRESH, path) == "rt-5"
         assert listdir(directory) == ["oauth2_token.json"]
     finally:
         remove_tree(directory)
@@ -547,3 +562,310 @@ def test_out_of_memory_in_token_request():
         assert error.transient
     finally:
         microsmtp.client.make_ssl_context, asyncio.open_connection = saved
+
+
+# -- saves that fail, the access token across deep sleep -----------------------------------
+
+# 2026-01-01 00:00:00 UTC, a time the clock may show once NTP set it.
+NOW = 1767225600
+UNSET = 946684800 + 120
+
+
+class Recorder:
+    """Stand-in for alerts.log that keeps the lines."""
+
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append("INFO " + message)
+
+    def warning(self, message):
+        self.lines.append("WARN " + message)
+
+    def error(self, message):
+        self.lines.append("ERROR " + message)
+
+    def count(self, text):
+        return len([line for line in self.lines if text in line])
+
+
+class Endpoint:
+    """Replaces alerts.oauth2.request_token() and the clock and log: each request gets the next reply."""
+
+    def __init__(self, *replies):
+        self.replies = list(replies)
+        self.requests = []
+        self.log = Recorder()
+        self.now = NOW
+
+    async def request_token(self, values, refresh_token, ca_roots, timeout_s):
+        self.requests.append(refresh_token)
+        return self.replies.pop(0)
+
+    def __enter__(self):
+        self._saved = (oauth2.request_token, oauth2.log, clock.now)
+        oauth2.request_token = self.request_token
+        oauth2.log = self.log
+        clock.now = lambda: self.now
+        return self
+
+    def __exit__(self, *exc):
+        oauth2.request_token, oauth2.log, clock.now = self._saved
+
+
+def tokens(access_token, expires_in=3600, refresh_token=None):
+    reply = {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}
+    if refresh_token is not None:
+        reply["refresh_token"] = refresh_token
+    return reply
+
+
+def get_token(values, path, keep=False):
+    if keep:
+        return asyncio.run(oauth2.access_token(values, None, 5, path, keep=True))
+    return asyncio.run(oauth2.access_token(values, None, 5, path))
+
+
+def read_state(path):
+    with open(path) as file:
+        return json.loads(file.read())
+
+
+def test_failed_save_retried_until_it_succeeds():
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    # A directory where the file belongs: every write of the file fails.
+    os.mkdir(path)
+    values = settings()
+    try:
+        with Endpoint(tokens("at-1", refresh_token="rt-2")) as endpoint:
+            assert get_token(values, path) == ("at-1", True)
+            assert endpoint.log.count("could not be written") == 1
+            assert "the new refresh token" in endpoint.log.lines[-1], endpoint.log.lines
+            assert values["cache"]["unsaved"]
+            # Each later call tries again, with the token from the cache; the error is logged once.
+            assert get_token(values, path) == ("at-1", False)
+            assert get_token(values, path) == ("at-1", False)
+            assert endpoint.log.count("could not be written") == 1
+            os.rmdir(path)
+            assert get_token(values, path) == ("at-1", False)
+            assert endpoint.log.count("written at last") == 1
+            assert read_state(path)["refresh_token"] == "rt-2"
+            assert load_refresh(REFRESH, path) == "rt-2"
+            assert not values["cache"]["unsaved"]
+            assert get_token(values, path) == ("at-1", False)
+            assert endpoint.log.count("written at last") == 1
+            assert len(endpoint.requests) == 1
+            # Outside deep sleep, the access token stays in RAM.
+            assert "access_token" not in read_state(path)
+    finally:
+        remove_tree(directory)
+
+
+def test_failed_save_retried_before_next_request():
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    os.mkdir(path)
+    values = settings()
+    try:
+        # A token without a lifetime is not cached, so the next call requests again.
+        with Endpoint(tokens("at-1", expires_in=0, refresh_token="rt-2"), tokens("at-2", expires_in=0)) as endpoint:
+            assert get_token(values, path) == ("at-1", True)
+            os.rmdir(path)
+            assert get_token(values, path) == ("at-2", True)
+            assert endpoint.requests == [REFRESH, "rt-2"]
+            assert read_state(path)["refresh_token"] == "rt-2"
+            assert endpoint.log.count("written at last") == 1
+    finally:
+        remove_tree(directory)
+
+
+def wake(path, **changes):
+    """Return (token, fetched) of the first token use after a wake: nothing of the last wake is in RAM."""
+    return get_token(settings(**changes), path, keep=True)
+
+
+def test_access_token_kept_across_wakes():
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    try:
+        with Endpoint(tokens("at-1"), tokens("at-2")) as endpoint:
+            assert wake(path) == ("at-1", True)
+            state = read_state(path)
+            assert state["access_token"] == "at-1"
+            assert state["issued"] == NOW
+            assert state["expires"] == NOW + 3600
+            # The refresh token did not change: config.json contains it, the file only its digest.
+            assert "refresh_token" not in state
+            assert REFRESH not in json.dumps(state)
+            endpoint.now = NOW + 1200
+            assert wake(path) == ("at-1", False)
+            assert wake(path) == ("at-1", False)
+            assert len(endpoint.requests) == 1
+            assert endpoint.log.count("access token from %s, valid for 2400 s more" % path) == 2
+            # Within a wake the token then comes from the cache in RAM.
+            values = settings()
+            assert get_token(values, path, keep=True) == ("at-1", False)
+            assert values["cache"]["life"] == 2400
+            assert get_token(values, path, keep=True) == ("at-1", False)
+            # Without deep sleep the saved token is not used, and the new one not saved.
+            before = read_state(path)
+            assert get_token(settings(), path) == ("at-2", True)
+            assert read_state(path) == before
+            assert listdir(directory) == ["oauth2_token.json"]
+    finally:
+        remove_tree(directory)
+
+
+def test_rotation_and_token_one_write():
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    try:
+        with Endpoint(tokens("at-1", refresh_token="rt-2"), tokens("at-2", refresh_token="rt-3")) as endpoint:
+            assert wake(path) == ("at-1", True)
+            state = read_state(path)
+            assert state["refresh_token"] == "rt-2"
+            assert state["access_token"] == "at-1"
+            assert endpoint.log.count("saved to") == 1
+            endpoint.now = NOW + 3600
+            assert wake(path) == ("at-2", True)
+            assert endpoint.requests == [REFRESH, "rt-2"]
+            state = read_state(path)
+            assert state["refresh_token"] == "rt-3"
+            assert state["access_token"] == "at-2"
+            assert state["issued"] == NOW + 3600
+    finally:
+        remove_tree(directory)
+
+
+def test_kept_token_not_reused():
+    # (case, clock at the next wake, changes to config.json), for a token saved at NOW.
+    cases = [
+        ("expired", NOW + 3600 - oauth2.MARGIN_S, {}),
+        ("clock unset", UNSET, {}),
+        ("clock moved back", NOW - 60, {}),
+        ("new refresh token in config.json", NOW + 60, {"refresh_token": "rt-new"}),
+    ]
+    for case, now, changes in cases:
+        directory = fresh_directory("alerts-oauth2-test")
+        path = directory + "/oauth2_token.json"
+        try:
+            with Endpoint(tokens("at-1"), tokens("at-2")) as endpoint:
+                assert wake(path) == ("at-1", True)
+                endpoint.now = now
+                assert wake(path, **changes) == ("at-2", True), case
+                assert endpoint.requests == [REFRESH, changes.get("refresh_token", REFRESH)], case
+                if case == "clock moved back":
+                    assert endpoint.log.count("was issued after the current time") == 1
+                state = read_state(path)
+                if case == "clock unset":
+                    # Without a set clock no expiry can be dated: the file keeps the earlier token.
+                    assert state["access_token"] == "at-1"
+                else:
+                    assert state["access_token"] == "at-2", case
+                    assert state["issued"] == now, case
+        finally:
+            remove_tree(directory)
+
+
+def test_damaged_kept_token_ignored():
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    fingerprint = oauth2._fingerprint(REFRESH)
+    cases = [
+        {"configured": fingerprint, "access_token": "a b", "issued": NOW, "expires": NOW + 3600},
+        {"configured": fingerprint, "access_token": "at-1", "issued": "0", "expires": NOW + 3600},
+        {"configured": fingerprint, "access_token": "at-1", "issued": NOW, "expires": None},
+        {"configured": fingerprint, "access_token": "at-1", "issued": NOW},
+    ]
+    try:
+        for state in cases:
+            with open(path, "w") as file:
+                file.write(json.dumps(state))
+            with Endpoint(tokens("at-2")):
+                assert wake(path) == ("at-2", True), state
+    finally:
+        remove_tree(directory)
+
+
+class _FakeGC:
+    """Stand-in for the gc module of alerts.oauth2: mem_free() gives the free heap before and after the wrap."""
+
+    def __init__(self, free, left):
+        self.values = [free, left]
+
+    def collect(self):
+        pass
+
+    def mem_free(self):
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+class _FailingStream:
+    """A connection whose handshake fails at the first read with ``error``, as MicroPython's does."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def write(self, data):
+        pass
+
+    async def drain(self):
+        pass
+
+    async def read(self, size):
+        raise self.error
+
+    def close(self):
+        pass
+
+    async def wait_closed(self):
+        pass
+
+
+def connect_to(stream):
+    """Return a stand-in for asyncio.open_connection() that returns stream as reader and writer."""
+
+    async def connect(*args, **kwargs):
+        return stream, stream
+
+    return connect
+
+
+def test_cert_check_low_heap_out_of_memory():
+    # mbedTLS reports a failed allocation during the signature check as an untrusted
+    # certificate. With its buffers on the GC heap (a drop of more than 16 KB across
+    # the wrap) and less than 24 KB left, the token request counts as out of memory.
+    import gc
+
+    import microsmtp.client
+
+    untrusted = "The certificate is not correctly signed by the trusted CA"
+    cases = [
+        (60000, 20000, untrusted, MemoryError),
+        (60000, 40000, untrusted, TokenError),
+        # mbedTLS took its buffers from elsewhere (ESP32): the heap did not drop.
+        (22000, 20000, untrusted, TokenError),
+        (60000, 20000, untrusted + "\nThe certificate Common Name (CN) does not match", TokenError),
+        (60000, 20000, "The certificate validity has expired", TokenError),
+        # The real gc module: on CPython it has no mem_free(), under MicroPython the stand-in
+        # connection takes no 16 KB.
+        (None, None, untrusted, TokenError),
+    ]
+    saved = (microsmtp.client.make_ssl_context, asyncio.open_connection, oauth2.gc)
+    microsmtp.client.make_ssl_context = lambda roots: None
+    try:
+        for free, left, text, expected in cases:
+            asyncio.open_connection = connect_to(_FailingStream(ValueError(text)))
+            oauth2.gc = gc if free is None else _FakeGC(free, left)
+            error = raises(expected, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
+            if expected is MemoryError:
+                assert "token request ran out of memory" in str(error), str(error)
+                assert "20000 bytes were left for the certificate check" in str(error), str(error)
+                assert "ca_roots lack the root of login.example.com" in str(error), str(error)
+            else:
+                assert not error.transient, (free, left, text)
+                assert "TLS certificate verification failed" in str(error), str(error)
+    finally:
+        microsmtp.client.make_ssl_context, asyncio.open_connection, oauth2.gc = saved

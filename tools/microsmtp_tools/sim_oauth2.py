@@ -12,7 +12,8 @@ the board's authorization.
 The SMTP server passes an XOAUTH2 initial response to ``parse_xoauth2()`` and its token
 to ``TokenEndpoint.token_valid()``. A token expires ``expires_in`` seconds of real time
 after it was issued, as the board ages its cached token with ticks_ms(), which the sim
-does not speed up.
+does not speed up. In deep-sleep mode the board dates the token it saves for the next
+wake by the simulated clock, so it renews the token sooner than the endpoint needs.
 """
 
 import json
