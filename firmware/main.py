@@ -1,5 +1,19 @@
-"""Board entry point: run the alert application from config.json."""
+# Board entry point: run the alert application from config.json.
+#
+# When the firmware cannot be imported or started (a heap too small for it, for one),
+# alerts.restart logs why and resets the board after a delay that grows with each
+# failed start in a row. It is imported first, while the heap is empty, so that it
+# fits. Ctrl-C (KeyboardInterrupt, not an Exception) still reaches the REPL. Comments,
+# not a docstring: the board compiles this file at boot, and comments cost no heap.
 
-import alerts.app
+import alerts.restart
 
-alerts.app.main()
+try:
+    import alerts.app
+
+    alerts.app.main()
+except Exception as exc:
+    # alerts.app unloads alerts.restart once the sensor loop runs.
+    import alerts.restart
+
+    alerts.restart.failed(exc)

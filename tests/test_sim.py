@@ -9,6 +9,7 @@ import email
 import email.policy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -201,6 +202,68 @@ def test_long_run_in_small_heap(micropython, tmp_path):
     assert len(subjects) == 20, output
     assert "ALERT greenhouse-hot" in subjects[0]
     assert "back to normal greenhouse-hot" in subjects[-1]
+
+
+def run_start_scenario(tmp_path, *arguments, **settings):
+    """Run the default sensor and rule for 1800 simulated s at 600x; no email expected unless settings give one."""
+    scenario = json.loads((SCENARIOS / "default.json").read_text())
+    scenario.update({"speed": 600, "expect": [], "exact": False}, **settings)
+    path = tmp_path / "start.json"
+    path.write_text(json.dumps(scenario))
+    return run_sim(tmp_path, "--scenario", str(path), *arguments)
+
+
+def restart_delays(process):
+    """Return the delays (s) of the resets the board announced after its failed starts."""
+    return [int(match) for match in re.findall(r"failure \d+ in a row, reset in (\d+) s", process.stdout)]
+
+
+# 24K is too small to import alerts.app (main.py catches it), 52K too small for the
+# config check in alerts.boot (alerts.app.main() catches it).
+@pytest.mark.parametrize("heap", ["24K", "52K"])
+def test_heap_too_small_to_start_backs_off(micropython, tmp_path, heap):
+    process = run_start_scenario(tmp_path, "--heap", heap)
+    output = unix_port.format_output(process)
+    lines = board_lines(process)
+    clear = [line for line in lines if " out of memory while starting (" in line]
+    assert clear, output
+    assert (
+        " bytes free): use fewer sensors or rules, a board with more RAM, or firmware with the code frozen in"
+        in (clear[0])
+    ), output
+    assert "(microsmtp firmware); failure 1 in a row, reset in 10 s" in clear[0], output
+    # The board neither stops at the REPL nor resets every 10 s: each failed start
+    # doubles the delay, up to 600 s. In 1800 simulated s that leaves a handful of
+    # restarts where a 10 s delay would give about a hundred.
+    delays = restart_delays(process)
+    assert len(delays) >= 4, output
+    assert delays == [min(10 * 2**index, 600) for index in range(len(delays))], output
+    restarts = int(re.search(r"(\d+) board restart\(s\)", process.stdout).group(1))
+    assert len(delays) - 1 <= restarts <= len(delays) <= 9, output
+    assert "exit status" not in process.stdout, output
+    assert "the board ran out of memory (MemoryError) with --heap %s" % heap in process.stdout, output
+
+
+def test_start_after_failed_starts_clears_count(micropython, tmp_path):
+    # Three starts in a heap too small, then one that is big enough: it starts the
+    # sensor loop, clears the count and delivers the scenario's emails.
+    process = run_start_scenario(
+        tmp_path,
+        start_heaps=["24K", "52K", "24K"],
+        speed=300,
+        expect=json.loads((SCENARIOS / "default.json").read_text())["expect"],
+    )
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert restart_delays(process) == [10, 20, 40], output
+    assert "INFO started after 3 failed start(s) in a row" in process.stdout, output
+    assert "summary: 2 email(s) delivered, 2 expected, 3 board restart(s)" in process.stdout, output
+
+
+def test_invalid_start_heaps(tmp_path):
+    process = run_start_scenario(tmp_path, start_heaps=["24 KB"])
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert "start_heaps must be a list of heap sizes" in process.stderr
 
 
 # An image from `microsmtp firmware --board UNIX --32bit`, which needs a MicroPython

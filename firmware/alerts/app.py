@@ -295,9 +295,11 @@ def _log_heap():
 
 
 def main(config_path="config.json"):
-    """Run the application; on an unexpected error, log it and reset the board after 10 s."""
-    from . import board
+    """Run the application; on an unexpected error, log it and reset the board after a delay.
 
+    alerts.restart makes the delay grow with each failed start in a row, and clears the
+    count once the sensor loop runs (in deep-sleep mode, once a wake is complete).
+    """
     try:
         # Inside the try: an error while setting up the outbox, the rule state, the
         # sensors or the CA roots is logged and resets the board like any other.
@@ -307,20 +309,46 @@ def main(config_path="config.json"):
         if app.config["deep_sleep"]["enabled"]:
             from .wake import run_once
 
+            # The wake ends in board.deep_sleep(), which clears the count.
             asyncio.run(run_once(app))
         else:
-            asyncio.run(app.run())
+
+            async def run():
+                task = asyncio.create_task(app.run())
+                # After two passes of the scheduler, App.run() has started the sensor
+                # tasks and they have read once: the start is complete.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if not task.done():
+                    _loop_started()
+                await task
+
+            asyncio.run(run())
     except KeyboardInterrupt:
         log.info("stopped (KeyboardInterrupt)")
         raise
     except Exception as exc:
-        log.error("unexpected %s: %s; resetting in 10 s" % (type(exc).__name__, exc))
-        if hasattr(sys, "print_exception"):
-            sys.print_exception(exc)
-        import time
+        # Drop the App first: the log line and the wait then find room on a short heap.
+        app = None
+        from . import restart
 
-        time.sleep(10 / clock.speed())
-        board.reset()
+        restart.failed(exc, _running)
+
+
+# True once the sensor loop runs: a later failure is not one while starting.
+_running = False
+
+
+def _loop_started():
+    """Clear the count of failed starts, then unload alerts.restart for the sensor loop's heap."""
+    global _running
+    from . import restart
+
+    restart.started()
+    restart = None
+    _running = True
+    # A failure imports it again.
+    unload(("alerts.restart",))
 
 
 def _start(config_path):

@@ -12,6 +12,10 @@ QUEUED = ((50, 200), (50, 4700))  # double blink: alerts waiting to be sent
 ALERT = ((200, 200),)  # fast blink: a rule's condition holds
 ERROR = ((1000, 0),)  # steady: configuration or network error
 
+# The Watchdog whose machine.WDT runs, once one is started. Nothing stops it, so
+# alerts.restart feeds it while it waits before a reset.
+running_watchdog = None
+
 
 class Led:
     def __init__(self, pin, active_high=True):
@@ -59,6 +63,8 @@ class Watchdog:
             import machine
 
             self._wdt = machine.WDT(timeout=timeout_ms)
+            global running_watchdog
+            running_watchdog = self
             log.info("watchdog started: %d ms" % timeout_ms)
         except (ImportError, AttributeError, ValueError, OSError) as exc:
             log.warning("watchdog unavailable on this port (%s); running without it" % exc)
@@ -105,5 +111,10 @@ def reset():
 def deep_sleep(seconds):
     """Sleep for seconds of clock time; on a board this ends with a reset on wake."""
     import machine
+
+    from . import restart
+
+    # The wake is complete, so the failed starts before it no longer count.
+    restart.started()
 
     machine.deepsleep(int(clock.real_seconds(seconds) * 1000))

@@ -72,15 +72,17 @@ def create_sensors(app):
 
 def check_sending(app):
     """Load the CA roots once to find out whether alerts can be sent, and log why not."""
-    from .sender import SenderConfigError, load_ca_roots
-
     try:
-        if app.config["smtp"]["security"] != "none":
-            load_ca_roots(app.config)
-        app.can_send = True
-    except SenderConfigError as exc:
-        log.error(str(exc))
-        app.can_send = False
+        # Inside the try: alerts.sender itself may not fit beside the boot code.
+        from .sender import SenderConfigError, load_ca_roots
+
+        try:
+            if app.config["smtp"]["security"] != "none":
+                load_ca_roots(app.config)
+            app.can_send = True
+        except SenderConfigError as exc:
+            log.error(str(exc))
+            app.can_send = False
     except MemoryError:
         # Each delivery round loads the roots again and reports what is wrong with
         # them, so the sensors start instead of the board resetting at every boot.

@@ -74,6 +74,7 @@ _SCENARIO_KEYS = (
     "oauth2",
     "expect",
     "exact",
+    "start_heaps",
 )
 
 
@@ -170,6 +171,14 @@ def load_scenario(path):
             or not re.match(r"5\d\d ", str(item.get("reply", "")))
         ):
             raise SimError('scenario %s: each reject item is {"subject": TEXT, "reply": "5xx ...", "count": N}' % path)
+    heaps = scenario.get("start_heaps", [])
+    if not isinstance(heaps, list) or not all(
+        isinstance(item, str) and re.fullmatch(r"\d+[KM]?", item) for item in heaps
+    ):
+        raise SimError(
+            'scenario %s: start_heaps must be a list of heap sizes, one per start from the first, e.g. ["24K", "24K"]'
+            % path
+        )
     problem = sim_oauth2.options_problem(scenario.get("oauth2", False))
     if problem is not None:
         raise SimError(
@@ -444,11 +453,13 @@ class Redactor:
 class Board:
     """The firmware running under micropython, restarted after reset() and deepsleep()."""
 
-    def __init__(self, executable, directory, firmware, heap, redactor, echo):
+    def __init__(self, executable, directory, firmware, heap, redactor, echo, start_heaps=()):
         self.executable = executable
         self.directory = directory
         self.firmware = firmware
         self.heap = heap
+        # Heaps of the first starts (the scenario's start_heaps); later starts get heap.
+        self.start_heaps = list(start_heaps)
         self.redactor = redactor
         self.echo = echo
         self.process = None
@@ -468,8 +479,15 @@ class Board:
         except FileNotFoundError:
             pass
         command = [self.executable]
-        if self.heap:
-            command += ["-X", "heapsize=%s" % self.heap]
+        heap = self.heap
+        # A MemoryError counts as a problem only on the heap the run is checking.
+        counted = True
+        if self.start_heaps:
+            heap = self.start_heaps.pop(0)
+            counted = False
+            print("sim   | board starts with a %s heap (start_heaps)" % heap, flush=True)
+        if heap:
+            command += ["-X", "heapsize=%s" % heap]
         # main.py runs from the board directory, as from a board's root, so the
         # interpreter does not put firmware/ (the source) first on the path.
         command.append("main.py")
@@ -488,17 +506,17 @@ class Board:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self.process, counted), daemon=True)
         self._reader.start()
 
-    def _read(self, process):
+    def _read(self, process, counted=True):
         for raw in process.stdout:
             line = self.redactor(raw.decode("utf-8", "replace").rstrip("\r\n"))
             self.lines.append(line)
             # The firmware logs a MemoryError it survives, and the SMTP library's
             # OutOfMemory, as "out of memory". alerts.oauth2 logs an mbedTLS buffer that
             # the GC heap cannot hold as a failed connection with ENOMEM.
-            if "MemoryError" in line or "out of memory" in line or "ENOMEM" in line:
+            if counted and ("MemoryError" in line or "out of memory" in line or "ENOMEM" in line):
                 self.memory_error = True
             heap = _HEAP_PATTERN.search(line)
             if heap:
@@ -827,7 +845,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
             ),
             flush=True,
         )
-    board = Board(executable, directory, library, args.heap, redactor, not args.quiet)
+    board = Board(executable, directory, library, args.heap, redactor, not args.quiet, scenario.get("start_heaps", ()))
     settings["wall_start_ns"] = time.time_ns()
     (directory / "sim.json").write_text(json.dumps(settings))
     board.start()
