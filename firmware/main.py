@@ -13,7 +13,17 @@ try:
 
     alerts.app.main()
 except Exception as exc:
-    # alerts.app unloads alerts.restart once the sensor loop runs.
-    import alerts.restart
+    try:
+        # alerts.app unloads alerts.restart once the sensor loop runs.
+        import alerts.restart
 
-    alerts.restart.failed(exc)
+        alerts.restart.failed(exc)
+    except Exception:
+        # alerts.restart did not fit again after it was unloaded, or failed itself:
+        # reset after 10 s anyway rather than stop at the REPL.
+        import time
+
+        import machine
+
+        time.sleep(10)
+        machine.reset()

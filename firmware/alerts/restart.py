@@ -47,8 +47,13 @@ def read():
     """Return the failed starts in a row stored in PATH (0 when none, or when the file is unreadable)."""
     try:
         with open(PATH) as file:
-            return max(int(file.read()), 0)
-    except (OSError, ValueError):
+            # A count has a few digits: a longer file is damaged, and is not read whole,
+            # because a MemoryError here would stop main.py at the REPL.
+            text = file.read(13)
+        if len(text) > 12:
+            return 0
+        return max(int(text), 0)
+    except (OSError, ValueError, MemoryError):
         return 0
 
 
@@ -81,8 +86,12 @@ def started():
     global _previous, _running
     _running = True
     if _previous and write(0):
-        _log("INFO", "started after %d failed start(s) in a row" % _previous)
-        _previous = 0
+        previous, _previous = _previous, 0
+        try:
+            _log("INFO", "started after %d failed start(s) in a row" % previous)
+        except Exception:
+            # The start is complete even without room for the line.
+            pass
 
 
 def failed(exc, running=False):
@@ -101,14 +110,16 @@ def failed(exc, running=False):
     wait = delay(_count)
     try:
         _report(exc, "failure %d in a row, reset in %d s" % (_count, wait))
-    except MemoryError:
-        # The reset matters more than the line.
+    except Exception:
+        # The reset matters more than the line (no heap left for it, a clock that
+        # cannot be formatted, a broken exception text).
         pass
     try:
         pause(wait)
-    except MemoryError:
+    except Exception:
         # Not even room to look for the watchdog (which this early has not started).
-        time.sleep(wait / _SPEED)
+        # Whole milliseconds: a float would need heap.
+        _sleep_ms(wait * 1000 // _SPEED)
     machine.reset()
 
 

@@ -86,6 +86,24 @@ def test_count_file_write_and_remove():
         scope.close()
 
 
+def test_long_count_file_counts_as_damaged():
+    # A count has a few digits. A longer file is damaged, and is not read whole: main.py
+    # imports this module first, and a MemoryError there would leave the board at the REPL.
+    scope = Scope()
+    try:
+        # 100 digits, then 600 KB: more than the 512 KB heap of the MicroPython test run.
+        for size in (100, 600000):
+            with open(scope.path, "w") as file:
+                for _ in range(size // 100):
+                    file.write("7" * 100)
+            assert restart.read() == 0, size
+        # The next failed start writes a short count over it.
+        helpers.raises(Reset, restart.failed, ValueError("bug"))
+        assert restart.read() == 1
+    finally:
+        scope.close()
+
+
 def test_failed_start_counts_waits_and_resets():
     scope = Scope(previous=2)
     try:
@@ -122,6 +140,50 @@ def report_lines(exc, running):
     finally:
         restart._log = saved
     return lines
+
+
+class BrokenClock:
+    """alerts.clock with a time that gmtime() cannot format."""
+
+    def now(self):
+        return 1 << 70
+
+    def format_utc(self, seconds):
+        raise OverflowError("overflow converting long int to machine word")
+
+
+def test_failure_while_logging_still_resets():
+    scope = Scope()
+    saved = sys.modules.get("alerts.clock")
+    sys.modules["alerts.clock"] = BrokenClock()
+    try:
+        helpers.raises(Reset, restart.failed, ValueError("bug"))
+        assert restart.read() == 1
+    finally:
+        if saved is None:
+            del sys.modules["alerts.clock"]
+        else:
+            sys.modules["alerts.clock"] = saved
+        scope.close()
+
+
+def test_started_clears_count_when_log_line_fails():
+    # The start is complete even when the heap has no room left for the log line.
+    scope = Scope(previous=3)
+    saved = restart._log
+
+    def failing_log(level, *parts):
+        raise MemoryError("memory allocation failed")
+
+    restart._log = failing_log
+    try:
+        restart.write(3)
+        restart.started()
+        assert restart.read() == 0
+        assert restart._previous == 0
+    finally:
+        restart._log = saved
+        scope.close()
 
 
 def test_memory_error_while_starting_names_remedy():
@@ -193,8 +255,11 @@ class FailingApp:
         raise self.error
 
 
-def run_main_py(error):
-    """Run firmware/main.py with an alerts.app whose main() raises error; return what reached failed()."""
+def run_main_py(error, failed=None):
+    """Run firmware/main.py with an alerts.app whose main() raises error; return what reached failed().
+
+    ``failed`` replaces alerts.restart.failed; by default it records what it is given.
+    """
     import alerts
 
     with open(MAIN_PY) as file:
@@ -205,7 +270,7 @@ def run_main_py(error):
     app = FailingApp(error)
     sys.modules["alerts.app"] = app
     alerts.app = app
-    restart.failed = handed.append
+    restart.failed = failed or handed.append
     try:
         exec(code, {"__name__": "__main__"})
     finally:
@@ -226,3 +291,39 @@ def test_main_py_hands_failed_start_to_restart():
 
 def test_main_py_lets_keyboard_interrupt_reach_repl():
     helpers.raises(KeyboardInterrupt, run_main_py, KeyboardInterrupt())
+
+
+class SleepingMachine:
+    """Stands in for both machine and time in main.py: records the sleep, then the reset."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sleep(self, seconds):
+        self.calls.append(("sleep", seconds))
+
+    def reset(self):
+        self.calls.append(("reset",))
+        raise Reset()
+
+
+def test_main_py_resets_when_restart_cannot_run():
+    # After the sensor loop ran, alerts.restart is unloaded. When it does not fit again
+    # (or fails itself), main.py still resets the board after a pause instead of leaving
+    # it at the REPL.
+    def failed(exc):
+        raise MemoryError("memory allocation failed")
+
+    stand_in = SleepingMachine()
+    saved = {name: sys.modules.get(name) for name in ("machine", "time")}
+    sys.modules["machine"] = stand_in
+    sys.modules["time"] = stand_in
+    try:
+        helpers.raises(Reset, run_main_py, ValueError("bug"), failed)
+    finally:
+        for name in saved:
+            if saved[name] is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = saved[name]
+    assert stand_in.calls == [("sleep", 10), ("reset",)]
