@@ -29,6 +29,10 @@ STATE_PATH = "oauth2_token.json"
 MAX_REPLY = 16384
 # An access token with less than this many seconds left is refreshed first.
 MARGIN_S = 300
+# Maximum seconds an access token is used after its issue, whatever expires_in or the
+# file contains. Providers give an hour, and a damaged file must not keep a token in use
+# indefinitely. A ticks_ms() difference on MicroPython also covers only about 6 days.
+MAX_LIFE_S = 86400
 _READ_SIZE = 512
 # Error codes (RFC 6749 section 5.2) of a rejected refresh token or client, which only a
 # new authorization fixes.
@@ -149,6 +153,7 @@ def token_from_reply(reply, host, hidden=()):
     if not isinstance(life, int) or isinstance(life, bool) or life < 0:
         # Without a known lifetime the token serves this round only.
         life = 0
+    life = min(life, MAX_LIFE_S)
     refresh = reply.get("refresh_token")
     if refresh is not None and not _is_token(refresh):
         raise TokenError("the token endpoint %s sent an invalid refresh_token; retry later" % host, True, 200)
@@ -199,6 +204,9 @@ def _load_state(settings, cache, path, keep):
     issued = saved.get("issued")
     if not keep or not _is_token(token) or not isinstance(expires, int) or not isinstance(issued, int):
         return
+    if isinstance(issued, bool) or expires - issued > MAX_LIFE_S:
+        # Damaged: no token lives that long.
+        return
     now = clock.now()
     # An unset or estimated clock (before NTP) cannot tell how old the token is.
     if not clock.is_accurate():
@@ -244,6 +252,9 @@ def _save_state(settings, cache, path, done=None):
     Only a fingerprint of config.json's refresh token is stored, and the token in use only
     when it is a newer one, so that no secret is stored twice.
     """
+    if not cache.get("unsaved"):
+        # Until the write succeeds: a MemoryError leaves this function as well.
+        cache["unsaved"] = 1
     from .outbox import write_atomic
 
     configured = settings["refresh_token"]

@@ -789,6 +789,66 @@ def test_damaged_kept_token_ignored():
         remove_tree(directory)
 
 
+def test_kept_token_life_bounded():
+    # A damaged or forged file must not keep a token in use indefinitely. A kept token
+    # is used at most MAX_LIFE_S after its issue time, whatever expiry the file contains.
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    fingerprint = oauth2._fingerprint(REFRESH)
+    cases = [
+        {"configured": fingerprint, "access_token": "at-1", "issued": NOW, "expires": NOW + 10**12},
+        {"configured": fingerprint, "access_token": "at-1", "issued": NOW - 30 * 86400, "expires": NOW + 3600},
+        # JSON true is an int to isinstance(): issued 1970-01-01.
+        {"configured": fingerprint, "access_token": "at-1", "issued": True, "expires": NOW + 3600},
+    ]
+    try:
+        for state in cases:
+            with open(path, "w") as file:
+                file.write(json.dumps(state))
+            with Endpoint(tokens("at-2")):
+                assert wake(path) == ("at-2", True), state
+        # A lifetime sent by the endpoint is bounded the same way, in RAM and on flash.
+        os.remove(path)
+        with Endpoint(tokens("at-3", expires_in=10**12)) as endpoint:
+            values = settings()
+            assert get_token(values, path, keep=True) == ("at-3", True)
+            assert values["cache"]["life"] == oauth2.MAX_LIFE_S
+            assert read_state(path)["expires"] == NOW + oauth2.MAX_LIFE_S
+        with Endpoint(tokens("at-4")) as endpoint:
+            endpoint.now = NOW + oauth2.MAX_LIFE_S - oauth2.MARGIN_S
+            assert wake(path) == ("at-4", True)
+    finally:
+        remove_tree(directory)
+
+
+def test_save_out_of_memory_retried():
+    # A MemoryError while writing the file (json.dump on a short heap) reaches the sender
+    # as out of memory. The new refresh token must still be written at a later token use.
+    from alerts import outbox
+
+    directory = fresh_directory("alerts-oauth2-test")
+    path = directory + "/oauth2_token.json"
+    saved = outbox.write_atomic
+
+    def failing(path, data):
+        raise MemoryError("memory allocation failed")
+
+    values = settings()
+    try:
+        with Endpoint(tokens("at-1", refresh_token="rt-2")) as endpoint:
+            outbox.write_atomic = failing
+            raises(MemoryError, get_token, values, path)
+            outbox.write_atomic = saved
+            assert values["cache"]["unsaved"]
+            assert get_token(values, path) == ("at-1", False)
+            assert read_state(path)["refresh_token"] == "rt-2"
+            assert not values["cache"]["unsaved"]
+            assert len(endpoint.requests) == 1
+    finally:
+        outbox.write_atomic = saved
+        remove_tree(directory)
+
+
 class _FakeGC:
     """Stand-in for the gc module of alerts.oauth2: mem_free() gives the free heap before and after the wrap."""
 
