@@ -562,6 +562,24 @@ def test_deep_sleep_keeps_access_token_across_wakes(boards, smtp_server, token_e
     assert_no_secret_in(board.text(), "at-1", "at-2", "at-3")
 
 
+def test_deep_sleep_rejected_new_token_removed_from_flash(boards, smtp_server, token_endpoint):
+    # The server rejects the token the wake just requested (no renewal: it is new). The
+    # next wake, with RAM lost, must not try it again but request another one.
+    endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-0"})
+    config = deep_sleep_config(server, endpoint)
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 0, board.text()
+    assert "access_token" not in json.loads((boards.flash / "oauth2_token.json").read_text())
+    server.oauth2_tokens["alice"] = "at-2"
+    board, result = wake_and_send(boards, config)
+    # This wake's alert and the one the first wake kept.
+    assert result["delivered"] == 2, board.text()
+    assert "rejected the cached OAuth2 access token" not in board.text()
+    assert len(endpoint.requests) == 2
+    assert len(server.connections) == 2
+
+
 def test_without_deep_sleep_access_token_not_saved(boards, smtp_server, token_endpoint):
     endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
     server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})

@@ -88,10 +88,9 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH, kee
     lost at every wake) also keeps the access token in ``state_path`` for the next wake.
     Raises TokenError.
     """
+    # A save failed before, or the sender dropped a token that is on flash.
+    save_pending(settings, state_path)
     cache = settings.get("cache")
-    if cache and cache.get("unsaved"):
-        # A save failed before, or the sender dropped a token that is on flash.
-        _save_state(settings, cache, state_path)
     token = cached_token(settings)
     if token is not None:
         return token, False
@@ -124,6 +123,13 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH, kee
     elif save:
         _save_state(settings, cache, state_path, "the access token is kept for the next wake")
     return token, True
+
+
+def save_pending(settings, state_path=STATE_PATH):
+    """Write the state file now if the cache marks it as out of date (see access_token())."""
+    cache = settings.get("cache")
+    if cache and cache.get("unsaved"):
+        _save_state(settings, cache, state_path)
 
 
 def token_from_reply(reply, host, hidden=()):
