@@ -25,5 +25,6 @@ except Exception as exc:
 
         import machine
 
+        print("ERROR the firmware failed to start; reset in 10 s")
         time.sleep(10)
         machine.reset()

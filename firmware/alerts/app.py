@@ -274,6 +274,7 @@ class App:
         for spec in self.config["sensors"]:
             self.start(self.sensor_task(spec))
         self.start(self.tick_task())
+        start_complete()
         if not clock.is_set():
             self.watchdog.alive("sender", _SENDER_SLACK_S)
             await self.run_delivery("network")
@@ -312,18 +313,7 @@ def main(config_path="config.json"):
             # The wake ends in board.deep_sleep(), which clears the count.
             asyncio.run(run_once(app))
         else:
-
-            async def run():
-                task = asyncio.create_task(app.run())
-                # After two passes of the scheduler, App.run() has started the sensor
-                # tasks and they have read once: the start is complete.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                if not task.done():
-                    _loop_started()
-                await task
-
-            asyncio.run(run())
+            asyncio.run(app.run())
     except KeyboardInterrupt:
         log.info("stopped (KeyboardInterrupt)")
         raise
@@ -335,19 +325,21 @@ def main(config_path="config.json"):
         restart.failed(exc, _running)
 
 
-# True once the sensor loop runs: a later failure is not one while starting.
+# True once the start is complete: a later failure is not one while starting.
 _running = False
 
 
-def _loop_started():
-    """Clear the count of failed starts, then unload alerts.restart for the sensor loop's heap."""
+def start_complete():
+    """Note that the start is complete: clear alerts.restart's count of failed starts, then unload it."""
     global _running
-    from . import restart
-
+    _running = True
+    restart = sys.modules.get("alerts.restart")
+    if restart is None:
+        # main.py did not run (a test), or a deep-sleep wake unloaded it already.
+        return
     restart.started()
     restart = None
-    _running = True
-    # A failure imports it again.
+    # For the sensor loop's heap; a failure imports it again.
     unload(("alerts.restart",))
 
 

@@ -112,9 +112,8 @@ def deep_sleep(seconds):
     """Sleep for seconds of clock time; on a board this ends with a reset on wake."""
     import machine
 
-    from . import restart
+    from .app import start_complete
 
     # The wake is complete, so the failed starts before it no longer count.
-    restart.started()
-
+    start_complete()
     machine.deepsleep(int(clock.real_seconds(seconds) * 1000))

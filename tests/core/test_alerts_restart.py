@@ -327,3 +327,23 @@ def test_main_py_resets_when_restart_cannot_run():
             else:
                 sys.modules[name] = saved[name]
     assert stand_in.calls == [("sleep", 10), ("reset",)]
+
+
+def test_start_complete_clears_count_and_unloads_restart():
+    import alerts
+    from alerts import app
+
+    scope = Scope(previous=2)
+    try:
+        restart.write(2)
+        app.start_complete()
+        assert restart.read() == 0
+        assert "alerts.restart" not in sys.modules
+        # Not loaded: nothing to clear.
+        app.start_complete()
+        assert "alerts.restart" not in sys.modules
+    finally:
+        app._running = False
+        sys.modules["alerts.restart"] = restart
+        alerts.restart = restart
+        scope.close()
