@@ -95,6 +95,12 @@ while True:
         sender = Sender(config, outbox, roots)
         delay = asyncio.run(sender.run_session())
         loaded = "alerts.oauth2" in sys.modules
+        if config.get("deep_sleep", {}).get("enabled"):
+            # As alerts.wake does after the delivery round, before deep sleep.
+            from alerts.wake import save_oauth2_state
+
+            save_oauth2_state(config["smtp"].get("oauth2"))
+            loaded = loaded or "alerts.oauth2" in sys.modules
         values = {"delay": delay, "delivered": sender.delivered, "last_error": sender.last_error,
                   "oauth2_loaded": loaded}
         sender = Sender = contexts = None

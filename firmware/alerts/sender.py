@@ -131,27 +131,7 @@ class Sender:
         while True:
             delay = await self._session(names)
             if delay is not _RENEW:
-                break
-        cache = self._oauth2.get("cache") if self._keep_token and self._oauth2 is not None else None
-        if cache and cache.get("unsaved"):
-            # The server rejected a token that is on flash, and deep sleep loses this
-            # mark with RAM: without this write, the next wake would try it again.
-            self._save_token_state()
-        return delay
-
-    def _save_token_state(self):
-        from . import oauth2
-
-        try:
-            oauth2.save_pending(self._oauth2)
-        except MemoryError:
-            # The next wake tries the rejected token once, then requests a new one.
-            log.warning("OAuth2: no heap left to remove the rejected access token from %s" % oauth2.STATE_PATH)
-        finally:
-            oauth2 = None
-            from .app import unload
-
-            unload(("alerts.oauth2",))
+                return delay
 
     async def _get_token(self):
         """Set self._token from alerts.oauth2, which is unloaded again before the SMTP session."""

@@ -41,11 +41,35 @@ async def run_once(app):
     wait = app.outbox.due(clock.now())
     if app.can_send and wait == 0:
         await app.run_delivery("deliver")
+        save_oauth2_state(app.config["smtp"].get("oauth2"))
     interval = app.config["deep_sleep"]["interval_s"]
     where = save_state(app, interval)
     arm_wake_pins(app)
     log.info("deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(app.outbox.pending()), where))
     board.deep_sleep(interval)
+
+
+def save_oauth2_state(settings):
+    """Write oauth2_token.json now if the round left it out of date.
+
+    That happens when the server rejected an access token that is kept there. Only a
+    mark in RAM records it, and deep sleep loses RAM, so the next wake would try the
+    rejected token again.
+    """
+    cache = settings.get("cache") if settings else None
+    if not cache or not cache.get("unsaved"):
+        return
+    from . import oauth2
+    from .app import unload
+
+    try:
+        oauth2.save_pending(settings)
+    except MemoryError:
+        # The next wake tries the rejected token once, then requests a new one.
+        log.warning("OAuth2: no heap left to remove the rejected access token from %s" % oauth2.STATE_PATH)
+    finally:
+        oauth2 = None
+        unload(("alerts.oauth2",))
 
 
 def save_state(app, slept):
