@@ -260,6 +260,24 @@ def test_start_after_failed_starts_clears_count(micropython, tmp_path):
     assert "summary: 2 email(s) delivered, 2 expected, 3 board restart(s)" in process.stdout, output
 
 
+def test_failed_start_deep_sleep_mode(micropython, tmp_path):
+    # In deep-sleep mode, once config.json is loaded, the back-off is spent in deep sleep
+    # rather than awake. 80K is past the config check but too small to set up the App.
+    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
+    scenario["start_heaps"] = ["80K"]
+    path = tmp_path / "deep_sleep_start.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    lines = board_lines(process)
+    failure = [index for index, line in enumerate(lines) if "failure 1 in a row, deep sleep for 10 s" in line]
+    assert failure, output
+    # 10 simulated s at the scenario's 90x.
+    assert lines[failure[0] + 1] == "board | [machine] deepsleep 111", output
+    assert "INFO started after 1 failed start(s) in a row" in process.stdout, output
+
+
 def test_invalid_start_heaps(tmp_path):
     process = run_start_scenario(tmp_path, start_heaps=["24 KB"])
     assert process.returncode == 78, unix_port.format_output(process)

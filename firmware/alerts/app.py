@@ -322,11 +322,14 @@ def main(config_path="config.json"):
         app = None
         from . import restart
 
-        restart.failed(exc, _running)
+        restart.failed(exc, _running, deep_sleep_mode)
 
 
 # True once the start is complete: a later failure is not one while starting.
 _running = False
+# config.json's deep_sleep.enabled, set by alerts.boot as soon as config.json is loaded:
+# after a failure, a board in deep-sleep mode waits out the back-off asleep.
+deep_sleep_mode = False
 
 
 def start_complete():

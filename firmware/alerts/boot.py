@@ -15,6 +15,10 @@ def start(config_path):
     if config is None:
         _halt()
         return None
+    from . import app as application
+
+    application.deep_sleep_mode = config["deep_sleep"]["enabled"]
+    application = None
     app = App(config)
     removed = app.outbox.recover()
     if removed:

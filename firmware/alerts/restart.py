@@ -94,13 +94,14 @@ def started():
             pass
 
 
-def failed(exc, running=False):
+def failed(exc, running=False, sleep=False):
     """Log why the firmware stopped, wait with the back-off delay, then reset the board.
 
     A MemoryError while starting gets a line naming what to change. ``running`` is True
     when the sensor loop had started (alerts.app unloads this module then, so a new copy
-    does not know). A running watchdog is fed meanwhile. Ctrl-C during the wait still
-    reaches the REPL.
+    does not know). ``sleep`` is True in deep-sleep mode, where the board waits in deep
+    sleep, which ends in a reset as well, rather than awake on its battery. Awake, a
+    running watchdog is fed meanwhile, and Ctrl-C during the wait still reaches the REPL.
     """
     global _count, _running
     _running = _running or running
@@ -109,11 +110,17 @@ def failed(exc, running=False):
         write(_count)
     wait = delay(_count)
     try:
-        _report(exc, "failure %d in a row, reset in %d s" % (_count, wait))
+        _report(exc, "failure %d in a row, %s %d s" % (_count, "deep sleep for" if sleep else "reset in", wait))
     except Exception:
         # The reset matters more than the line (no heap left for it, a clock that
         # cannot be formatted, a broken exception text).
         pass
+    if sleep:
+        try:
+            machine.deepsleep(wait * 1000 // _SPEED)
+        except Exception:
+            # A port without deep sleep: wait awake.
+            pass
     try:
         pause(wait)
     except Exception:

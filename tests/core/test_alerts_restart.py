@@ -17,6 +17,23 @@ class Machine:
         raise Reset()
 
 
+class Slept(BaseException):
+    """Raised by the stand-in machine.deepsleep(), which on a board does not return.
+
+    Not an Exception, like the simulation's SystemExit: failed() catches those around
+    deepsleep() for a port that lacks it.
+    """
+
+
+class DeepSleepingMachine(Machine):
+    def __init__(self):
+        self.slept_ms = None
+
+    def deepsleep(self, ms):
+        self.slept_ms = ms
+        raise Slept()
+
+
 class Watchdog:
     """board.Watchdog as alerts.restart uses it: timeout_ms and feed()."""
 
@@ -346,4 +363,31 @@ def test_start_complete_clears_count_and_unloads_restart():
         app._running = False
         sys.modules["alerts.restart"] = restart
         alerts.restart = restart
+        scope.close()
+
+
+def test_deep_sleep_mode_waits_asleep():
+    scope = Scope(previous=1)
+    lines = []
+    saved = restart._log
+    restart._log = lambda level, *parts: lines.append(" ".join([level] + [str(part) for part in parts]))
+    try:
+        machine = DeepSleepingMachine()
+        restart.machine = machine
+        helpers.raises(Slept, restart.failed, ValueError("bug"), True, True)
+        # The second failure in a row: 20 s, which the sim's 1000x speed makes 20 ms.
+        assert machine.slept_ms == 20
+        assert lines[0].endswith("failure 2 in a row, deep sleep for 20 s")
+        assert restart.read() == 2
+    finally:
+        restart._log = saved
+        scope.close()
+
+
+def test_deep_sleep_mode_without_deepsleep_waits_awake():
+    # restart.machine is the stand-in without deepsleep(): the board waits, then resets.
+    scope = Scope()
+    try:
+        helpers.raises(Reset, restart.failed, ValueError("bug"), True, True)
+    finally:
         scope.close()
