@@ -592,7 +592,9 @@ class SMTP:
             stream.s = self._context.wrap_socket(
                 stream.s, server_hostname=self.server_hostname, do_handshake_on_connect=False
             )
-            self._heap_after_wrap = (free, gc.mem_free())
+            left = gc.mem_free()
+            # Kept only where mbedTLS took its buffers from the GC heap (see cert_check_lacked_heap).
+            self._heap_after_wrap = (free, left) if free - left > _TLS_ON_HEAP else None
             if start:
                 # The server waits for our ClientHello before it sends anything, so a
                 # first non-blocking read starts the handshake. It returns None while
