@@ -117,7 +117,7 @@ def failed(exc, running=False, sleep=False):
         pass
     if sleep:
         try:
-            machine.deepsleep(wait * 1000 // _SPEED)
+            machine.deepsleep(int(wait * 1000 // _SPEED))
         except Exception:
             # A port without deep sleep: wait awake.
             pass
@@ -125,8 +125,9 @@ def failed(exc, running=False, sleep=False):
         pause(wait)
     except Exception:
         # Not even room to look for the watchdog (which this early has not started).
-        # Whole milliseconds: a float would need heap.
-        _sleep_ms(wait * 1000 // _SPEED)
+        # Whole milliseconds: a float would need heap, and sleep_ms() takes no float
+        # (the sim's speed can be one).
+        _sleep_ms(int(wait * 1000 // _SPEED))
     machine.reset()
 
 

@@ -391,3 +391,26 @@ def test_deep_sleep_mode_without_deepsleep_waits_awake():
         helpers.raises(Reset, restart.failed, ValueError("bug"), True, True)
     finally:
         scope.close()
+
+
+def test_sim_speed_float_gives_whole_milliseconds():
+    # `microsmtp sim --speed 60` gives a float speed. The wait that remains when pause()
+    # fails, and the deep sleep, still take whole milliseconds.
+    scope = Scope()
+    saved = restart.pause
+
+    def failing_pause(seconds):
+        raise MemoryError()
+
+    try:
+        restart._SPEED = 1000.0
+        restart.pause = failing_pause
+        helpers.raises(Reset, restart.failed, ValueError("bug"))
+        machine = DeepSleepingMachine()
+        restart.machine = machine
+        helpers.raises(Slept, restart.failed, ValueError("bug"), True, True)
+        assert machine.slept_ms == 10
+        assert type(machine.slept_ms) is int
+    finally:
+        restart.pause = saved
+        scope.close()
