@@ -780,13 +780,18 @@ def test_damaged_kept_token_ignored():
         {"configured": fingerprint, "access_token": "at-1", "issued": NOW},
     ]
     try:
-        for state in cases:
-            with open(path, "w") as file:
-                file.write(json.dumps(state))
-            with Endpoint(tokens("at-2")):
-                assert wake(path) == ("at-2", True), state
+        assert_each_state_requests_new_token(path, cases)
     finally:
         remove_tree(directory)
+
+
+def assert_each_state_requests_new_token(path, states):
+    """Write each state to path; a wake must then request a new token instead of reusing the kept one."""
+    for state in states:
+        with open(path, "w") as file:
+            file.write(json.dumps(state))
+        with Endpoint(tokens("at-2")):
+            assert wake(path) == ("at-2", True), state
 
 
 def test_kept_token_life_bounded():
@@ -802,11 +807,7 @@ def test_kept_token_life_bounded():
         {"configured": fingerprint, "access_token": "at-1", "issued": True, "expires": NOW + 3600},
     ]
     try:
-        for state in cases:
-            with open(path, "w") as file:
-                file.write(json.dumps(state))
-            with Endpoint(tokens("at-2")):
-                assert wake(path) == ("at-2", True), state
+        assert_each_state_requests_new_token(path, cases)
         # A lifetime sent by the endpoint is bounded the same way, in RAM and on flash.
         os.remove(path)
         with Endpoint(tokens("at-3", expires_in=10**12)) as endpoint:
