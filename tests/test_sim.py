@@ -256,7 +256,7 @@ def test_start_after_failed_starts_clears_count(micropython, tmp_path):
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
     assert restart_delays(process) == [10, 20, 40], output
-    assert "INFO started after 3 failed start(s) in a row" in process.stdout, output
+    assert "INFO running again after 3 failed start(s) in a row; count cleared" in process.stdout, output
     assert "summary: 2 email(s) delivered, 2 expected, 3 board restart(s)" in process.stdout, output
 
 
@@ -275,7 +275,7 @@ def test_failed_start_deep_sleep_mode(micropython, tmp_path):
     assert failure, output
     # 10 simulated s at the scenario's 90x.
     assert lines[failure[0] + 1] == "board | [machine] deepsleep 111", output
-    assert "INFO started after 1 failed start(s) in a row" in process.stdout, output
+    assert "INFO running again after 1 failed start(s) in a row; count cleared" in process.stdout, output
 
 
 def test_invalid_start_heaps(tmp_path):

@@ -212,6 +212,8 @@ class App:
             if self._heap_report_due and not self.delivering:
                 self._heap_report_due = False
                 _log_heap()
+            if ticks == _STABLE_S // 60:
+                clear_failed_starts()
             ticks += 1
             self.watchdog.alive("ticker", clock.real_seconds(60) + _SENSOR_SLACK_S)
             await clock.sleep(60)
@@ -299,7 +301,8 @@ def main(config_path="config.json"):
     """Run the application; on an unexpected error, log it and reset the board after a delay.
 
     alerts.restart makes the delay grow with each failed start in a row, and clears the
-    count once the sensor loop runs (in deep-sleep mode, once a wake is complete).
+    count once the sensor loop has run for 10 minutes (in deep-sleep mode, once a wake
+    is complete).
     """
     try:
         # Inside the try: an error while setting up the outbox, the rule state, the
@@ -327,22 +330,39 @@ def main(config_path="config.json"):
 
 # True once the start is complete: a later failure is not one while starting.
 _running = False
+# alerts.restart's PATH, named here too so that clearing it loads that module only when
+# there is a count to clear.
+FAILED_STARTS = "failed_starts.txt"
+# Clock seconds the sensor loop runs before the failed starts before it stop counting,
+# so a board that fails soon after each start backs off too, with a flash write per
+# failure rather than two.
+_STABLE_S = 600
 # config.json's deep_sleep.enabled, set by alerts.boot as soon as config.json is loaded:
 # after a failure, a board in deep-sleep mode waits out the back-off asleep.
 deep_sleep_mode = False
 
 
 def start_complete():
-    """Note that the start is complete: clear alerts.restart's count of failed starts, then unload it."""
+    """Note that the start is complete, so a later failure is not one while starting; unload alerts.restart."""
     global _running
     _running = True
-    restart = sys.modules.get("alerts.restart")
-    if restart is None:
-        # main.py did not run (a test), or a deep-sleep wake unloaded it already.
+    if "alerts.restart" in sys.modules:
+        # For the sensor loop's heap; a failure imports it again.
+        unload(("alerts.restart",))
+
+
+def clear_failed_starts():
+    """Clear alerts.restart's count of failed starts in a row, if there is one."""
+    import os
+
+    try:
+        os.stat(FAILED_STARTS)
+    except OSError:
         return
+    from . import restart
+
     restart.started()
     restart = None
-    # For the sensor loop's heap; a failure imports it again.
     unload(("alerts.restart",))
 
 

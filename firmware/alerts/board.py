@@ -112,8 +112,8 @@ def deep_sleep(seconds):
     """Sleep for seconds of clock time; on a board this ends with a reset on wake."""
     import machine
 
-    from .app import start_complete
+    from .app import clear_failed_starts
 
     # The wake is complete, so the failed starts before it no longer count.
-    start_complete()
+    clear_failed_starts()
     machine.deepsleep(int(clock.real_seconds(seconds) * 1000))

@@ -3,8 +3,9 @@
 main.py and alerts.app call failed() when the firmware cannot be imported or started
 (a heap too small for it, for one) or stops on an unexpected error. The delay is 10 s,
 then doubles up to 10 minutes. The count of failed starts in a row is kept in a small
-file: one short write per failed start, and one to remove it once the sensor loop runs
-or a deep-sleep wake is complete (started()).
+file: one short write per failed start, and one to remove it once the sensor loop has
+run for 10 minutes or a deep-sleep wake is complete (started()). A failure soon after
+each start thus backs off as well.
 
 main.py imports this module before the rest of the firmware, while the heap is empty,
 so it is there when the rest does not fit. It reads the count and imports machine
@@ -82,13 +83,13 @@ _running = False
 
 
 def started():
-    """Clear the count once the firmware has started; write nothing when there is none."""
+    """Clear the count once the firmware runs (alerts.app decides when); write nothing when there is none."""
     global _previous, _running
     _running = True
     if _previous and write(0):
         previous, _previous = _previous, 0
         try:
-            _log("INFO", "started after %d failed start(s) in a row" % previous)
+            _log("INFO", "running again after %d failed start(s) in a row; count cleared" % previous)
         except Exception:
             # The start is complete even without room for the line.
             pass

@@ -57,11 +57,13 @@ _created = [0]
 
 
 def fresh_directory(prefix):
-    """Return a new empty directory /tmp/PREFIX-PID-N (both runtimes have /tmp on the test hosts)."""
+    """Return a new empty directory /tmp/PREFIX-PID-N (both runtimes have /tmp on the test hosts).
+
+    The MicroPython unix port has no getpid(), so its runs reuse the same names: what an
+    earlier run left there is removed first.
+    """
     _created[0] += 1
     path = "/tmp/%s-%d-%d" % (prefix, os.getpid() if hasattr(os, "getpid") else 0, _created[0])
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
+    remove_tree(path)
+    os.mkdir(path)
     return path

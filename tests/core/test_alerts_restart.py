@@ -346,7 +346,7 @@ def test_main_py_resets_when_restart_cannot_run():
     assert stand_in.calls == [("sleep", 10), ("reset",)]
 
 
-def test_start_complete_clears_count_and_unloads_restart():
+def test_start_complete_unloads_restart_and_keeps_count():
     import alerts
     from alerts import app
 
@@ -354,13 +354,34 @@ def test_start_complete_clears_count_and_unloads_restart():
     try:
         restart.write(2)
         app.start_complete()
-        assert restart.read() == 0
         assert "alerts.restart" not in sys.modules
-        # Not loaded: nothing to clear.
-        app.start_complete()
-        assert "alerts.restart" not in sys.modules
+        # A failure soon after the start still counts as one in a row.
+        assert restart.read() == 2
     finally:
         app._running = False
+        sys.modules["alerts.restart"] = restart
+        alerts.restart = restart
+        scope.close()
+
+
+def test_clear_failed_starts_after_stable_run():
+    import alerts
+    from alerts import app
+
+    assert app.FAILED_STARTS == restart.PATH
+    scope = Scope(previous=2)
+    saved = app.FAILED_STARTS
+    app.FAILED_STARTS = scope.path
+    try:
+        restart.write(2)
+        app.clear_failed_starts()
+        assert restart.read() == 0
+        assert "alerts.restart" not in sys.modules
+        # Without a count file the module is not loaded at all.
+        app.clear_failed_starts()
+        assert "alerts.restart" not in sys.modules
+    finally:
+        app.FAILED_STARTS = saved
         sys.modules["alerts.restart"] = restart
         alerts.restart = restart
         scope.close()
