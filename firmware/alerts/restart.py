@@ -19,7 +19,7 @@ import time
 try:
     import machine
 except ImportError:
-    # CPython, in the host tests; they give this module a machine with reset().
+    # CPython, in the host tests. They give this module a machine with reset().
     machine = None
 
 try:
@@ -59,7 +59,7 @@ def read():
 
 
 def write(count):
-    """Store count in PATH, or remove the file for 0; return False when that failed."""
+    """Store count in PATH, or remove the file for 0, and return False when that failed."""
     try:
         if count:
             with open(PATH, "w") as file:
@@ -83,7 +83,7 @@ _running = False
 
 
 def started():
-    """Clear the count once the firmware runs (alerts.app decides when); write nothing when there is none."""
+    """Clear the count once the firmware runs (alerts.app decides when), writing nothing when there is none."""
     global _previous, _running
     _running = True
     if _previous and write(0):
@@ -110,6 +110,9 @@ def failed(exc, running=False, sleep=False):
         _count = _previous + 1
         write(_count)
     wait = delay(_count)
+    # Whole milliseconds, computed while there is heap. sleep_ms() and deepsleep() take no
+    # float, and the sim's speed can be one.
+    wait_ms = int(wait * 1000 // _SPEED)
     try:
         _report(exc, "failure %d in a row, %s %d s" % (_count, "deep sleep for" if sleep else "reset in", wait))
     except Exception:
@@ -118,7 +121,7 @@ def failed(exc, running=False, sleep=False):
         pass
     if sleep:
         try:
-            machine.deepsleep(int(wait * 1000 // _SPEED))
+            machine.deepsleep(wait_ms)
         except Exception:
             # A port without deep sleep: wait awake.
             pass
@@ -126,9 +129,7 @@ def failed(exc, running=False, sleep=False):
         pause(wait)
     except Exception:
         # Not even room to look for the watchdog (which this early has not started).
-        # Whole milliseconds: a float would need heap, and sleep_ms() takes no float
-        # (the sim's speed can be one).
-        _sleep_ms(int(wait * 1000 // _SPEED))
+        _sleep_ms(wait_ms)
     machine.reset()
 
 
