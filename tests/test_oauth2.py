@@ -428,8 +428,8 @@ def test_rotated_refresh_token_survives_restart(boards, smtp_server, token_endpo
     assert REFRESH not in state
     assert endpoint.requests[0]["client_secret"] == CLIENT_SECRET
 
-    # After a restart the board uses the newest refresh token; the endpoint rejects
-    # the one in config.json from now on. This time it sends the same refresh token back.
+    # After a restart the board uses the newest refresh token, because the endpoint
+    # rejects the one in config.json from now on. This time it sends the same refresh token back.
     endpoint.push(tokens("at-2", refresh_token="rt-2.rotated"))
     server.oauth2_tokens["alice"] = "at-2"
     board = boards(config)
@@ -527,7 +527,7 @@ def wake_and_send(boards, config):
     return board, result
 
 
-def test_deep_sleep_keeps_access_token_across_wakes(boards, smtp_server, token_endpoint):
+def test_deep_sleep_keeps_token(boards, smtp_server, token_endpoint):
     endpoint = token_endpoint(replies=[tokens("at-1", expires_in=3600)])
     server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
     config = deep_sleep_config(server, endpoint)
@@ -568,7 +568,7 @@ def test_deep_sleep_keeps_access_token_across_wakes(boards, smtp_server, token_e
     assert_no_secret_in(board.text(), "at-1", "at-2", "at-3")
 
 
-def test_deep_sleep_rejected_new_token_removed_from_flash(boards, smtp_server, token_endpoint):
+def test_deep_sleep_rejected_token_removed(boards, smtp_server, token_endpoint):
     # The server rejects the token the wake just requested (no renewal: it is new). The
     # next wake, with RAM lost, must not try it again but request another one.
     endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
@@ -586,7 +586,7 @@ def test_deep_sleep_rejected_new_token_removed_from_flash(boards, smtp_server, t
     assert len(server.connections) == 2
 
 
-def test_without_deep_sleep_access_token_not_saved(boards, smtp_server, token_endpoint):
+def test_token_not_saved_without_deep_sleep(boards, smtp_server, token_endpoint):
     endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
     server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
     config = board_config(server, endpoint)

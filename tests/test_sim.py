@@ -221,7 +221,7 @@ def restart_delays(process):
 # 24K is too small to import alerts.app (main.py catches it), 52K too small for the
 # config check in alerts.boot (alerts.app.main() catches it).
 @pytest.mark.parametrize("heap", ["24K", "52K"])
-def test_heap_too_small_to_start_backs_off(micropython, tmp_path, heap):
+def test_small_heap_start_backs_off(micropython, tmp_path, heap):
     process = run_start_scenario(tmp_path, "--heap", heap)
     output = unix_port.format_output(process)
     lines = board_lines(process)
@@ -634,7 +634,7 @@ def test_oauth2_scenario_delivers_with_xoauth2(micropython, tmp_path):
     assert "back to normal greenhouse-hot" in subjects[1]
 
 
-def test_oauth2_revoked_refresh_token_keeps_alerts_queued(micropython, tmp_path):
+def test_oauth2_revoked_token_keeps_alerts(micropython, tmp_path):
     scenario = json.loads((SCENARIOS / "oauth2.json").read_text())
     scenario["oauth2"] = {"revoke_after": 0}
     path = tmp_path / "revoked.json"
@@ -656,7 +656,7 @@ def test_oauth2_revoked_refresh_token_keeps_alerts_queued(micropython, tmp_path)
 
 
 def test_oauth2_deep_sleep_reuses_token(micropython, tmp_path):
-    # RAM is lost at every wake; the access token saved in oauth2_token.json serves both emails.
+    # RAM is lost at every wake, so the access token saved in oauth2_token.json serves both emails.
     scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
     scenario["oauth2"] = {"expires_in": 3600, "rotate": True}
     path = tmp_path / "sleep_oauth2.json"
@@ -671,7 +671,7 @@ def test_oauth2_deep_sleep_reuses_token(micropython, tmp_path):
     assert any("OAuth2: access token from oauth2_token.json" in line for line in board_lines(process)), output
 
 
-def test_local_server_xoauth2_accepts_only_valid_issued_tokens():
+def test_xoauth2_accepts_only_issued_tokens():
     import base64
     import smtplib
     import ssl

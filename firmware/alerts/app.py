@@ -343,11 +343,11 @@ deep_sleep_mode = False
 
 
 def start_complete():
-    """Note that the start is complete, so a later failure is not one while starting; unload alerts.restart."""
+    """Mark the start as complete, so that a later failure is not one while starting, and unload alerts.restart."""
     global _running
     _running = True
     if "alerts.restart" in sys.modules:
-        # For the sensor loop's heap; a failure imports it again.
+        # This frees heap for the sensor loop. A later failure imports it again.
         unload(("alerts.restart",))
 
 

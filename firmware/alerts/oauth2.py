@@ -25,7 +25,7 @@ from . import clock, log
 
 # File with the newest refresh token, next to config.json.
 STATE_PATH = "oauth2_token.json"
-# Size limit of a reply (status line, headers and body); a larger one is rejected.
+# Size limit of a reply (status line, headers and body). A larger one is rejected.
 MAX_REPLY = 16384
 # An access token with less than this many seconds left is refreshed first.
 MARGIN_S = 300
@@ -114,7 +114,8 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH, kee
     cache["life"] = life
     log.info("OAuth2: new access token from %s, valid for %d s" % (host_of(settings["token_url"]), life))
     save = keep and clock.is_accurate() and life > MARGIN_S
-    # A token that the next wake could not reuse is not written; one there already has expired.
+    # A token that the next wake could not reuse is not written. A token already in the
+    # file was not usable either, which is why this one was requested.
     cache["expires"] = issued + life if save else None
     cache["issued"] = issued
     if refresh is not None and refresh != cache["refresh"]:

@@ -644,7 +644,7 @@ def test_failed_save_retried_until_it_succeeds():
             assert endpoint.log.count("could not be written") == 1
             assert "the new refresh token" in endpoint.log.lines[-1], endpoint.log.lines
             assert values["cache"]["unsaved"]
-            # Each later call tries again, with the token from the cache; the error is logged once.
+            # Each later call tries again, with the token from the cache. The error is logged once.
             assert get_token(values, path) == ("at-1", False)
             assert get_token(values, path) == ("at-1", False)
             assert endpoint.log.count("could not be written") == 1
@@ -894,7 +894,7 @@ def connect_to(stream):
     return connect
 
 
-def test_cert_check_low_heap_out_of_memory():
+def test_cert_check_low_heap():
     # mbedTLS reports a failed allocation during the signature check as an untrusted
     # certificate. With its buffers on the GC heap (a drop of more than 16 KB across
     # the wrap) and less than 24 KB left, the token request counts as out of memory.

@@ -184,7 +184,7 @@ def test_failure_while_logging_still_resets():
         scope.close()
 
 
-def test_started_clears_count_when_log_line_fails():
+def test_started_without_log_line():
     # The start is complete even when the heap has no room left for the log line.
     scope = Scope(previous=3)
     saved = restart._log
@@ -215,7 +215,7 @@ def test_memory_error_while_starting_names_remedy():
         scope.close()
 
 
-def test_failure_in_running_loop_not_called_start_failure():
+def test_running_failure_not_start_failure():
     # alerts.app unloads this module once the sensor loop runs. The copy it imports again
     # for a failure learns from running=True that the start had completed.
     scope = Scope()
@@ -301,12 +301,12 @@ def run_main_py(error, failed=None):
     return handed
 
 
-def test_main_py_hands_failed_start_to_restart():
+def test_main_py_hands_failure_over():
     error = MemoryError("memory allocation failed")
     assert run_main_py(error) == [error]
 
 
-def test_main_py_lets_keyboard_interrupt_reach_repl():
+def test_main_py_keyboard_interrupt():
     helpers.raises(KeyboardInterrupt, run_main_py, KeyboardInterrupt())
 
 
@@ -324,7 +324,7 @@ class SleepingMachine:
         raise Reset()
 
 
-def test_main_py_resets_when_restart_cannot_run():
+def test_main_py_fallback_reset():
     # After the sensor loop ran, alerts.restart is unloaded. When it does not fit again
     # (or fails itself), main.py still resets the board after a pause instead of leaving
     # it at the REPL.
@@ -346,7 +346,7 @@ def test_main_py_resets_when_restart_cannot_run():
     assert stand_in.calls == [("sleep", 10), ("reset",)]
 
 
-def test_start_complete_unloads_restart_and_keeps_count():
+def test_start_complete_keeps_count():
     import alerts
     from alerts import app
 
@@ -405,7 +405,7 @@ def test_deep_sleep_mode_waits_asleep():
         scope.close()
 
 
-def test_deep_sleep_mode_without_deepsleep_waits_awake():
+def test_no_deepsleep_waits_awake():
     # restart.machine is the stand-in without deepsleep(): the board waits, then resets.
     scope = Scope()
     try:

@@ -85,7 +85,7 @@ class TokenEndpoint:
         self.port = 0
         self.issued = 0
         self.rejected = []  # why each rejected request was rejected, in order
-        # Seconds of real time; a test may replace it.
+        # Seconds of real time. A test may replace it.
         self.clock = time.monotonic
         self._tokens = {}  # access token: self.clock() at which it expires
         self._lock = threading.Lock()
