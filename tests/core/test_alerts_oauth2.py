@@ -235,8 +235,7 @@ def test_cached_token_until_margin():
 
 
 def test_saved_refresh_token_until_config_changes():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     try:
         assert load_refresh(REFRESH, path) == REFRESH
         save_refresh(REFRESH, "rt-2", path)
@@ -394,8 +393,7 @@ def test_deeply_nested_json_is_not_json():
         assert error.status == 400
         assert not error.transient
     # A state file nested deeper than CPython's recursion limit (MicroPython parses it).
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     try:
         with open(path, "wb") as file:
             file.write(b"[" * 3000 + b"]" * 3000)
@@ -422,8 +420,7 @@ def test_secrets_repeated_by_reply_hidden():
 
 
 def test_damaged_state_files_ignored():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     fingerprint = oauth2._fingerprint(REFRESH)
     large = json.dumps({"refresh_token": "rt-saved", "configured": fingerprint, "pad": "x" * oauth2.MAX_REPLY})
     cases = [
@@ -445,8 +442,7 @@ def test_damaged_state_files_ignored():
 
 
 def test_interrupted_save_keeps_newest_refresh_token():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     try:
         save_refresh(REFRESH, "rt-2", path)
         # A reset after the .tmp copy was written, before the rename (on FAT after the
@@ -627,14 +623,19 @@ def get_token(values, path, keep=False):
     return asyncio.run(oauth2.access_token(values, None, 5, path))
 
 
+def state_file():
+    """Return a fresh directory and the path of oauth2_token.json in it."""
+    directory = fresh_directory("alerts-oauth2-test")
+    return directory, directory + "/oauth2_token.json"
+
+
 def read_state(path):
     with open(path) as file:
         return json.loads(file.read())
 
 
 def test_failed_save_retried_until_it_succeeds():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     # A directory where the file belongs: every write of the file fails.
     os.mkdir(path)
     values = settings()
@@ -664,8 +665,7 @@ def test_failed_save_retried_until_it_succeeds():
 
 
 def test_failed_save_retried_before_next_request():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     os.mkdir(path)
     values = settings()
     try:
@@ -687,8 +687,7 @@ def wake(path, **changes):
 
 
 def test_access_token_kept_across_wakes():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     try:
         with Endpoint(tokens("at-1"), tokens("at-2")) as endpoint:
             assert wake(path) == ("at-1", True)
@@ -719,8 +718,7 @@ def test_access_token_kept_across_wakes():
 
 
 def test_rotation_and_token_one_write():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     try:
         with Endpoint(tokens("at-1", refresh_token="rt-2"), tokens("at-2", refresh_token="rt-3")) as endpoint:
             assert wake(path) == ("at-1", True)
@@ -748,8 +746,7 @@ def test_kept_token_not_reused():
         ("new refresh token in config.json", NOW + 60, {"refresh_token": "rt-new"}),
     ]
     for case, now, changes in cases:
-        directory = fresh_directory("alerts-oauth2-test")
-        path = directory + "/oauth2_token.json"
+        directory, path = state_file()
         try:
             with Endpoint(tokens("at-1"), tokens("at-2")) as endpoint:
                 assert wake(path) == ("at-1", True)
@@ -770,8 +767,7 @@ def test_kept_token_not_reused():
 
 
 def test_damaged_kept_token_ignored():
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     fingerprint = oauth2._fingerprint(REFRESH)
     cases = [
         {"configured": fingerprint, "access_token": "a b", "issued": NOW, "expires": NOW + 3600},
@@ -797,8 +793,7 @@ def assert_each_state_requests_new_token(path, states):
 def test_kept_token_life_bounded():
     # A damaged or forged file must not keep a token in use indefinitely. A kept token
     # is used at most MAX_LIFE_S after its issue time, whatever expiry the file contains.
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     fingerprint = oauth2._fingerprint(REFRESH)
     cases = [
         {"configured": fingerprint, "access_token": "at-1", "issued": NOW, "expires": NOW + 10**12},
@@ -827,8 +822,7 @@ def test_save_out_of_memory_retried():
     # as out of memory. The new refresh token must still be written at a later token use.
     from alerts import outbox
 
-    directory = fresh_directory("alerts-oauth2-test")
-    path = directory + "/oauth2_token.json"
+    directory, path = state_file()
     saved = outbox.write_atomic
 
     def failing(path, data):
