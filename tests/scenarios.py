@@ -263,6 +263,66 @@ async def check_input(params):
     return {"outcomes": [outcome], "transcript": transcript}
 
 
+class ShortOfMemory:
+    """A Message whose encoding raises MemoryError on pass number ``failing_pass``.
+
+    The client reads a message once to measure it for SIZE (when the server offers
+    it) and once to send it. The MemoryError comes after the first piece, as when the
+    heap runs out while the body is encoded.
+    """
+
+    def __init__(self, message, failing_pass):
+        self._message = message
+        self._failing_pass = failing_pass
+        self._passes = 0
+        self.sender_address = message.sender_address
+        self.recipients = message.recipients
+        self.message_id = message.message_id
+        self.needs_smtputf8 = message.needs_smtputf8
+
+    def chunks(self):
+        self._passes += 1
+        pieces = 0
+        for chunk in self._message.chunks():
+            if pieces and self._passes == self._failing_pass:
+                raise MemoryError("memory allocation failed, allocating 4096 bytes")
+            pieces += 1
+            yield chunk
+
+
+async def memory_short(params):
+    """Send params["messages"], one of them running out of memory, with send() or send_messages().
+
+    params["short"] is [index of that message, failing pass (see ShortOfMemory)];
+    params["api"] is "send" (one connection per message) or "send_messages" (one for all).
+    Any exception other than an SMTPError is reported as "escaped".
+    """
+    transcript = []
+    options = connection_options(params, transcript.append)
+    index, failing_pass = params["short"]
+    messages = [build_message(spec) for spec in params["messages"]]
+    messages[index] = ShortOfMemory(messages[index], failing_pass)
+    outcomes = []
+    escaped = None
+    try:
+        if params["api"] == "send":
+            for message in messages:
+                try:
+                    await send(message, params["host"], **options)
+                    outcomes.append({"ok": True})
+                except SMTPError as exc:
+                    outcomes.append(error_outcome(exc))
+        else:
+            smtp = SMTP(params["host"], **options)
+            await smtp.connect()
+            for transaction in await smtp.send_messages(messages):
+                outcomes.append({"ok": True} if transaction.error is None else error_outcome(transaction.error))
+            await smtp.quit()
+    except Exception as exc:  # noqa: BLE001 - reported, checked by the caller
+        escaped = "%s: %s" % (type(exc).__name__, exc)
+    return {"outcomes": outcomes, "escaped": escaped, "transcript": transcript}
+
+
 def run(name, params):
     scenario = SCENARIOS[name]
     return asyncio.run(scenario(params))
@@ -291,6 +351,7 @@ SCENARIOS = {
     "retry": retry,
     "check_input": check_input,
     "recorded_writes": recorded_writes,
+    "memory_short": memory_short,
 }
 
 

@@ -335,6 +335,34 @@ def test_message_over_size_refused_before_mail(runtime, smtp_server, certs):
     assert server.messages == []
 
 
+@pytest.mark.parametrize("api", ["send", "send_messages"])
+@pytest.mark.parametrize("failing_pass", [1, 2], ids=["measuring", "sending"])
+def test_memory_error_becomes_out_of_memory(runtime, smtp_server, certs, extensions, api, failing_pass):
+    # A MemoryError while the client measures or sends a message gives a transient
+    # OutOfMemory to it and to the messages not yet accepted. No other exception reaches
+    # the caller, and the message that ran short is never delivered.
+    server = smtp_server("starttls", ehlo_extra=extensions)
+    specs = [message_spec(message_id="<m%d@example.com>" % i, attachments=[]) for i in range(3)]
+    params = params_for(server, certs, messages=specs, short=[1, failing_pass], api=api)
+    result = run_client(runtime, params, scenario="memory_short")
+    assert result["escaped"] is None, result
+    outcomes = result["outcomes"]
+    assert len(outcomes) == 3, result
+    short = outcomes[1]
+    assert short["error"] == "OutOfMemory", short
+    assert short["transient"]
+    assert "MemoryError" in short["message"]
+    assert "4096" in short["message"]
+    for outcome in outcomes:
+        assert outcome["ok"] or outcome["transient"], outcome
+    if api == "send":
+        # Each message has its own connection, so the others are delivered.
+        assert [outcome["ok"] for outcome in outcomes] == [True, False, True]
+    delivered = server.wait_for_messages(sum(1 for outcome in outcomes if outcome["ok"]))
+    assert b"<m1@example.com>" not in b"".join(message.content for message in delivered)
+    assert all(message.content.endswith(b"\r\n") for message in delivered)
+
+
 def test_auth_login_when_plain_not_offered(runtime, smtp_server, certs):
     server = smtp_server("starttls", auth_mechanisms=("LOGIN",))
     result = run_client(runtime, params_for(server, certs))

@@ -37,10 +37,11 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     InvalidInputError,
-    OutOfMemory,
     SecurityError,
     SMTPError,
     Timeout,
+    free_heap,
+    out_of_memory,
 )
 from .transaction import Transaction
 
@@ -157,7 +158,7 @@ def make_ssl_context(ca_roots=None):
         except ValueError as exc:
             # mbedTLS also raises "invalid cert" when it runs out of memory while parsing.
             raise ConfigError(
-                "CA root %d of %d was rejected (%s%s); check ca_roots" % (index + 1, len(roots), exc, _free_heap()),
+                "CA root %d of %d was rejected (%s%s); check ca_roots" % (index + 1, len(roots), exc, free_heap()),
                 stage="connect",
             ) from None
     return context
@@ -223,10 +224,10 @@ class SMTP:
         """Connect, secure the connection, say EHLO and authenticate."""
         try:
             await self._connect()
-        except MemoryError:
+        except MemoryError as exc:
             await self.close()
             stage = "connect" if self.session is None else self.session.stage
-            raise _out_of_memory(stage, "MemoryError") from None
+            raise out_of_memory(stage, exc) from None
 
     async def _connect(self):
         # A second connect() replaces the first connection, which must not leak.
@@ -326,11 +327,12 @@ class SMTP:
             if not self.session.usable:
                 await self.close()
             raise
-        except BaseException:
-            # Another failure (a MemoryError, a broken message object) reaches the
-            # caller as it is, so the messages queued before it must never go out.
-            self.session.abort(ConnectionLost("queueing a message failed unexpectedly", stage=self.session.stage))
-            await self.close()
+        except BaseException as exc:
+            # The messages queued before it must never go out. A MemoryError becomes
+            # OutOfMemory; another failure (a broken message object) is raised as it is.
+            error = await self._end_session(exc, "queueing a message failed unexpectedly")
+            if isinstance(exc, MemoryError):
+                raise error from None
             raise
 
     def _check_connected(self):
@@ -434,12 +436,28 @@ class SMTP:
             session.abort(exc)
             await self.close()
             raise
-        except BaseException:
-            # Cancellation or an unexpected failure: the dialogue is in an unknown
-            # state, so the connection must not be reused.
-            session.abort(ConnectionLost("the operation was cancelled or failed unexpectedly", stage=session.stage))
-            await self.close()
+        except BaseException as exc:
+            # Cancellation, a lack of memory or an unexpected failure: the dialogue is
+            # in an unknown state, so the connection must not be reused.
+            error = await self._end_session(exc, "the operation was cancelled or failed unexpectedly")
+            if isinstance(exc, MemoryError):
+                raise error from None
             raise
+
+    async def _end_session(self, exc, message):
+        """End the session and close the connection after exc, which is no SMTPError; return the error given.
+
+        The unfinished transactions get a transient OutOfMemory after a MemoryError,
+        and a ConnectionLost with ``message`` after any other exception.
+        """
+        session = self.session
+        if isinstance(exc, MemoryError):
+            error = out_of_memory(session.stage, exc)
+        else:
+            error = ConnectionLost(message, stage=session.stage)
+        session.abort(error)
+        await self.close()
+        return error
 
     # -- I/O with time limits -----------------------------------------------------------
 
@@ -501,7 +519,7 @@ class SMTP:
         if self._handshaking:
             stage = "tls"
         if lacks_memory(exc):
-            return _out_of_memory(stage, detail)
+            return out_of_memory(stage, detail)
         if self._handshaking:
             # Certificate failures raise ValueError on both runtimes (CPython's
             # SSLCertVerificationError is a ValueError too).
@@ -510,7 +528,7 @@ class SMTP:
                 if heap and cert_check_lacked_heap(exc, *heap):
                     # Retried like any shortage of memory. A wrong CA on a board this
                     # short of heap is retried too, so the message names both causes.
-                    return _out_of_memory(
+                    return out_of_memory(
                         "tls",
                         "%s; %d bytes were left for the certificate check (or ca_roots lack the server's root)"
                         % (detail, heap[1]),
@@ -520,7 +538,7 @@ class SMTP:
                 # free heap in the message helps to tell them apart.
                 return SecurityError(
                     "TLS certificate verification failed for %s (%s%s); check ca_roots and server_hostname"
-                    % (self.server_hostname, detail, _free_heap()),
+                    % (self.server_hostname, detail, free_heap()),
                     stage="tls",
                 )
             if MICROPYTHON:
@@ -639,15 +657,6 @@ def cert_check_lacked_heap(exc, free, left):
     )
 
 
-def _free_heap():
-    return ", %d bytes free" % gc.mem_free() if MICROPYTHON else ""
-
-
-def _out_of_memory(stage, detail):
-    # Short: it is built and logged while memory is short.
-    return OutOfMemory("out of memory during %s (%s%s)" % (stage, detail, _free_heap()), stage=stage)
-
-
 def _failed_transaction(message, error):
     transaction = Transaction(message.sender_address, message.recipients, message)
     transaction.message_id = message.message_id
@@ -677,7 +686,7 @@ async def send(message, host, **options):
     smtp._deadline_locked = True
     try:
         await smtp.connect()
-        transaction = smtp._queue_message(message)
+        transaction = await smtp._queue(smtp._queue_message, message)
         # QUIT goes in the same group as the content where the server allows it.
         smtp.session.quit()
         try:

@@ -120,6 +120,26 @@ class OutOfMemory(ConnectionLost):
     """
 
 
+def free_heap():
+    """Return ", N bytes free" for messages on MicroPython; CPython's gc does not report it."""
+    try:
+        from gc import mem_free
+    except ImportError:
+        return ""
+    return ", %d bytes free" % mem_free()
+
+
+def out_of_memory(stage, cause):
+    """Return the OutOfMemory for a lack of heap during stage.
+
+    ``cause`` is the MemoryError, or a text naming the failure. The message is short,
+    because it is built while memory is short.
+    """
+    if isinstance(cause, MemoryError):
+        cause = "MemoryError: %s" % cause if str(cause) else "MemoryError"
+    return OutOfMemory("out of memory during %s (%s%s)" % (stage, cause, free_heap()), stage=stage)
+
+
 class Timeout(SMTPError):
     """A stage of the dialogue did not finish within its time limit."""
 

@@ -51,6 +51,7 @@ from .errors import (
     ProtocolError,
     ReplyError,
     SecurityError,
+    out_of_memory,
 )
 from .reply import ReplyParser
 from .transaction import DataEncoder, Transaction
@@ -315,6 +316,12 @@ class Session:
                 self._handle(reply, *self._current)
                 self._current = None
         except Exception as exc:
+            if isinstance(exc, MemoryError):
+                # Encoding the content or parsing a reply ran out of heap. The
+                # transactions get a transient SMTPError, so that they are tried again.
+                error = out_of_memory(self.stage, exc)
+                self._fail_all(error)
+                raise error from None
             # The reply parser does not know the dialogue, so its errors get the stage here.
             if getattr(exc, "stage", 0) is None:
                 exc.stage = self.stage

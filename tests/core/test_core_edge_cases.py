@@ -130,6 +130,31 @@ def test_data_answered_250_sends_no_content():
     assert server.messages == [b"second\r\n"]
 
 
+class ShortContent:
+    """Content whose second piece cannot be encoded: the heap ran out."""
+
+    def chunks(self):
+        yield b"Subject: x\r\n\r\n"
+        raise MemoryError("memory allocation failed, allocating 4096 bytes")
+
+
+def test_memory_error_in_content_is_out_of_memory():
+    from microsmtp.errors import OutOfMemory
+
+    server = FakeServer()
+    session = ready(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], ShortContent())
+    error = raises(OutOfMemory, converse, session, server)
+    assert error.transient
+    assert error.stage == "message"
+    assert "MemoryError: memory allocation failed, allocating 4096 bytes" in str(error)
+    assert transaction.error is error
+    assert not session.usable
+    # The sticky error is the same OutOfMemory, and the content never ended.
+    assert raises(OutOfMemory, session.next_event) is error
+    assert server.messages == []
+
+
 def test_final_reply_354_is_failure():
     server = FakeServer(replies={"DOT": b"354 again"})
     session = ready(server)
