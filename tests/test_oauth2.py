@@ -586,6 +586,42 @@ def test_deep_sleep_rejected_token_removed(boards, smtp_server, token_endpoint):
     assert len(server.connections) == 2
 
 
+def test_settings_change_and_leaving_deep_sleep(boards, smtp_server, token_endpoint):
+    # The endpoint stops accepting the old refresh token once it sent a new one.
+    endpoint = token_endpoint(replies=[tokens("at-1", refresh_token="rt-2.rotated")])
+    server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})
+    config = deep_sleep_config(server, endpoint)
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+
+    # A new scope: the kept access token was issued for the old one, the rotated refresh token stays.
+    scope = "https://outlook.office.com/SMTP.Send"
+    endpoint.scope = config["smtp"]["oauth2"]["scope"] = scope
+    server.oauth2_tokens["alice"] = "at-2"
+    endpoint.push(tokens("at-2"))
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+    assert "rejected the cached OAuth2 access token" not in board.text()
+    assert [form["refresh_token"] for form in endpoint.requests] == [REFRESH, "rt-2.rotated"]
+    state = json.loads((boards.flash / "oauth2_token.json").read_text())
+    assert state["access_token"] == "at-2"
+    assert state["refresh_token"] == "rt-2.rotated"
+
+    # Deep-sleep mode switched off: the first token use removes the kept access token.
+    del config["deep_sleep"]
+    server.oauth2_tokens["alice"] = "at-3"
+    endpoint.push(tokens("at-3"))
+    board, result = wake_and_send(boards, config)
+    assert result["delivered"] == 1, board.text()
+    assert "deep-sleep mode is off; the access token is removed from oauth2_token.json" in board.text()
+    state = json.loads((boards.flash / "oauth2_token.json").read_text())
+    assert sorted(state) == ["configured", "refresh_token"]
+    assert state["refresh_token"] == "rt-2.rotated"
+    assert len(endpoint.requests) == 3
+    assert endpoint.problems == []
+    assert_no_secret_in(board.text(), "at-1", "at-2", "at-3", "rt-2.rotated")
+
+
 def test_token_not_saved_without_deep_sleep(boards, smtp_server, token_endpoint):
     endpoint = token_endpoint(replies=[tokens("at-1"), tokens("at-2")])
     server = smtp_server("starttls", oauth2_tokens={"alice": "at-1"})

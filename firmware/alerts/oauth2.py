@@ -123,6 +123,9 @@ async def access_token(settings, ca_roots, timeout_s, state_path=STATE_PATH, kee
         _save_state(settings, cache, state_path, "the endpoint sent a new refresh token")
     elif save:
         _save_state(settings, cache, state_path, "the access token is kept for the next wake")
+    else:
+        # The file may still contain the access token of deep-sleep mode (see _load_state()).
+        save_pending(settings, state_path)
     return token, True
 
 
@@ -160,7 +163,9 @@ def token_from_reply(reply, host, hidden=()):
     if not isinstance(life, int) or isinstance(life, bool) or life < 0:
         # Without a known lifetime the token serves this round only.
         life = 0
-    life = min(life, MAX_LIFE_S)
+    if life > MAX_LIFE_S:
+        log.info("OAuth2: expires_in %d s capped at %d s" % (life, MAX_LIFE_S))
+        life = MAX_LIFE_S
     refresh = reply.get("refresh_token")
     if refresh is not None and not _is_token(refresh):
         raise TokenError("the token endpoint %s sent an invalid refresh_token; retry later" % host, True, 200)
@@ -184,6 +189,14 @@ def _fingerprint(text):
     return binascii.hexlify(hashlib.sha256(text.encode()).digest()).decode()[:32]
 
 
+def _request_print(settings):
+    """Return the fingerprint of the settings an access token was issued for: client, endpoint and scope.
+
+    client_secret is left out: a new secret for the same client leaves its tokens valid.
+    """
+    return _fingerprint("%s\n%s\n%s" % (settings["client_id"], settings["token_url"], settings.get("scope") or ""))
+
+
 def _load_state(settings, cache, path, keep):
     """Set the refresh token in use from flash and, when ``keep``, the saved access token if it may be reused.
 
@@ -191,6 +204,11 @@ def _load_state(settings, cache, path, keep):
     the board again, config.json contains the newer token. A complete path.tmp is newer than
     path: a reset interrupted the save before or during the rename (on FAT, path is
     removed first). A partial one is not valid JSON.
+
+    A saved access token is reused only for the client_id, token_url and scope it was
+    issued for. A change of these still uses the rotated refresh token, because the
+    endpoint may have revoked config.json's one when it sent the rotated one. Without
+    ``keep`` (deep-sleep mode switched off) a saved access token is removed at the next save.
     """
     configured = settings["refresh_token"]
     fingerprint = _fingerprint(configured)
@@ -207,9 +225,18 @@ def _load_state(settings, cache, path, keep):
     if _is_token(saved.get("refresh_token")):
         cache["refresh"] = saved["refresh_token"]
     token = saved.get("access_token")
+    if not keep:
+        if token is not None:
+            # The save at this token use, or the next one, writes the file without it.
+            cache["unsaved"] = cache["unsaved"] or 1
+            log.info("OAuth2: deep-sleep mode is off; the access token is removed from %s" % path)
+        return
     expires = saved.get("expires")
     issued = saved.get("issued")
-    if not keep or not _is_token(token) or not isinstance(expires, int) or not isinstance(issued, int):
+    if not _is_token(token) or not isinstance(expires, int) or not isinstance(issued, int):
+        return
+    if saved.get("request") != _request_print(settings):
+        # Issued for another client_id, token_url or scope.
         return
     if isinstance(issued, bool) or expires - issued > MAX_LIFE_S:
         # Damaged: no token lives that long.
@@ -272,6 +299,7 @@ def _save_state(settings, cache, path, done=None):
         state["access_token"] = cache["token"]
         state["expires"] = cache["expires"]
         state["issued"] = cache["issued"]
+        state["request"] = _request_print(settings)
     try:
         write_atomic(path, state)
     except OSError as exc:
@@ -284,7 +312,9 @@ def _save_state(settings, cache, path, done=None):
                     exc,
                     "the new refresh token, which the endpoint may require"
                     if "refresh_token" in state
-                    else "the access token",
+                    else "the access token"
+                    if "access_token" in state
+                    else "the removal of the access token",
                 )
             )
         cache["unsaved"] = 2

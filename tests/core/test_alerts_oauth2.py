@@ -709,9 +709,9 @@ def test_access_token_kept_across_wakes():
             assert values["cache"]["life"] == 2400
             assert get_token(values, path, keep=True) == ("at-1", False)
             # Without deep sleep the saved token is not used, and the new one not saved.
-            before = read_state(path)
+            # test_leaving_deep_sleep_removes_kept_token() covers the kept one.
             assert get_token(settings(), path) == ("at-2", True)
-            assert read_state(path) == before
+            assert "at-2" not in json.dumps(read_state(path))
             assert listdir(directory) == ["oauth2_token.json"]
     finally:
         remove_tree(directory)
@@ -744,6 +744,10 @@ def test_kept_token_not_reused():
         ("clock unset", UNSET, {}),
         ("clock moved back", NOW - 60, {}),
         ("new refresh token in config.json", NOW + 60, {"refresh_token": "rt-new"}),
+        ("other client_id", NOW + 60, {"client_id": "client-2"}),
+        ("other token_url", NOW + 60, {"token_url": "https://login.example.com/organizations/oauth2/v2.0/token"}),
+        ("other scope", NOW + 60, {"scope": "https://outlook.office.com/SMTP.Send"}),
+        ("scope removed", NOW + 60, {"scope": None}),
     ]
     for case, now, changes in cases:
         directory, path = state_file()
@@ -764,6 +768,99 @@ def test_kept_token_not_reused():
                     assert state["issued"] == now, case
         finally:
             remove_tree(directory)
+
+
+def test_settings_change_keeps_rotated_token():
+    # A new client_id, token_url or scope drops the kept access token but not the rotated
+    # refresh token, because the endpoint may have revoked the one in config.json.
+    for changes in ({"scope": "https://outlook.office.com/SMTP.Send"}, {"client_id": "client-2"}):
+        directory, path = state_file()
+        try:
+            with Endpoint(tokens("at-1", refresh_token="rt-2"), tokens("at-2")) as endpoint:
+                assert wake(path) == ("at-1", True)
+                endpoint.now = NOW + 60
+                assert wake(path, **changes) == ("at-2", True), changes
+                assert endpoint.requests == [REFRESH, "rt-2"], changes
+                state = read_state(path)
+                assert state["refresh_token"] == "rt-2", changes
+                assert state["access_token"] == "at-2", changes
+                # The new token is kept for the new settings, and not for the old ones.
+                assert wake(path, **changes) == ("at-2", False), changes
+                endpoint.replies.append(tokens("at-3"))
+                assert wake(path) == ("at-3", True), changes
+                assert endpoint.requests == [REFRESH, "rt-2", "rt-2"], changes
+        finally:
+            remove_tree(directory)
+
+
+def test_leaving_deep_sleep_removes_kept_token():
+    from alerts import outbox
+
+    directory, path = state_file()
+    saved = outbox.write_atomic
+    writes = []
+
+    def counting(path, data):
+        writes.append(data)
+        saved(path, data)
+
+    outbox.write_atomic = counting
+    try:
+        with Endpoint(tokens("at-1", refresh_token="rt-2"), tokens("at-2")) as endpoint:
+            assert wake(path) == ("at-1", True)
+            before = read_state(path)
+            assert before["access_token"] == "at-1"
+            del writes[:]
+            # Deep-sleep mode is off now: one token use rewrites the file without the access token.
+            endpoint.now = NOW + 60
+            values = settings()
+            assert get_token(values, path) == ("at-2", True)
+            assert endpoint.requests == [REFRESH, "rt-2"]
+            state = read_state(path)
+            assert state == {"configured": before["configured"], "refresh_token": "rt-2"}, state
+            assert len(writes) == 1
+            assert endpoint.log.count("deep-sleep mode is off") == 1
+            # No further write: neither within this boot nor after a reset.
+            assert get_token(values, path) == ("at-2", False)
+            endpoint.replies.append(tokens("at-3"))
+            assert get_token(settings(), path) == ("at-3", True)
+            assert len(writes) == 1
+            assert endpoint.log.count("deep-sleep mode is off") == 1
+    finally:
+        outbox.write_atomic = saved
+        remove_tree(directory)
+
+
+def test_leaving_deep_sleep_removal_retried():
+    # The token request fails, or the write does: the next token use writes the file.
+    from alerts import outbox
+
+    directory, path = state_file()
+    saved = outbox.write_atomic
+
+    def failing(path, data):
+        raise OSError(28, "no space left")
+
+    try:
+        with Endpoint(tokens("at-1"), {}, tokens("at-2")) as endpoint:
+            assert wake(path) == ("at-1", True)
+            endpoint.now = NOW + 60
+            values = settings()
+            assert raises(TokenError, get_token, values, path).transient
+            assert "access_token" in read_state(path)
+            outbox.write_atomic = failing
+            assert get_token(values, path) == ("at-2", True)
+            assert endpoint.log.count("could not be written") == 1
+            assert endpoint.log.count("a reset before then loses the removal of the access token") == 1
+            outbox.write_atomic = saved
+            assert "access_token" in read_state(path)
+            assert get_token(values, path) == ("at-2", False)
+            assert "access_token" not in read_state(path)
+            assert endpoint.log.count("written at last") == 1
+            assert endpoint.log.count("deep-sleep mode is off") == 1
+    finally:
+        outbox.write_atomic = saved
+        remove_tree(directory)
 
 
 def test_damaged_kept_token_ignored():
@@ -813,6 +910,20 @@ def test_kept_token_life_bounded():
         with Endpoint(tokens("at-4")) as endpoint:
             endpoint.now = NOW + oauth2.MAX_LIFE_S - oauth2.MARGIN_S
             assert wake(path) == ("at-4", True)
+    finally:
+        remove_tree(directory)
+
+
+def test_capped_life_logged():
+    directory, path = state_file()
+    try:
+        with Endpoint(tokens("at-1", expires_in=10**12), tokens("at-2", expires_in=oauth2.MAX_LIFE_S)) as endpoint:
+            assert get_token(settings(), path) == ("at-1", True)
+            assert endpoint.log.count("expires_in") == 1
+            assert endpoint.log.count("expires_in 1000000000000 s capped at 86400 s") == 1, endpoint.log.lines
+            # A life within the cap is not reported.
+            assert get_token(settings(), path) == ("at-2", True)
+            assert endpoint.log.count("expires_in") == 1
     finally:
         remove_tree(directory)
 
