@@ -76,6 +76,8 @@ def test_first_deploy_copies_firmware(first_deploy, board):
     assert "0 unchanged" in out
     for name in ("main.py", "ca_roots.mpy", "config.json", "selftest.mpy", "microsmtp/client.mpy"):
         assert (board.directory / name).is_file(), name
+    # CPython-only code stays off the board.
+    assert not (board.directory / "microsmtp" / "cpython.mpy").exists()
     staged = common.BUILD_DIR / "deploy" / "x64"
     for path in staged.rglob("*"):
         if path.is_file():
@@ -152,7 +154,10 @@ def test_mip_installs_package_json(first_deploy, board):
 
     library = board.directory / ".micropython" / "lib" / "microsmtp"
     for source in sorted((REPO_DIR / "firmware" / "microsmtp").glob("*.py")):
-        assert (library / source.name).read_bytes() == source.read_bytes(), source.name
+        if source.as_posix().endswith(mpy.HOST_ONLY):
+            assert not (library / source.name).exists(), source.name
+        else:
+            assert (library / source.name).read_bytes() == source.read_bytes(), source.name
     # Without "" on the path, the import finds the mip copy, not the deployed .mpy files.
     script = "import sys\nsys.path.remove('')\nimport microsmtp\nprint('from', microsmtp.__file__)"
     output = mpremote(board, "exec", script)

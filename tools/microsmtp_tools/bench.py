@@ -400,7 +400,7 @@ def prepare_micropython(work_dir, ca_der, given=None):
     frozen = bool(common.frozen_packages(micropython, ["microsmtp"]))
     if not frozen:
         lib = work_dir / "lib"
-        for source in mpy.python_files(common.FIRMWARE_DIR / "microsmtp"):
+        for source in mpy.python_files(common.FIRMWARE_DIR / "microsmtp", board=True):
             mpy.compile_file(source, lib / "microsmtp" / (source.stem + ".mpy"), "x64", "microsmtp/" + source.name)
     (work_dir / "ca.der").write_bytes(ca_der)
     (work_dir / "bench_send.py").write_text(_MP_SCRIPT)
@@ -493,8 +493,9 @@ def print_round_trips(out, title, proxy, target, client_list, count, security):
 
 def mpy_sizes(work_dir):
     """Return {arch: {module: bytes}} of firmware/microsmtp compiled per architecture, plus
-    "source" with the sizes of the .py files. Modules are named as in sys.modules."""
-    sources = mpy.python_files(common.FIRMWARE_DIR / "microsmtp")
+    "source" with the sizes of the .py files. Modules are named as in sys.modules. The
+    CPython-only modules, which a board does not get, are left out."""
+    sources = mpy.python_files(common.FIRMWARE_DIR / "microsmtp", board=True)
 
     def module_name(path):
         return "microsmtp" if path.stem == "__init__" else "microsmtp." + path.stem

@@ -50,6 +50,10 @@ MPY_VERSION = 6
 # Modules kept as source: MicroPython runs boot.py and main.py only as .py files.
 SOURCE_ONLY = ("boot.py", "main.py")
 
+# Modules that only CPython imports (microsmtp.client loads cpython.py when it is not on
+# MicroPython), so a board does not get them. Paths end with these.
+HOST_ONLY = ("/microsmtp/cpython.py",)
+
 
 def decode_sys_mpy(value):
     """Return (version, sub_version, arch name or None) from sys.implementation._mpy."""
@@ -83,19 +87,22 @@ def compile_file(source, target, arch, source_name=None):
         raise ToolError("compiling %s" % source, (process.stderr or process.stdout).strip() or "mpy-cross failed")
 
 
-def python_files(directory):
-    """Return the .py files under directory, sorted, skipping __pycache__."""
-    return sorted(path for path in Path(directory).rglob("*.py") if "__pycache__" not in path.parts)
+def python_files(directory, board=False):
+    """Return the .py files under directory, sorted, skipping __pycache__, and HOST_ONLY when ``board``."""
+    files = sorted(path for path in Path(directory).rglob("*.py") if "__pycache__" not in path.parts)
+    if board:
+        files = [path for path in files if not path.resolve().as_posix().endswith(HOST_ONLY)]
+    return files
 
 
 def compile_tree(source_dir, target_dir, arch, keep_source=SOURCE_ONLY):
-    """Compile every .py under source_dir into target_dir; return [(relative path, file)].
+    """Compile every .py under source_dir that a board needs into target_dir; return [(relative path, file)].
 
     Files named in keep_source at the top level are copied as source.
     """
     source_dir = Path(source_dir)
     results = []
-    for source in python_files(source_dir):
+    for source in python_files(source_dir, board=True):
         relative = source.relative_to(source_dir)
         if len(relative.parts) == 1 and relative.name in keep_source:
             target = Path(target_dir) / relative
