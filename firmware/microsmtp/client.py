@@ -295,7 +295,12 @@ class SMTP:
         self._check_connected()
         self._start_deadline(self.timeout_ms)
         transactions = []
+        failure = None
         for message in messages:
+            if failure is not None:
+                # The connection is gone: the rest get its error without being encoded.
+                transactions.append(_failed_transaction(message, failure))
+                continue
             try:
                 transactions.append(await self._queue(self._queue_message, message))
             except InvalidInputError as exc:
@@ -305,6 +310,8 @@ class SMTP:
                 # The connection failed while the messages were being queued; the
                 # session gave the error to those already queued.
                 transactions.append(_failed_transaction(message, exc))
+                if not self.session.usable:
+                    failure = exc
         try:
             await self._run()
         except SMTPError:
@@ -360,7 +367,7 @@ class SMTP:
             try:
                 self.session.quit()
                 await self._run()
-            except SMTPError:
+            except (SMTPError, MemoryError):
                 pass
         await self.close()
 
@@ -452,7 +459,8 @@ class SMTP:
         """
         session = self.session
         if isinstance(exc, MemoryError):
-            error = out_of_memory(session.stage, exc)
+            # Queueing runs before any command of the message: name its first one.
+            error = out_of_memory("mail" if session.stage == "ready" else session.stage, exc)
         else:
             error = ConnectionLost(message, stage=session.stage)
         session.abort(error)
@@ -688,7 +696,7 @@ async def send(message, host, **options):
         await smtp.connect()
         transaction = await smtp._queue(smtp._queue_message, message)
         # QUIT goes in the same group as the content where the server allows it.
-        smtp.session.quit()
+        await smtp._queue(smtp.session.quit)
         try:
             await smtp._run()
         except SMTPError:

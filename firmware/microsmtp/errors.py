@@ -120,6 +120,10 @@ class OutOfMemory(ConnectionLost):
     """
 
 
+# Raised when the heap is too short even to build an OutOfMemory with its details.
+_SPARE = OutOfMemory("out of memory (too little heap left to describe it)")
+
+
 def free_heap():
     """Return ", N bytes free" for messages on MicroPython; CPython's gc does not report it."""
     try:
@@ -135,9 +139,16 @@ def out_of_memory(stage, cause):
     ``cause`` is the MemoryError, or a text naming the failure. The message is short,
     because it is built while memory is short.
     """
-    if isinstance(cause, MemoryError):
-        cause = "MemoryError: %s" % cause if str(cause) else "MemoryError"
-    return OutOfMemory("out of memory during %s (%s%s)" % (stage, cause, free_heap()), stage=stage)
+    try:
+        if isinstance(cause, MemoryError):
+            cause = "MemoryError: %s" % cause if str(cause) else "MemoryError"
+        return OutOfMemory("out of memory during %s (%s%s)" % (stage, cause, free_heap()), stage=stage)
+    except MemoryError:
+        # The session must still end, and the caller still gets an OutOfMemory.
+        _SPARE.stage = stage
+        if hasattr(_SPARE, "__traceback__"):
+            _SPARE.__traceback__ = None
+        return _SPARE
 
 
 class Timeout(SMTPError):

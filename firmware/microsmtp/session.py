@@ -524,7 +524,18 @@ class Session:
 
         from . import session_rare
 
-        session_rare.send_bdat(self, transaction, chunks, encoder)
+        try:
+            session_rare.send_bdat(self, transaction, chunks, encoder)
+        except (InvalidInputError, MemoryError) as exc:
+            # Each BDAT chunk states its length, so the connection is between two
+            # commands here. Only this transaction fails: the RSET before the next one,
+            # or QUIT, ends it on the server without a message (RFC 3030 section 3).
+            if isinstance(exc, MemoryError):
+                exc = out_of_memory("message", exc)
+            elif exc.stage is None:
+                exc.stage = "message"
+            self._content = None
+            self._fail_transaction(transaction, exc)
 
     # -- receiving -------------------------------------------------------------------
 

@@ -132,6 +132,48 @@ def test_bdat_counts_exact_octets():
     assert sum(int(c.split(b" ")[1]) for c in bdat) == len(expected)
 
 
+class FailingContent:
+    """Content that fails after its first piece, with ``error`` (invalid input or a lack of heap)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def chunks(self):
+        yield b"Subject: broken\r\n\r\n" + b"x" * 2100 + b"\r\n"
+        raise self.error
+
+
+def test_bdat_content_failure_fails_one_message():
+    # A BDAT chunk states its length, so a message whose content fails midway is ended by
+    # the RSET before the next message, and the messages around it still go out.
+    from microsmtp.errors import InvalidInputError, OutOfMemory
+
+    failures = (
+        (InvalidInputError("message content contains a NUL byte"), InvalidInputError),
+        (MemoryError("memory allocation failed, allocating 4096 bytes"), OutOfMemory),
+    )
+    for exc, error_type in failures:
+        server = FakeServer(extensions=PIPELINED)
+        session, _ = connect(server, security="tls")
+        transactions = [
+            session.mail("a@x.org", ["b@x.org"], body(0)),
+            session.mail("a@x.org", ["b@x.org"], body(1)),
+            session.mail("a@x.org", ["b@x.org"], FailingContent(exc)),
+            session.mail("a@x.org", ["b@x.org"], body(3)),
+        ]
+        session.quit()
+        converse(session, server)
+        assert [t.ok for t in transactions] == [True, True, False, True], exc
+        error = transactions[2].error
+        assert type(error) is error_type, error
+        assert error.stage == "message", error
+        assert server.messages == [body(0), body(1), body(3)], exc
+        # The first chunk of the failed message was sent, then an RSET ended it.
+        chunk = server.commands.index(b"BDAT 2121")
+        assert server.commands[chunk + 1] == b"RSET", server.commands
+        assert server.closed
+
+
 def test_failed_auth_in_pipeline_sends_no_content():
     server = starttls_server(PIPELINED, replies={"AUTH": b"535 5.7.8 bad credentials", "DATA": b"354 go"})
     session, _ = connect(server)
