@@ -213,14 +213,22 @@ def _load_state(settings, cache, path, keep):
     configured = settings["refresh_token"]
     fingerprint = _fingerprint(configured)
     saved = None
+    stale = False
     for name in (path + ".tmp", path):
         saved = _read_state(name)
         if isinstance(saved, dict) and saved.get("configured") == fingerprint:
             break
+        if isinstance(saved, dict) and saved.get("access_token") is not None:
+            stale = True
         saved = None
     # No saved token, or config.json contains a newer authorization than the saved one.
     cache["refresh"] = configured
     if saved is None:
+        if stale and not keep:
+            # Saved for an older authorization: the save at this token use, or the next
+            # one, writes the file without that authorization's tokens.
+            cache["unsaved"] = cache["unsaved"] or 1
+            log.info("OAuth2: deep-sleep mode is off; the access token is removed from %s" % path)
         return
     if _is_token(saved.get("refresh_token")):
         cache["refresh"] = saved["refresh_token"]

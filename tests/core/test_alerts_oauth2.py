@@ -1035,3 +1035,40 @@ def test_cert_check_low_heap():
                 assert "TLS certificate verification failed" in str(error), str(error)
     finally:
         microsmtp.client.make_ssl_context, asyncio.open_connection, oauth2.gc = saved
+
+
+def test_leaving_deep_sleep_new_authorization():
+    # After deep-sleep mode is switched off, the first token use removes a kept access
+    # token from the file, also when the user authorized the board again at the same
+    # time (a new refresh_token in config.json).
+    directory, path = state_file()
+    try:
+        with Endpoint(tokens("at-1", refresh_token="rt-2"), tokens("at-2")) as endpoint:
+            assert wake(path) == ("at-1", True)
+            assert read_state(path)["access_token"] == "at-1"
+            endpoint.now += 60
+            values = settings(refresh_token="rt-config-new")
+            assert get_token(values, path) == ("at-2", True)
+            assert endpoint.requests[-1] == "rt-config-new"
+            text = json.dumps(read_state(path))
+            assert "at-1" not in text, text
+    finally:
+        remove_tree(directory)
+
+
+def test_hostile_request_values_not_reused():
+    # "request" of another type, or huge, never matches and never raises.
+    for request in ([1, 2], {"a": 1}, 10**40, "x" * 5000, None, True):
+        directory, path = state_file()
+        try:
+            with Endpoint(tokens("at-1"), tokens("at-2")) as endpoint:
+                assert wake(path) == ("at-1", True)
+                state = read_state(path)
+                state["request"] = request
+                with open(path, "w") as file:
+                    file.write(json.dumps(state))
+                endpoint.now += 60
+                assert wake(path) == ("at-2", True), request
+                assert read_state(path)["request"] == oauth2._request_print(settings())
+        finally:
+            remove_tree(directory)
