@@ -278,6 +278,42 @@ def test_failed_start_deep_sleep_mode(micropython, tmp_path):
     assert "INFO running again after 1 failed start(s) in a row; count cleared" in process.stdout, output
 
 
+def deep_sleep_start(tmp_path, start_heaps):
+    """Run deep_sleep.json with the given start_heaps; return the process and the board's lines."""
+    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
+    scenario["start_heaps"] = start_heaps
+    path = tmp_path / "deep_sleep_start.json"
+    path.write_text(json.dumps(scenario))
+    process = run_sim(tmp_path, "--scenario", str(path))
+    return process, board_lines(process)
+
+
+# The second start, woken from deep sleep, is too small to import alerts.app (24K) or
+# for the config check (52K). config.json does not give the mode yet, but the reset
+# cause does, so the back-off is spent in deep sleep as well.
+@pytest.mark.parametrize("heap", ["24K", "52K"])
+def test_failed_start_after_wake_sleeps(micropython, tmp_path, heap):
+    process, lines = deep_sleep_start(tmp_path, ["1M", heap])
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    failure = [index for index, line in enumerate(lines) if " out of memory while starting (" in line]
+    assert failure, output
+    assert lines[failure[0]].endswith("failure 1 in a row, deep sleep for 10 s"), output
+    assert lines[failure[0] + 1] == "board | [machine] deepsleep 111", output
+    assert "reset in 10 s" not in process.stdout, output
+    assert "INFO running again after 1 failed start(s) in a row; count cleared" in process.stdout, output
+
+
+def test_failed_start_after_power_on_waits_awake(micropython, tmp_path):
+    # After power on, a start that fails before the config check cannot know the mode.
+    process, lines = deep_sleep_start(tmp_path, ["24K"])
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert [line for line in lines if line.endswith("failure 1 in a row, reset in 10 s")], output
+    assert "board | [machine] reset" in lines, output
+    assert "deep sleep for 10 s" not in process.stdout, output
+
+
 def test_invalid_start_heaps(tmp_path):
     process = run_start_scenario(tmp_path, start_heaps=["24 KB"])
     assert process.returncode == 78, unix_port.format_output(process)

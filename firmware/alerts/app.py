@@ -337,9 +337,9 @@ FAILED_STARTS = "failed_starts.txt"
 # so a board that fails soon after each start backs off too, with a flash write per
 # failure rather than two.
 _STABLE_S = 600
-# config.json's deep_sleep.enabled, set by alerts.boot as soon as config.json is loaded:
-# after a failure, a board in deep-sleep mode waits out the back-off asleep.
-deep_sleep_mode = False
+# config.json's deep_sleep.enabled, set by alerts.boot as soon as config.json is loaded
+# (None before): after a failure, a board in deep-sleep mode waits out the back-off asleep.
+deep_sleep_mode = None
 
 
 def start_complete():

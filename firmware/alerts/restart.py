@@ -95,17 +95,23 @@ def started():
             pass
 
 
-def failed(exc, running=False, sleep=False):
+def failed(exc, running=False, sleep=None):
     """Log why the firmware stopped, wait with the back-off delay, then reset the board.
 
     A MemoryError while starting gets a line naming what to change. ``running`` is True
     when the sensor loop had started (alerts.app unloads this module then, so a new copy
     does not know). ``sleep`` is True in deep-sleep mode, where the board waits in deep
-    sleep, which ends in a reset as well, rather than awake on its battery. Awake, a
-    running watchdog is fed meanwhile, and Ctrl-C during the wait still reaches the REPL.
+    sleep, which ends in a reset as well, rather than awake on its battery, and None
+    while config.json has not told the mode: then a board that woke from deep sleep
+    (reset_cause()) waits in deep sleep too. Awake, a running watchdog is fed meanwhile,
+    and Ctrl-C during the wait still reaches the REPL.
     """
     global _count, _running
     _running = _running or running
+    if sleep is None:
+        # A board that woke from deep sleep is in deep-sleep mode. rp2 has no
+        # DEEPSLEEP_RESET, and the unix port has no reset_cause(), for which int() gives 0.
+        sleep = not _running and getattr(machine, "reset_cause", int)() == getattr(machine, "DEEPSLEEP_RESET", None)
     if _count is None:
         _count = _previous + 1
         write(_count)

@@ -414,6 +414,127 @@ def test_no_deepsleep_waits_awake():
         scope.close()
 
 
+class WokenMachine(DeepSleepingMachine):
+    """machine on ESP32: reset_cause() gives 4 (DEEPSLEEP_RESET) after a deep-sleep wake, 1 after power on."""
+
+    DEEPSLEEP_RESET = 4
+
+    def __init__(self, cause):
+        DeepSleepingMachine.__init__(self)
+        self.cause = cause
+
+    def reset_cause(self):
+        return self.cause
+
+
+class PicoMachine(DeepSleepingMachine):
+    """machine on rp2: reset_cause() and deepsleep(), but no DEEPSLEEP_RESET."""
+
+    def reset_cause(self):
+        return 1
+
+
+def failure_wait(machine, *arguments):
+    """Return (the log lines, whether it slept) of restart.failed(ValueError, *arguments) with machine."""
+    lines = []
+    saved = restart._log
+    restart._log = lambda level, *parts: lines.append(" ".join([level] + [str(part) for part in parts]))
+    restart.machine = machine
+    try:
+        try:
+            restart.failed(ValueError("bug"), *arguments)
+        except Slept:
+            return lines, True
+        except Reset:
+            return lines, False
+        raise AssertionError("failed() returned")
+    finally:
+        restart._log = saved
+
+
+def test_failure_after_wake_waits_asleep():
+    # Before config.json gives the mode (main.py passes no sleep, alerts.app passes None
+    # until the config check), a board that woke from deep sleep is in deep-sleep mode.
+    for arguments in ((), (False, None)):
+        scope = Scope()
+        try:
+            machine = WokenMachine(4)
+            lines, slept = failure_wait(machine, *arguments)
+            assert slept, arguments
+            assert machine.slept_ms == 10
+            assert lines[0].endswith("failure 1 in a row, deep sleep for 10 s")
+            assert restart.read() == 1
+        finally:
+            scope.close()
+
+
+def test_failure_after_other_reset_waits_awake():
+    # Power on, a hard reset, the watchdog, a soft reset: the mode is not known.
+    for cause in (1, 2, 3, 5):
+        scope = Scope()
+        try:
+            machine = WokenMachine(cause)
+            lines, slept = failure_wait(machine)
+            assert not slept, cause
+            assert machine.slept_ms is None
+            assert lines[0].endswith("failure 1 in a row, reset in 10 s")
+        finally:
+            scope.close()
+
+
+def test_mode_off_after_wake_waits_awake():
+    # config.json was changed to turn deep sleep off while the board slept.
+    scope = Scope()
+    try:
+        machine = WokenMachine(4)
+        lines, slept = failure_wait(machine, False, False)
+        assert not slept
+        assert machine.slept_ms is None
+        assert lines[0].endswith("failure 1 in a row, reset in 10 s")
+    finally:
+        scope.close()
+
+
+def test_running_failure_after_wake_waits_awake():
+    # The sensor loop ran, so the mode is known: not deep sleep, whatever woke the board.
+    scope = Scope()
+    try:
+        machine = WokenMachine(4)
+        lines, slept = failure_wait(machine, True)
+        assert not slept
+        assert lines == ["ERROR unexpected ValueError: bug; failure 1 in a row, reset in 10 s"]
+        assert machine.slept_ms is None
+    finally:
+        scope.close()
+
+
+def test_no_deepsleep_reset_constant_waits_awake():
+    # rp2 has reset_cause() but no DEEPSLEEP_RESET. The unix port, like Machine here, has neither.
+    for machine in (PicoMachine(), Machine()):
+        scope = Scope()
+        try:
+            assert not failure_wait(machine)[1]
+        finally:
+            scope.close()
+
+
+def test_main_py_failure_after_wake_sleeps():
+    # main.py hands a failed import to alerts.restart, which finds the deep-sleep wake.
+    scope = Scope(previous=2)
+    saved = restart._log
+    restart._log = lambda level, *parts: None
+    try:
+        machine = WokenMachine(4)
+        restart.machine = machine
+        helpers.raises(Slept, run_main_py, MemoryError("memory allocation failed"), restart.failed)
+        # The third failure in a row: 40 s, which the sim's 1000x speed makes 40 ms.
+        assert machine.slept_ms == 40
+        assert restart.read() == 3
+    finally:
+        restart._log = saved
+        scope.close()
+
+
 def test_sim_speed_float_gives_whole_milliseconds():
     # `microsmtp sim --speed 60` gives a float speed. The wait that remains when pause()
     # fails, and the deep sleep, still take whole milliseconds.

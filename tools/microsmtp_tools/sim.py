@@ -41,6 +41,13 @@ SIM_WIFI = {"ssid": "sim-network", "password": "sim-wifi-password"}
 # Exit statuses of sim_board/machine.py's reset() and deepsleep().
 RESET_STATUS = 3
 DEEPSLEEP_STATUS = 4
+# sim_board/machine.py's reset_cause() returns the value of this environment variable,
+# one of ESP32's reset causes.
+RESET_CAUSE_VARIABLE = "MICROSMTP_SIM_RESET_CAUSE"
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
 WATCHDOG_FILE = "watchdog.json"
 # sim_board/machine.py keeps RTC memory here; a power cycle clears it.
 RTC_FILE = "rtc_memory.bin"
@@ -472,7 +479,8 @@ class Board:
         self.heap_in_use = []
         self._reader = None
 
-    def start(self):
+    def start(self, cause=PWRON_RESET):
+        """Start the board process, in which machine.reset_cause() returns cause."""
         # A wake pin is armed again before each deep sleep.
         try:
             (self.directory / WAKE_PIN_FILE).unlink()
@@ -493,6 +501,7 @@ class Board:
         command.append("main.py")
         environment = {key: value for key, value in os.environ.items() if key != PASSWORD_VARIABLE}
         environment["HOME"] = str(self.directory / "home")
+        environment[RESET_CAUSE_VARIABLE] = str(cause)
         # ".frozen" first keeps the unix port's frozen asyncio importable.
         board_modules = self.firmware / BOARD_MODULES
         if not board_modules.is_dir():
@@ -548,7 +557,7 @@ class Board:
     def watchdog_reset(self):
         """End the process as the watchdog's reset would, then start the board again."""
         self.watchdog_resets += 1
-        self.reset()
+        self.reset(WDT_RESET)
 
     def wake_pin(self, pins, elapsed):
         """Return (pin, level) when the wake pin armed before deep sleep reached its level, else None."""
@@ -562,14 +571,14 @@ class Board:
         level = timeline_value(timeline, elapsed)
         return (wake["pin"], level) if level == wake.get("level") else None
 
-    def reset(self):
+    def reset(self, cause=HARD_RESET):
         """End the process as a reset would, keeping RTC memory, then start the board again."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.wait_output()
         self.clear_watchdog()
         self.restarts += 1
-        self.start()
+        self.start(cause)
 
     def power_cycle(self):
         """Cut the power and restore it: the process ends at once and RTC memory is lost."""
@@ -894,7 +903,7 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
                 if woken is not None or time.monotonic() >= sleep_until:
                     sleep_until = None
                     board.restarts += 1
-                    board.start()
+                    board.start(DEEPSLEEP_RESET)
                 continue
             status = board.poll()
             if status is None and board.watchdog_expired():
@@ -915,7 +924,9 @@ def _run_board(args, scenario, server, smtp, roots, directory, firmware, executa
                     continue
                 if status == RESET_STATUS:
                     board.restarts += 1
-                    board.start()
+                    # machine.WDT's feed() after its deadline ends the process as reset() does.
+                    late_feed = board.lines and board.lines[-1].endswith("[machine] watchdog timeout: reset")
+                    board.start(WDT_RESET if late_feed else HARD_RESET)
                     continue
                 problems.append("the board stopped with exit status %d" % status)
                 break

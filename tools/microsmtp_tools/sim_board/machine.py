@@ -8,6 +8,12 @@ _WATCHDOG_FILE = "watchdog.json"
 # Exit statuses the simulation turns into a restart of the board.
 RESET_STATUS = 3
 DEEPSLEEP_STATUS = 4
+# reset_cause() values, as on ESP32.
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
 
 
 def _say(text):
@@ -129,6 +135,14 @@ def unique_id():
 
 def freq(value=None):
     return 240000000
+
+
+def reset_cause():
+    """Return why the board started, which the simulation names in the environment (power on by default)."""
+    try:
+        return int(os.getenv("MICROSMTP_SIM_RESET_CAUSE"))
+    except (TypeError, ValueError):
+        return PWRON_RESET
 
 
 def reset():
