@@ -9,7 +9,10 @@ from .encoding import base64_lines
 from .errors import InvalidInputError
 from .message import Attachment, _check_text, _fold, _is_printable, _random_hex, _text_part
 
-_B64_SLICE = 57 * 32  # attachment octets per chunk: 32 base64 lines of 76 characters
+# Attachment octets per chunk: 4 base64 lines of 76 characters (312 bytes with CRLF).
+# The chunk is a new block of the heap, and a fragmented heap of a board running for
+# days finds small blocks where a larger one fails.
+_B64_SLICE = 57 * 4
 _TSPECIALS = '()<>@,;:\\"/[]?='
 _ATTR_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&+-.^_`|~"  # RFC 5987 attr-char
 
