@@ -214,6 +214,8 @@ class SMTP:
         self._handshaking = False
         self._early = None
         self._heap_after_wrap = None
+        # Made here, on a heap that the caller has usually just collected.
+        self._write_buffer = bytearray(_WRITE_SIZE)
         self._received_any = False
         self._deadline_locked = False
         self.session = None
@@ -404,23 +406,29 @@ class SMTP:
         # write: one TLS record and one TCP segment instead of one per command. With
         # Nagle's algorithm on (lwIP's default), a second small segment would wait
         # for the ACK of the first, and the server's reply could arrive in between.
-        pending = b""
+        # They are gathered in a buffer made with the SMTP object. Joining them would
+        # take a new block of the heap for every piece, which a fragmented heap on a
+        # board may fail to find while the message is sent.
+        buffer = self._write_buffer
+        pending = 0
         try:
             while True:
                 event = session.next_event()
                 if event == _session.SEND:
                     data = session.data_to_send()
-                    if pending and len(pending) + len(data) > _WRITE_SIZE:
-                        await self._transfer(pending)
-                        pending = b""
-                    if len(data) >= _WRITE_SIZE:
+                    size = len(data)
+                    if pending and pending + size > _WRITE_SIZE:
+                        await self._transfer(memoryview(buffer)[:pending])
+                        pending = 0
+                    if size >= _WRITE_SIZE:
                         await self._transfer(data)
                     else:
-                        pending += data
+                        buffer[pending : pending + size] = data
+                        pending += size
                     continue
                 if pending:
-                    await self._transfer(pending)
-                    pending = b""
+                    await self._transfer(memoryview(buffer)[:pending])
+                    pending = 0
                 if event == _session.NEED_DATA:
                     session.receive_data(await self._transfer())
                 elif event == _session.START_TLS:
@@ -506,6 +514,10 @@ class SMTP:
         stage = "tls" if self._handshaking else self.session.stage
         try:
             if data is not None:
+                if not MICROPYTHON:
+                    # CPython's transport may keep what it could not send yet without a
+                    # copy, and the write buffer is used again.
+                    data = bytes(data)
                 self._writer.write(data)
                 await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
                 return None
