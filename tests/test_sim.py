@@ -260,32 +260,32 @@ def test_start_after_failed_starts_clears_count(micropython, tmp_path):
     assert "summary: 2 email(s) delivered, 2 expected, 3 board restart(s)" in process.stdout, output
 
 
+def run_changed(tmp_path, name, changes, *arguments):
+    """Run the scenario file name with the top-level keys in changes replaced; return the process."""
+    scenario = json.loads((SCENARIOS / name).read_text())
+    scenario.update(changes)
+    path = tmp_path / ("changed-" + name)
+    path.write_text(json.dumps(scenario))
+    return run_sim(tmp_path, "--scenario", str(path), *arguments)
+
+
+def deep_sleep_start(tmp_path, start_heaps):
+    """Run deep_sleep.json with the given start_heaps; return the process and the board's lines."""
+    process = run_changed(tmp_path, "deep_sleep.json", {"start_heaps": start_heaps})
+    return process, board_lines(process)
+
+
 def test_failed_start_deep_sleep_mode(micropython, tmp_path):
     # In deep-sleep mode, once config.json is loaded, the back-off is spent in deep sleep
     # rather than awake. 80K is past the config check but too small to set up the App.
-    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
-    scenario["start_heaps"] = ["80K"]
-    path = tmp_path / "deep_sleep_start.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path))
+    process, lines = deep_sleep_start(tmp_path, ["80K"])
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
-    lines = board_lines(process)
     failure = [index for index, line in enumerate(lines) if "failure 1 in a row, deep sleep for 10 s" in line]
     assert failure, output
     # 10 simulated s at the scenario's 90x.
     assert lines[failure[0] + 1] == "board | [machine] deepsleep 111", output
     assert "INFO running again after 1 failed start(s) in a row; count cleared" in process.stdout, output
-
-
-def deep_sleep_start(tmp_path, start_heaps):
-    """Run deep_sleep.json with the given start_heaps; return the process and the board's lines."""
-    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
-    scenario["start_heaps"] = start_heaps
-    path = tmp_path / "deep_sleep_start.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path))
-    return process, board_lines(process)
 
 
 # The second start, woken from deep sleep, is too small to import alerts.app (24K) or
@@ -421,11 +421,7 @@ def test_deep_sleep_reset_sends_alert_once(micropython, tmp_path):
 
 @pytest.mark.parametrize("value", [[0], ["1"], 1])
 def test_invalid_resets_at_mail(tmp_path, value):
-    scenario = json.loads((SCENARIOS / "deep_sleep_reset.json").read_text())
-    scenario["resets_at_mail"] = value
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path))
+    process = run_changed(tmp_path, "deep_sleep_reset.json", {"resets_at_mail": value})
     assert process.returncode == 78, unix_port.format_output(process)
     assert "resets_at_mail must be a list of MAIL command counts from 1" in process.stderr
 
@@ -671,11 +667,9 @@ def test_oauth2_scenario_delivers_with_xoauth2(micropython, tmp_path):
 
 
 def test_oauth2_revoked_token_keeps_alerts(micropython, tmp_path):
-    scenario = json.loads((SCENARIOS / "oauth2.json").read_text())
-    scenario["oauth2"] = {"revoke_after": 0}
-    path = tmp_path / "revoked.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path), "--speed", "240", "--duration", "900")
+    process = run_changed(
+        tmp_path, "oauth2.json", {"oauth2": {"revoke_after": 0}}, "--speed", "240", "--duration", "900"
+    )
     output = unix_port.format_output(process)
     assert process.returncode == 1, output
     assert 'FAILED: expected email did not arrive: {"kind": "alert"' in process.stdout, output
@@ -693,11 +687,9 @@ def test_oauth2_revoked_token_keeps_alerts(micropython, tmp_path):
 
 def test_oauth2_deep_sleep_reuses_token(micropython, tmp_path):
     # RAM is lost at every wake, so the access token saved in oauth2_token.json serves both emails.
-    scenario = json.loads((SCENARIOS / "deep_sleep.json").read_text())
-    scenario["oauth2"] = {"expires_in": 3600, "rotate": True}
-    path = tmp_path / "sleep_oauth2.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path), "--speed", "240")
+    process = run_changed(
+        tmp_path, "deep_sleep.json", {"oauth2": {"expires_in": 3600, "rotate": True}}, "--speed", "240"
+    )
     output = unix_port.format_output(process)
     assert process.returncode == 0, output
     delivered = [line for line in process.stdout.splitlines() if line.startswith("delivered ")]
@@ -791,11 +783,7 @@ def test_oauth2_report_fails_plain_login(tmp_path, capsys):
     ],
 )
 def test_invalid_oauth2_option(tmp_path, value, message):
-    scenario = json.loads((SCENARIOS / "oauth2.json").read_text())
-    scenario["oauth2"] = value
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(scenario))
-    process = run_sim(tmp_path, "--scenario", str(path))
+    process = run_changed(tmp_path, "oauth2.json", {"oauth2": value})
     assert process.returncode == 78, unix_port.format_output(process)
     assert message in process.stderr
 
