@@ -417,14 +417,23 @@ class SMTP:
                 if event == _session.SEND:
                     data = session.data_to_send()
                     size = len(data)
-                    if pending and pending + size > _WRITE_SIZE:
-                        await self._transfer(memoryview(buffer)[:pending])
-                        pending = 0
                     if size >= _WRITE_SIZE:
+                        if pending:
+                            await self._transfer(memoryview(buffer)[:pending])
+                            pending = 0
                         await self._transfer(data)
-                    else:
-                        buffer[pending : pending + size] = data
-                        pending += size
+                        continue
+                    # A piece that does not fit fills the buffer, which goes out whole, and
+                    # the rest starts the next write. So base64 pieces of 312 bytes go out
+                    # in writes of 512 bytes.
+                    start = 0
+                    if pending + size > _WRITE_SIZE:
+                        start = _WRITE_SIZE - pending
+                        buffer[pending:] = memoryview(data)[:start]
+                        await self._transfer(buffer)
+                        pending = 0
+                    buffer[pending : pending + size - start] = memoryview(data)[start:]
+                    pending += size - start
                     continue
                 if pending:
                     await self._transfer(memoryview(buffer)[:pending])
