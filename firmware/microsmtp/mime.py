@@ -26,6 +26,17 @@ def _is_token(text):
     return True
 
 
+def _is_byte_view(view):
+    """Return True when the memoryview view is a plain run of bytes: one-byte items, no step."""
+    if not getattr(view, "c_contiguous", True):
+        return False
+    # MicroPython's memoryview has no itemsize, so one item is measured by copying it.
+    size = getattr(view, "itemsize", None)
+    if size is None:
+        size = len(bytes(view[:1])) if len(view) else 1
+    return size == 1
+
+
 def parse_attachment(filename, data, content_type):
     """Check the arguments of Attachment and return (MIME type, parameters).
 
@@ -37,6 +48,13 @@ def parse_attachment(filename, data, content_type):
         raise InvalidInputError("attachment filename is empty: give a file name")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidInputError("data of attachment %r must be bytes, not %s" % (filename, type(data).__name__))
+    if isinstance(data, memoryview) and not _is_byte_view(data):
+        # The encoder slices by items: wider items would give base64 lines over 76
+        # characters, and a view with a step cannot be encoded at all.
+        raise InvalidInputError(
+            "data of attachment %r is a memoryview of items wider than one byte or with a step; pass bytes(data)"
+            % filename
+        )
     field = "attachment content type"
     parts = _check_text(field, content_type).split(";")
     mime_type = parts[0].strip(" \t").lower()

@@ -13,8 +13,14 @@ DATE = (2026, 12, 4, 20, 10, 26, 4, 338)
 
 
 def build(**kwargs):
-    args = {"sender": "ann@example.com", "to": "bob@example.org", "subject": "Hi",
-            "text": "Hello\n", "date": DATE, "message_id": "<1@example.com>"}
+    args = {
+        "sender": "ann@example.com",
+        "to": "bob@example.org",
+        "subject": "Hi",
+        "text": "Hello\n",
+        "date": DATE,
+        "message_id": "<1@example.com>",
+    }
     args.update(kwargs)
     return Message(**args)
 
@@ -73,8 +79,9 @@ def encoded_words(line):
 
 
 def test_simple_message_exact_bytes():
-    msg = Message("Ann <ann@example.com>", "bob@example.org", "Hello", "Hi Bob,\nbye\n",
-                  date=DATE, message_id="<1@example.com>")
+    msg = Message(
+        "Ann <ann@example.com>", "bob@example.org", "Hello", "Hi Bob,\nbye\n", date=DATE, message_id="<1@example.com>"
+    )
     expected = (
         b"Date: Fri, 04 Dec 2026 20:10:26 +0000\r\n"
         b"From: Ann <ann@example.com>\r\n"
@@ -93,10 +100,18 @@ def test_simple_message_exact_bytes():
 
 
 def test_full_header_set_exact():
-    msg = Message(("Ann", "ann@example.com"), ["b@example.org", "Carl <c@example.org>"],
-                  "Report", "x", cc="d@example.org", bcc="e@example.org",
-                  reply_to="replies@example.com", date=DATE, message_id="m@example.com",
-                  headers=[("X-Mailer", "microsmtp"), ("Importance", "high")])
+    msg = Message(
+        ("Ann", "ann@example.com"),
+        ["b@example.org", "Carl <c@example.org>"],
+        "Report",
+        "x",
+        cc="d@example.org",
+        bcc="e@example.org",
+        reply_to="replies@example.com",
+        date=DATE,
+        message_id="m@example.com",
+        headers=[("X-Mailer", "microsmtp"), ("Importance", "high")],
+    )
     head, body = split_message(msg.to_bytes())
     assert head == [
         "Date: Fri, 04 Dec 2026 20:10:26 +0000",
@@ -122,8 +137,11 @@ def test_bcc_not_in_headers():
 
 
 def test_recipients_deduplicated_in_order():
-    msg = build(to=["a@example.com", "b@EXAMPLE.com"], cc=["b@example.com", "A@example.com"],
-                bcc=("c@example.com", "a@Example.COM"))
+    msg = build(
+        to=["a@example.com", "b@EXAMPLE.com"],
+        cc=["b@example.com", "A@example.com"],
+        bcc=("c@example.com", "a@Example.COM"),
+    )
     assert msg.recipients == ["a@example.com", "b@EXAMPLE.com", "A@example.com", "c@example.com"]
 
 
@@ -204,13 +222,38 @@ def test_parse_address_error_messages():
 
 
 def test_parse_address_rejects_invalid():
-    bad = ["", "   ", "no-at-sign", "a b@example.com", "a,b@example.com", "<a@example.com",
-           "a@example.com>", "a@", "@example.com", "a..b@example.com", ".a@example.com",
-           "a.@example.com", "a@example..com", "a@-example.com", "a@example-.com",
-           "a@exa_mple.com", "a@exa mple.com", "a<b@example.com", '"ab@example.com',
-           '"a"b"@example.com', "a@[]", "a@[1.2.3.4\\]", "x" * 65 + "@example.com",
-           "a@" + "b" * 250 + ".com", "a@b@example.com", "a;b@example.com",
-           'Ann "x <a@example.com>', '"a\\"@example.com', '"a\x01"@example.com', '"@x.org']
+    bad = [
+        "",
+        "   ",
+        "no-at-sign",
+        "a b@example.com",
+        "a,b@example.com",
+        "<a@example.com",
+        "a@example.com>",
+        "a@",
+        "@example.com",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@example..com",
+        "a@-example.com",
+        "a@example-.com",
+        "a@exa_mple.com",
+        "a@exa mple.com",
+        "a<b@example.com",
+        '"ab@example.com',
+        '"a"b"@example.com',
+        "a@[]",
+        "a@[1.2.3.4\\]",
+        "x" * 65 + "@example.com",
+        "a@" + "b" * 250 + ".com",
+        "a@b@example.com",
+        "a;b@example.com",
+        'Ann "x <a@example.com>',
+        '"a\\"@example.com',
+        '"a\x01"@example.com',
+        '"@x.org',
+    ]
     for value in bad:
         raises(InvalidInputError, parse_address, value)
     raises(InvalidInputError, parse_address, ("only-one",))
@@ -292,8 +335,7 @@ def test_many_recipients_folded():
 
 
 def test_smtputf8_only_for_addresses():
-    assert not build(subject="\u00fcber", text="\u00fcber",
-                     to=("M\u00fcller", "m@example.com")).needs_smtputf8
+    assert not build(subject="\u00fcber", text="\u00fcber", to=("M\u00fcller", "m@example.com")).needs_smtputf8
     msg = build(to="j\u00f6rg@example.com")
     assert msg.needs_smtputf8
     data = msg.to_bytes()
@@ -337,8 +379,7 @@ def test_injection_in_headers_rejected():
 
 def test_injection_in_attachments_rejected():
     check_rejected("filename", attachments=lambda bad: [("a" + bad + ".txt", b"x")])
-    check_rejected("content type",
-                   attachments=lambda bad: [("a.txt", b"x", "text/plain" + bad)])
+    check_rejected("content type", attachments=lambda bad: [("a.txt", b"x", "text/plain" + bad)])
     exc = raises(InvalidInputError, Attachment, "a\r\n.txt", b"x")
     assert "filename" in str(exc)
 
@@ -480,8 +521,7 @@ def test_message_id_for_utf8_sender_domain():
 
 def test_message_id_given():
     assert build(message_id="abc@example.com").message_id == "<abc@example.com>"
-    for bad in ("", "<>", "no-at", "<a b@example.com>", "<a@b@c>", "<@x>", "<x@>",
-                "<\u00e9@x>", "<a<b@x>"):
+    for bad in ("", "<>", "no-at", "<a b@example.com>", "<a@b@c>", "<@x>", "<x@>", "<\u00e9@x>", "<a<b@x>"):
         exc = raises(InvalidInputError, build, message_id=bad)
         assert "message_id" in str(exc)
 
@@ -593,9 +633,15 @@ def test_date_seconds_use_platform_gmtime():
 
 def test_weekday_known_dates():
     cases = [
-        ((1970, 1, 1), "Thu"), ((2000, 1, 1), "Sat"), ((2000, 2, 29), "Tue"),
-        ((2024, 2, 29), "Thu"), ((1900, 1, 1), "Mon"), ((1900, 3, 1), "Thu"),
-        ((2100, 3, 1), "Mon"), ((1999, 12, 31), "Fri"), ((2038, 1, 19), "Tue"),
+        ((1970, 1, 1), "Thu"),
+        ((2000, 1, 1), "Sat"),
+        ((2000, 2, 29), "Tue"),
+        ((2024, 2, 29), "Thu"),
+        ((1900, 1, 1), "Mon"),
+        ((1900, 3, 1), "Thu"),
+        ((2100, 3, 1), "Mon"),
+        ((1999, 12, 31), "Fri"),
+        ((2038, 1, 19), "Tue"),
         ((9999, 12, 31), "Fri"),
     ]
     for (year, month, day), name in cases:
@@ -617,10 +663,19 @@ def test_leap_years():
 
 
 def test_invalid_dates_rejected():
-    bad = [(2026, 13, 1, 0, 0, 0), (2026, 0, 1, 0, 0, 0), (2026, 4, 31, 0, 0, 0),
-           (2026, 1, 0, 0, 0, 0), (2026, 1, 1, 24, 0, 0), (2026, 1, 1, 0, 60, 0),
-           (2026, 1, 1, 0, 0, 61), (1899, 12, 31, 0, 0, 0), (2026, 1, 1), "today",
-           (2026, 1, 1, 0, 0, 1.5)]
+    bad = [
+        (2026, 13, 1, 0, 0, 0),
+        (2026, 0, 1, 0, 0, 0),
+        (2026, 4, 31, 0, 0, 0),
+        (2026, 1, 0, 0, 0, 0),
+        (2026, 1, 1, 24, 0, 0),
+        (2026, 1, 1, 0, 60, 0),
+        (2026, 1, 1, 0, 0, 61),
+        (1899, 12, 31, 0, 0, 0),
+        (2026, 1, 1),
+        "today",
+        (2026, 1, 1, 0, 0, 1.5),
+    ]
     for value in bad:
         exc = raises(InvalidInputError, format_date, value)
         assert "date" in str(exc)
@@ -633,7 +688,7 @@ def test_invalid_dates_rejected():
 def parts_of(data):
     """Return (boundary, list of (part header lines, part body)) of a multipart message."""
     content_type = header(data, "Content-Type")
-    assert content_type.startswith("multipart/mixed; boundary=\"")
+    assert content_type.startswith('multipart/mixed; boundary="')
     boundary = content_type.split('"')[1].encode()
     body = split_message(data)[1]
     assert body.startswith(b"--" + boundary + b"\r\n")
@@ -649,18 +704,21 @@ def test_attachment_structure():
     import binascii
 
     payload = bytes(bytearray(range(256))) * 3
-    msg = build(text="See file.\n", attachments=[("data.bin", payload),
-                                                Attachment("notes.txt", b"hi\n", "text/plain")])
+    msg = build(text="See file.\n", attachments=[("data.bin", payload), Attachment("notes.txt", b"hi\n", "text/plain")])
     data = msg.to_bytes()
     check_wire_form(data)
     check_header_lines(data)
     boundary, parts = parts_of(data)
     assert len(parts) == 3
-    assert parts[0] == (["Content-Type: text/plain; charset=utf-8",
-                         "Content-Transfer-Encoding: 7bit"], b"See file.\r\n")
-    assert parts[1][0] == ['Content-Type: application/octet-stream; name="data.bin"',
-                           'Content-Disposition: attachment; filename="data.bin"',
-                           "Content-Transfer-Encoding: base64"]
+    assert parts[0] == (
+        ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 7bit"],
+        b"See file.\r\n",
+    )
+    assert parts[1][0] == [
+        'Content-Type: application/octet-stream; name="data.bin"',
+        'Content-Disposition: attachment; filename="data.bin"',
+        "Content-Transfer-Encoding: base64",
+    ]
     for line in physical_lines(parts[1][1] + b"\r\n"):
         assert len(line) <= 76
     assert binascii.a2b_base64(parts[1][1].replace(b"\r\n", b"")) == payload
@@ -703,7 +761,7 @@ def test_attachment_filename_quotes_percent_encoded():
 
 
 def test_attachment_content_type_parameters():
-    data = build(attachments=[("a.csv", b"x", "Text/CSV; charset=utf-8; header=\"present\"")])
+    data = build(attachments=[("a.csv", b"x", 'Text/CSV; charset=utf-8; header="present"')])
     data = data.to_bytes()
     expected = b'Content-Type: text/csv; charset="utf-8"; header="present"; name="a.csv"\r\n'
     assert expected in data
@@ -713,9 +771,18 @@ def test_attachment_invalid_inputs():
     raises(InvalidInputError, Attachment, "", b"x")
     raises(InvalidInputError, Attachment, "a.txt", "text")
     raises(InvalidInputError, Attachment, 5, b"x")
-    for content_type in ("text", "text/", "/plain", "text/pl ain", "text/plain; x",
-                         "text/plain; name=a", "text/plain; a=b c", "multipart/mixed",
-                         "message/rfc822", "text/plain; =x"):
+    for content_type in (
+        "text",
+        "text/",
+        "/plain",
+        "text/pl ain",
+        "text/plain; x",
+        "text/plain; name=a",
+        "text/plain; a=b c",
+        "multipart/mixed",
+        "message/rfc822",
+        "text/plain; =x",
+    ):
         exc = raises(InvalidInputError, Attachment, "a.txt", b"x", content_type)
         assert "content type" in str(exc)
     raises(InvalidInputError, build, attachments=["a.txt"])
@@ -733,6 +800,24 @@ def test_attachment_chunks_stream_in_slices():
     assert slices[0].startswith(b"AAECAwQF")
     assert max(len(piece) for piece in slices) <= 312
     check_wire_form(msg.to_bytes())
+
+
+def test_attachment_view_of_wide_items_rejected():
+    # base64 slices the data by items, so only views of single bytes are accepted.
+    import array
+
+    data = bytes(bytearray(range(200)))
+    exc = raises(InvalidInputError, build, attachments=[("a.bin", memoryview(array.array("H", data)))])
+    assert "memoryview of items wider than one byte" in str(exc)
+    assert "pass bytes(data)" in str(exc)
+    msg = build(attachments=[("a.bin", memoryview(data)[10:20])])
+    check_wire_form(msg.to_bytes())
+    try:
+        stepped = memoryview(data)[::2]
+    except NotImplementedError:
+        # MicroPython's memoryview takes no step.
+        return
+    raises(InvalidInputError, build, attachments=[("a.bin", stepped)])
 
 
 def test_boundary_avoids_text():
@@ -761,10 +846,16 @@ def test_plain_message_loads_no_rare_module():
         if name in sys.modules:
             loaded[name] = sys.modules.pop(name)
     try:
-        msg = build(sender="Alerts <alerts@example.com>", to=[("Ops", "ops@example.com")],
-                    cc="Lee, Ann <ann.lee@example.org>", subject="[gh-1] Air temperature high",
-                    text="Value: 36.4 C\nThreshold: > 35.0 C\n", headers=[("X-Alert-Kind", "threshold")],
-                    message_id=None, date=None)
+        msg = build(
+            sender="Alerts <alerts@example.com>",
+            to=[("Ops", "ops@example.com")],
+            cc="Lee, Ann <ann.lee@example.org>",
+            subject="[gh-1] Air temperature high",
+            text="Value: 36.4 C\nThreshold: > 35.0 C\n",
+            headers=[("X-Alert-Kind", "threshold")],
+            message_id=None,
+            date=None,
+        )
         msg.to_bytes()
         for name in names:
             assert name not in sys.modules, name
