@@ -267,24 +267,25 @@ class ShortOfMemory:
     """A Message whose encoding raises MemoryError on pass number ``failing_pass``.
 
     The client reads a message once to measure it for SIZE (when the server offers
-    it) and once to send it. The MemoryError comes after the first piece, as when the
-    heap runs out while the body is encoded.
+    it) and once to send it. The MemoryError comes after ``after`` pieces, as when the
+    heap runs out while the body is encoded. ``passes`` counts the passes begun.
     """
 
-    def __init__(self, message, failing_pass):
+    def __init__(self, message, failing_pass, after=1):
         self._message = message
         self._failing_pass = failing_pass
-        self._passes = 0
+        self._after = after
+        self.passes = 0
         self.sender_address = message.sender_address
         self.recipients = message.recipients
         self.message_id = message.message_id
         self.needs_smtputf8 = message.needs_smtputf8
 
     def chunks(self):
-        self._passes += 1
+        self.passes += 1
         pieces = 0
         for chunk in self._message.chunks():
-            if pieces and self._passes == self._failing_pass:
+            if pieces >= self._after and self.passes == self._failing_pass:
                 raise MemoryError("memory allocation failed, allocating 4096 bytes")
             pieces += 1
             yield chunk

@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 from fake_server import FakeServer
+from scenarios import ShortOfMemory
 
 import microsmtp.errors
 from microsmtp import session as session_module
@@ -71,29 +72,6 @@ def message(n, body="body\r\n" * 200):
         text=body,
         message_id="<m%d@example.com>" % n,
     )
-
-
-class ShortOfMemory:
-    """A Message whose encoding raises MemoryError after ``after`` pieces on pass ``failing_pass``."""
-
-    def __init__(self, message, failing_pass, after=1):
-        self._message = message
-        self._failing_pass = failing_pass
-        self._after = after
-        self.passes = 0
-        self.sender_address = message.sender_address
-        self.recipients = message.recipients
-        self.message_id = message.message_id
-        self.needs_smtputf8 = message.needs_smtputf8
-
-    def chunks(self):
-        self.passes += 1
-        pieces = 0
-        for chunk in self._message.chunks():
-            if pieces >= self._after and self.passes == self._failing_pass:
-                raise MemoryError("memory allocation failed, allocating 4096 bytes")
-            pieces += 1
-            yield chunk
 
 
 def run(scenario, extensions=EXTENSIONS):
