@@ -487,7 +487,8 @@ class Message:
 
         The pieces join to to_bytes(). Besides the attachment data that the caller
         already holds, only the encoded text body and one base64 slice are in memory.
-        A message without attachments is two pieces: the header and the body.
+        Each header field is a piece of its own: the client copies the pieces into its
+        write buffer, so no block of the heap has to hold the whole header.
         """
         if self._attachments:
             from .mime import multipart_chunks
@@ -495,20 +496,21 @@ class Message:
             yield from multipart_chunks(self)
             return
         content_headers, body = _text_part(self._text)
-        yield self._head(content_headers)
+        yield from self._head(content_headers)
         yield body
 
     def _head(self, content_headers):
-        parts = [b"Date: " + self._date.encode() + b"\r\n", _address_header("From", [self._sender])]
+        """Yield the header fields, then the empty line that ends the header."""
+        yield b"Date: " + self._date.encode() + b"\r\n"
+        yield _address_header("From", [self._sender])
         for name, addresses in (("Reply-To", self._reply_to), ("To", self._to), ("Cc", self._cc)):
             if addresses:
-                parts.append(_address_header(name, addresses))
+                yield _address_header(name, addresses)
         if self._subject:
-            parts.append(_fold("Subject", _text_tokens(self._subject, "Subject", _MAX_LINE)))
-        parts.append(b"Message-ID: " + self.message_id.encode() + b"\r\n")
+            yield _fold("Subject", _text_tokens(self._subject, "Subject", _MAX_LINE))
+        yield b"Message-ID: " + self.message_id.encode() + b"\r\n"
         for name, value in self._headers:
-            parts.append(_fold(name, _text_tokens(value, name, _MAX_BODY_LINE)))
-        parts.append(b"MIME-Version: 1.0\r\n")
-        parts.append(content_headers)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            yield _fold(name, _text_tokens(value, name, _MAX_BODY_LINE))
+        yield b"MIME-Version: 1.0\r\n"
+        yield content_headers
+        yield b"\r\n"

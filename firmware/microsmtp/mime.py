@@ -146,23 +146,23 @@ def multipart_chunks(message):
     """Yield a Message with attachments as multipart/mixed, one base64 slice at a time."""
     boundary = message._boundary
     delimiter = ("--" + boundary).encode()
-    yield message._head(_params_header("Content-Type", "multipart/mixed", [("boundary", boundary)]))
+    yield from message._head(_params_header("Content-Type", "multipart/mixed", [("boundary", boundary)]))
+    # Small pieces, not joined: the client copies them into its write buffer.
     if message._text:
         content_headers, body = _text_part(message._text)
-        # The CRLF before a delimiter belongs to the delimiter, so the body keeps its own.
-        yield b"".join([delimiter, b"\r\n", content_headers, b"\r\n", body, b"\r\n"])
+        yield delimiter + b"\r\n"
+        yield content_headers
+        yield b"\r\n"
+        yield body
         body = None
+        # The CRLF before a delimiter belongs to the delimiter, so the body keeps its own.
+        yield b"\r\n"
     for attachment in message._attachments:
         filename = attachment.filename
-        yield b"".join(
-            [
-                delimiter,
-                b"\r\n",
-                _params_header("Content-Type", attachment._mime_type, attachment._params + [("name", filename)]),
-                _params_header("Content-Disposition", "attachment", [("filename", filename)]),
-                b"Content-Transfer-Encoding: base64\r\n\r\n",
-            ]
-        )
+        yield delimiter + b"\r\n"
+        yield _params_header("Content-Type", attachment._mime_type, attachment._params + [("name", filename)])
+        yield _params_header("Content-Disposition", "attachment", [("filename", filename)])
+        yield b"Content-Transfer-Encoding: base64\r\n\r\n"
         data = attachment.data
         if len(data) == 0:
             yield b"\r\n"
