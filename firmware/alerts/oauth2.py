@@ -213,32 +213,30 @@ def _load_state(settings, cache, path, keep):
     configured = settings["refresh_token"]
     fingerprint = _fingerprint(configured)
     saved = None
-    stale = False
+    # Whether the file in use contains an access token: the matching one, or else any
+    # (saved for an older authorization).
+    on_flash = False
     for name in (path + ".tmp", path):
         saved = _read_state(name)
-        if isinstance(saved, dict) and saved.get("configured") == fingerprint:
-            break
-        if isinstance(saved, dict) and saved.get("access_token") is not None:
-            stale = True
+        if isinstance(saved, dict):
+            if saved.get("configured") == fingerprint:
+                on_flash = saved.get("access_token") is not None
+                break
+            on_flash = on_flash or saved.get("access_token") is not None
         saved = None
+    if on_flash and not keep:
+        # The save at this token use, or the next one, writes the file without it.
+        cache["unsaved"] = cache["unsaved"] or 1
+        log.info("OAuth2: deep-sleep mode is off; the access token is removed from %s" % path)
     # No saved token, or config.json contains a newer authorization than the saved one.
     cache["refresh"] = configured
     if saved is None:
-        if stale and not keep:
-            # Saved for an older authorization: the save at this token use, or the next
-            # one, writes the file without that authorization's tokens.
-            cache["unsaved"] = cache["unsaved"] or 1
-            log.info("OAuth2: deep-sleep mode is off; the access token is removed from %s" % path)
         return
     if _is_token(saved.get("refresh_token")):
         cache["refresh"] = saved["refresh_token"]
-    token = saved.get("access_token")
     if not keep:
-        if token is not None:
-            # The save at this token use, or the next one, writes the file without it.
-            cache["unsaved"] = cache["unsaved"] or 1
-            log.info("OAuth2: deep-sleep mode is off; the access token is removed from %s" % path)
         return
+    token = saved.get("access_token")
     expires = saved.get("expires")
     issued = saved.get("issued")
     if not _is_token(token) or not isinstance(expires, int) or not isinstance(issued, int):
