@@ -338,11 +338,8 @@ class SMTP:
             raise
         except BaseException as exc:
             # The messages queued before it must never go out. A MemoryError becomes
-            # OutOfMemory; another failure (a broken message object) is raised as it is.
-            error = await self._end_session(exc, "queueing a message failed unexpectedly")
-            if isinstance(exc, MemoryError):
-                raise error from None
-            raise
+            # OutOfMemory, and another failure (a broken message object) is raised as it is.
+            await self._end_session(exc, "queueing a message failed unexpectedly")
 
     def _check_connected(self):
         if self.session is None or self._writer is None or not self.session.usable:
@@ -463,26 +460,25 @@ class SMTP:
         except BaseException as exc:
             # Cancellation, a lack of memory or an unexpected failure: the dialogue is
             # in an unknown state, so the connection must not be reused.
-            error = await self._end_session(exc, "the operation was cancelled or failed unexpectedly")
-            if isinstance(exc, MemoryError):
-                raise error from None
-            raise
+            await self._end_session(exc, "the operation was cancelled or failed unexpectedly")
 
     async def _end_session(self, exc, message):
-        """End the session and close the connection after exc, which is no SMTPError; return the error given.
+        """End the session and close the connection after exc, which is no SMTPError, then raise.
 
-        The unfinished transactions get a transient OutOfMemory after a MemoryError,
-        and a ConnectionLost with ``message`` after any other exception.
+        After a MemoryError the unfinished transactions get a transient OutOfMemory,
+        which is raised in its place. After any other exception they get a
+        ConnectionLost with ``message``, and exc is raised again.
         """
         session = self.session
         if isinstance(exc, MemoryError):
             # Queueing runs before any command of the message: name its first one.
             error = out_of_memory("mail" if session.stage == "ready" else session.stage, exc)
-        else:
-            error = ConnectionLost(message, stage=session.stage)
-        session.abort(error)
+            session.abort(error)
+            await self.close()
+            raise error from None
+        session.abort(ConnectionLost(message, stage=session.stage))
         await self.close()
-        return error
+        raise exc
 
     # -- I/O with time limits -----------------------------------------------------------
 
