@@ -93,7 +93,7 @@ def smtp_for(loopback):
 # -- send_messages(): messages after the one that ran short --------------------------------
 
 
-def test_send_messages_later_messages_out_of_memory():
+def test_later_messages_get_out_of_memory():
     # send_messages() gives the OutOfMemory to each message not yet accepted.
     async def scenario(loopback):
         smtp = smtp_for(loopback)
@@ -117,7 +117,7 @@ def test_send_messages_stops_encoding_after_failure():
         smtp = smtp_for(loopback)
         await smtp.connect()
         first = ShortOfMemory(message(1), failing_pass=1)
-        # failing_pass=0 never fails; it only counts the passes.
+        # failing_pass=0 never fails, so this one only counts the passes.
         later = ShortOfMemory(message(2), failing_pass=0)
         await smtp.send_messages([first, later])
         return later.passes
@@ -348,7 +348,8 @@ def test_cancel_still_propagates():
         return smtp._writer is None, smtp.session.usable
 
     closed, usable = run(scenario)
-    assert closed and not usable
+    assert closed
+    assert not usable
 
 
 # -- other places of the dialogue ----------------------------------------------------------
