@@ -9,7 +9,9 @@
 # `microsmtp deploy --frozen` together with config.json.
 import os
 
-package("microsmtp", base_path="../firmware")
+# microsmtp/cpython.py contains code that only CPython imports, so a board does not need it.
+microsmtp_files = sorted(f for f in os.listdir("../firmware/microsmtp") if f.endswith(".py") and f != "cpython.py")
+package("microsmtp", files=microsmtp_files, base_path="../firmware")
 if os.path.isdir("../firmware/alerts"):
     package("alerts", base_path="../firmware")
 module("selftest.py", base_path="../firmware")

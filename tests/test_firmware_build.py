@@ -25,6 +25,8 @@ class ManifestRecorder:
         self.path_vars = path_vars
         self.frozen = []
         self.external_includes = []
+        # Package folder -> the files the manifest listed, or None for all of them.
+        self.package_files = {}
 
     def _resolve(self, path):
         for name, value in self.path_vars.items():
@@ -49,7 +51,9 @@ class ManifestRecorder:
 
     def globals(self):
         def package(package_path, files=None, base_path=".", opt=None):
-            self.frozen.append(("package", Path(self._resolve(base_path)) / package_path))
+            path = Path(self._resolve(base_path)) / package_path
+            self.frozen.append(("package", path))
+            self.package_files[path] = None if files is None else list(files)
 
         def module(module_path, base_path=".", opt=None):
             self.frozen.append(("module", Path(self._resolve(base_path)) / module_path))
@@ -142,6 +146,18 @@ def test_unix_manifests_freeze_no_ca_module(tmp_path, monkeypatch):
     stock = ManifestRecorder(path_vars(tmp_path, "UNIX"))
     stock.run(UNIX_DIR / "manifest_stock.py")
     assert {path for _kind, path in stock.frozen} == set(stand_ins.glob("*.py"))
+
+
+@pytest.mark.parametrize("board", BOARDS + ("UNIX",))
+def test_manifests_omit_cpython_module(board, ca_module, tmp_path):
+    recorder = ManifestRecorder(path_vars(tmp_path, board))
+
+    recorder.run(REPO_DIR / "boards" / board / "manifest.py")
+
+    package = REPO_DIR / "firmware" / "microsmtp"
+    expected = sorted(path.name for path in package.glob("*.py") if path.name != "cpython.py")
+    assert "client.py" in expected
+    assert recorder.package_files[package] == expected
 
 
 def test_manifest_requires_ca_module(tmp_path, monkeypatch):

@@ -5,8 +5,12 @@
 #
 # manifest_stock.py adds the stand-in hardware modules of the sim, which a board has in
 # ROM. The CA module is not frozen: `microsmtp sim` writes one with its test CA per run.
+import os
+
 include("manifest_stock.py")
 
-package("microsmtp", base_path="../../firmware")
+# Leave out microsmtp/cpython.py, which only CPython imports, as on a board.
+microsmtp_files = sorted(f for f in os.listdir("../../firmware/microsmtp") if f.endswith(".py") and f != "cpython.py")
+package("microsmtp", files=microsmtp_files, base_path="../../firmware")
 package("alerts", base_path="../../firmware")
 module("selftest.py", base_path="../../firmware")
