@@ -10,7 +10,7 @@ import email.header
 import email.policy
 import email.utils
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from microsmtp.message import Attachment, Message, parse_address
@@ -95,8 +95,15 @@ def legacy_display_names(data, field, smtputf8):
         legacy = email.message_from_string(data.decode("utf-8"), policy=email.policy.compat32)
     else:
         legacy = email.message_from_bytes(data, policy=email.policy.compat32)
+    fields = legacy.get_all(field)
+    try:
+        # From CPython 3.13 (and some security releases before it), the default strict
+        # mode returns ('', '') for any address with "[" in it, even a quoted local part.
+        pairs = email.utils.getaddresses(fields, strict=False)
+    except TypeError:
+        pairs = email.utils.getaddresses(fields)
     names = []
-    for name, _ in email.utils.getaddresses(legacy.get_all(field)):
+    for name, _ in pairs:
         names.append(str(email.header.make_header(email.header.decode_header(name))))
     return names
 
@@ -157,6 +164,8 @@ def test_parse_address_reads_formataddr_output(name, addr):
 @SETTINGS
 @given(sender=mailbox, to=st.lists(mailbox, min_size=1, max_size=4),
        cc=st.lists(mailbox, max_size=3), reply_to=st.lists(mailbox, max_size=2))
+# A quoted local part with "[" in it, which newer CPython parses only when not strict.
+@example(sender=("", "a@0.example"), to=[("", "b@0.example")], cc=[], reply_to=[("0", '"["@0.example')])
 def test_addresses_round_trip(sender, to, cc, reply_to):
     msg = Message(sender, to, "s", "x", cc=cc, reply_to=reply_to or None, date=DATE)
     data = msg.to_bytes()
