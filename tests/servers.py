@@ -8,6 +8,7 @@ Certificates come from a trustme CA made for the test run.
 Nothing here imports pytest; tests/conftest.py wraps these classes in fixtures.
 """
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -155,8 +156,9 @@ class ConnectionLog:
 class _RecordingSMTP(SMTP):
     """aiosmtpd's SMTP protocol, recording each connection's traffic."""
 
-    def __init__(self, handler, *, connections, protocols, implicit_tls, **kwargs):
+    def __init__(self, handler, *, connections, protocols, implicit_tls, pause_reading_s=0.0, **kwargs):
         super().__init__(handler, **kwargs)
+        self._pause_reading_s = pause_reading_s
         self._connections = connections
         self._protocols = protocols
         self._implicit_tls = implicit_tls
@@ -187,6 +189,9 @@ class _RecordingSMTP(SMTP):
         line = status if isinstance(status, bytes) else status.encode("utf-8")
         self._log.transcript.append(("S", line + b"\r\n"))
         await super().push(status)
+        if self._pause_reading_s and line.startswith(b"354"):
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(self._pause_reading_s, self.transport.resume_reading)
 
 
 class _Handler:
@@ -326,6 +331,8 @@ class SMTPTestServer:
     rcpt_replies: {address: reply line} sent to RCPT for those addresses.
     data_reply: a reply line sent after DATA instead of storing the message.
     timeout: seconds a connection may stay idle before the server closes it.
+    pause_reading_s: after each 354 reply, read nothing for this many seconds, so the
+        client's socket fills up and its transport keeps unsent data.
 
     Attributes: host, port, mode, cert, users, oauth2_tokens, messages (list of
     DeliveredMessage), connections (list of ConnectionLog, excluding the
@@ -351,6 +358,7 @@ class SMTPTestServer:
         rcpt_replies=None,
         data_reply=None,
         timeout=30.0,
+        pause_reading_s=0.0,
     ):
         if mode not in MODES:
             raise ValueError("invalid mode %r, expected one of %s" % (mode, ", ".join(MODES)))
@@ -414,6 +422,7 @@ class SMTPTestServer:
                 connections=self.connections,
                 protocols=self._protocols,
                 implicit_tls=mode == "tls",
+                pause_reading_s=pause_reading_s,
                 **smtp_options,
             )
 
