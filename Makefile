@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 CORE_TESTS ?=
 # MicroPython heap for `make test-micropython`, in the unix port's -X heapsize syntax.
 MICROPYTHON_HEAP ?= 512K
+# Other CPython versions whose tests `make test` runs as well, if found
+# (tools/test-other-pythons.sh); `make test OTHER_PYTHONS=` runs none.
+OTHER_PYTHONS ?= 3.12 3.13
 # 1 makes `make test` succeed when pytest collects no tests (pytest exit status 5).
 ALLOW_NO_TESTS ?= 0
 
@@ -27,7 +30,8 @@ $(SETUP_STAMP): requirements-dev.txt pyproject.toml
 	$(PIP) install --quiet --editable .
 	touch $@
 
-# pytest first, then `make check`; either failing fails the target.
+# pytest first, then `make check`, then the CPython tests on the other CPython versions
+# found here (tools/test-other-pythons.sh); any of them failing fails the target.
 test: setup
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS) tests; \
 	status=$$?; \
@@ -36,6 +40,7 @@ test: setup
 		status=0; \
 	fi; \
 	$(MAKE) --no-print-directory check || status=$$?; \
+	OTHER_PYTHONS="$(OTHER_PYTHONS)" bash tools/test-other-pythons.sh || status=$$?; \
 	exit $$status
 
 test-micropython: setup
@@ -50,7 +55,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # The alert firmware on a virtual board: `make sim SIM_ARGS="--scenario FILE --heap 192K"`.

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run the CPython part of the test suite under each other CPython version found here,
+# in a venv of its own (.venv-3.12, .venv-3.13), since the library and the tools support
+# CPython 3.11 and later. `make test` runs the tests whose time goes to MicroPython runs
+# under .venv only. They are those named micropython, the sim, the soak, the bench and
+# the board deploy.
+#
+# OTHER_PYTHONS lists the versions (default "3.12 3.13"). A version is looked for as
+# pythonX.Y on PATH, then in pyenv's versions. One that is not found is reported and
+# skipped; every one found must pass.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+versions=${OTHER_PYTHONS-3.12 3.13}
+
+find_python() {
+    local version=$1
+    local candidate
+    # A pyenv shim is on PATH for every version pyenv has, but fails for one that is not
+    # selected, so each candidate must run.
+    if candidate=$(command -v "python$version") && "$candidate" -c "" 2>/dev/null; then
+        echo "$candidate"
+        return 0
+    fi
+    if command -v pyenv >/dev/null; then
+        for candidate in "$(pyenv root)/versions/$version".*/bin/"python$version"; do
+            if [ -x "$candidate" ] && "$candidate" -c "" 2>/dev/null; then
+                echo "$candidate"
+                return 0
+            fi
+        done
+    fi
+    return 1
+}
+
+status=0
+for version in $versions; do
+    if ! python=$(find_python "$version"); then
+        echo "CPython $version not found on PATH or in pyenv; its tests did not run"
+        continue
+    fi
+    venv=".venv-$version"
+    echo "=== Tests on $("$python" --version) ($python), in $venv"
+    if ! make --no-print-directory setup VENV="$venv" PYTHON="$python"; then
+        echo "setting up $venv failed"
+        status=1
+        continue
+    fi
+    "$venv/bin/python" -m pytest -q tests -k "not micropython" \
+        --ignore=tests/test_sim.py --ignore=tests/test_soak.py \
+        --ignore=tests/test_bench.py --ignore=tests/test_deploy.py || status=1
+done
+exit "$status"
