@@ -6,8 +6,8 @@
 # the board deploy.
 #
 # OTHER_PYTHONS lists the versions (default "3.12 3.13"). A version is looked for as
-# pythonX.Y on PATH, then in pyenv's versions. One that is not found is reported and
-# skipped; every one found must pass.
+# pythonX.Y on PATH, then in pyenv's versions, also when pyenv itself is not on PATH.
+# One that is not found is reported and skipped; every one found must pass.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,14 +22,14 @@ find_python() {
         echo "$candidate"
         return 0
     fi
-    if command -v pyenv >/dev/null; then
-        for candidate in "$(pyenv root)/versions/$version".*/bin/"python$version"; do
-            if [ -x "$candidate" ] && "$candidate" -c "" 2>/dev/null; then
-                echo "$candidate"
-                return 0
-            fi
-        done
-    fi
+    local root
+    root=$(pyenv root 2>/dev/null) || root=${PYENV_ROOT:-$HOME/.pyenv}
+    for candidate in "$root/versions/$version".*/bin/"python$version"; do
+        if [ -x "$candidate" ] && "$candidate" -c "" 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
     return 1
 }
 
