@@ -436,6 +436,55 @@ def test_server_closes_during_tls_handshake(script, certs):
     assert server.sent(b"AUTH") == []
 
 
+class CloseRecorder:
+    """A stream writer that records close(); ``stuck`` makes it never finish closing."""
+
+    def __init__(self, stuck):
+        self.stuck = stuck
+        self.waits = 0
+        self.aborted = False
+        self.transport = types.SimpleNamespace(abort=self.abort)
+
+    def abort(self):
+        self.aborted = True
+
+    def close(self):
+        pass
+
+    async def wait_closed(self):
+        self.waits += 1
+        if self.stuck:
+            # A peer that stopped responding never completes the TLS close.
+            await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    "spent_ms, handshaking, stuck, waits, aborted",
+    [
+        (0, False, False, 1, False),
+        (950, False, True, 1, True),
+        (1000, False, True, 0, True),
+        (1500, False, False, 0, True),
+        (0, True, True, 0, True),
+    ],
+)
+def test_close_waits_within_timeout(monkeypatch, spent_ms, handshaking, stuck, waits, aborted):
+    clock = [10_000]
+    monkeypatch.setattr(client, "_now_ms", lambda: clock[0])
+    smtp = SMTP("127.0.0.1", security="none", timeout_ms=1000)
+    smtp._start_deadline(1000)
+    clock[0] += spent_ms
+    smtp._handshaking = handshaking
+    writer = CloseRecorder(stuck)
+    smtp._writer = writer
+
+    asyncio.run(smtp.close())
+
+    assert writer.waits == waits
+    assert writer.aborted == aborted
+    assert smtp._writer is None
+
+
 def test_memory_error_while_reading_closes_connection(script):
     def stall(script, conn):
         script.read(conn)

@@ -78,6 +78,9 @@ MIN_CLOCK_YEAR = 2025
 _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
+# Maximum time close() waits for the connection to close (CPython waits for the TLS
+# close_notify), in ms. It never waits longer than the operation's timeout_ms has left.
+_CLOSE_WAIT_MS = const(2000)
 # The drop in free GC heap across wrap_socket() above which mbedTLS is taken to allocate
 # from the GC heap. That happens on the Pico W, where its record buffers take about 22 KB.
 _TLS_ON_HEAP = const(16384)
@@ -371,19 +374,30 @@ class SMTP:
         await self.close()
 
     async def close(self):
-        """Close the connection without QUIT."""
+        """Close the connection without QUIT, waiting no longer than timeout_ms has left."""
         writer = self._writer
         self._writer = None
         self._reader = None
         if writer is None:
             return
+        closed = False
         try:
             writer.close()
-            await asyncio.wait_for(writer.wait_closed(), 2)
+            wait_ms = min(_CLOSE_WAIT_MS, self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start))
+            # An unfinished TLS handshake has no close_notify to wait for, and on CPython
+            # the stream never learns of that close.
+            if wait_ms > 0 and not self._handshaking:
+                await asyncio.wait_for(writer.wait_closed(), wait_ms / 1000)
+                closed = True
         except Exception:
             # Closing a broken connection can raise OSError, a TLS error or a timeout
             # (CPython waits for the TLS close_notify); the connection is gone either way.
             pass
+        if not closed and not MICROPYTHON:
+            # A peer that stopped responding would keep the socket open in the background.
+            from .cpython import abort
+
+            abort(writer)
 
     async def __aenter__(self):
         await self.connect()

@@ -18,6 +18,13 @@ def ticks_diff(end, start):
     return end - start
 
 
+def abort(writer):
+    """Drop the connection of writer at once, also when a TLS close or handshake is unfinished."""
+    # While start_tls() is unfinished this is the plain transport below TLS, which
+    # abort() closes as well.
+    writer.transport.abort()
+
+
 def make_ssl_context(roots):
     """Create a verifying client SSLContext from DER roots, or from the system's roots."""
     # Imported here, so that a CPython built without ssl can still send over plaintext.
