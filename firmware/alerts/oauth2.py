@@ -12,7 +12,6 @@ by ``MAX_REPLY`` bytes. Tokens, secrets and the request body are never logged.
 """
 
 import gc
-import json
 
 try:
     import asyncio
@@ -277,8 +276,10 @@ def _parse_json(data):
     Any failure but MemoryError counts: deep nesting raises RecursionError on CPython and
     RuntimeError on MicroPython, and bytes that are not UTF-8 raise UnicodeError.
     """
+    from .outbox import parse_json
+
     try:
-        return json.loads(data.decode())
+        return parse_json(data.decode())
     except MemoryError:
         raise
     except Exception:

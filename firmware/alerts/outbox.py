@@ -14,9 +14,13 @@ reported in the next email that is sent.
 
 import json
 import os
+import sys
 
 _STATE = "state.json"
 _ASIDE = "aside"
+# MicroPython before 1.26 accepts text whose last closing } or ] is missing, so a file
+# cut off after a complete value would read as a shorter valid one.
+_LAX_JSON = sys.implementation.name == "micropython" and sys.implementation.version < (1, 26)
 
 
 class OutboxError(Exception):
@@ -104,12 +108,48 @@ def write_atomic(path, data):
         os.rename(temporary, path)
 
 
+def closes_all(text):
+    """Return True if text closes every object and array it opens (strings skipped)."""
+    depth = 0
+    index = 0
+    end = len(text)
+    while index < end:
+        char = text[index]
+        if char == '"':
+            # Jump to the closing quote: one not escaped by an odd number of backslashes.
+            while True:
+                index = text.find('"', index + 1)
+                if index < 0:
+                    return False
+                before = index - 1
+                while text[before] == "\\":
+                    before -= 1
+                if (index - before) % 2:
+                    break
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        index += 1
+    return depth == 0
+
+
+def parse_json(text):
+    """Return the JSON value in text; raise ValueError for invalid or cut-off text on every runtime."""
+    if _LAX_JSON and not closes_all(text):
+        raise ValueError("JSON text ends before its last closing bracket")
+    return json.loads(text)
+
+
 def _read_json(path):
     """Return the parsed JSON object in path, or None if it is missing or not valid."""
     try:
         with open(path) as file:
-            # json.load() parses from the stream, without a copy of the whole text.
-            data = json.load(file)
+            if _LAX_JSON:
+                data = parse_json(file.read())
+            else:
+                # json.load() parses from the stream, without a copy of the whole text.
+                data = json.load(file)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -25,11 +25,12 @@ class RuleState:
         they are dropped (as if that alert had not been sent); the open alerts stay.
         """
         from . import clock
+        from .outbox import parse_json
 
         try:
             with open(self.path) as file:
                 self._saved = file.read()
-            data = json.loads(self._saved)
+            data = parse_json(self._saved)
         except (OSError, ValueError):
             return False
         if not isinstance(data, dict) or not self.rules.restore(data):

@@ -44,11 +44,13 @@ def load(path=PATH):
             texts.append(file.read())
     except OSError:
         pass
+    from .outbox import parse_json
+
     for text in texts:
         if not text:
             continue
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except ValueError:
             continue
         if isinstance(data, dict):
