@@ -485,6 +485,86 @@ def test_close_waits_within_timeout(monkeypatch, spent_ms, handshaking, stuck, w
     assert smtp._writer is None
 
 
+def hold_tls_close(certs, answer_quit):
+    """Return a STARTTLS script that takes a message and QUIT, then never completes the TLS close.
+
+    With ``answer_quit`` the script replies 221 and sets ``stalled`` once the client's
+    TLS close has begun. Without it, the script sets ``stalled`` after QUIT. It watches
+    the TCP connection under TLS and sets ``closed_by_client`` when the client closes
+    or resets it, so a TLS close_notify alone does not count.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    certs.server_cert.configure_cert(context)
+
+    def rest(script, conn):
+        script.read(conn)
+        conn.send(b"220 go ahead\r\n")
+        conn.start_tls(context)
+        script.read(conn)
+        conn.send(EHLO)
+
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go ahead\r\n"):
+            script.read(conn)
+            conn.send(reply)
+        while conn.read_line() != b".\r\n":
+            pass
+        conn.send(b"250 2.0.0 queued\r\n")
+        script.read(conn)
+
+        raw = socket.socket(fileno=os.dup(conn.sock.fileno()))
+        raw.settimeout(CLOSE_WAIT_S)
+        try:
+            if answer_quit:
+                conn.send(b"221 bye\r\n")
+                # This is the client's close_notify, so the client now waits for the server's.
+                raw.recv(4096)
+            script.stalled.set()
+            while raw.recv(4096):
+                pass
+            script.closed_by_client.set()
+        except TimeoutError:
+            pass
+        except OSError:
+            script.closed_by_client.set()
+        finally:
+            raw.close()
+            conn.sock.close()
+
+    return rest
+
+
+@pytest.mark.parametrize("answer_quit", [True, False], ids=["during-close", "before-221"])
+def test_cancel_near_tls_close_drops_connection(script, certs, monkeypatch, answer_quit):
+    # A close that waited its full time for the server's close_notify would outlast
+    # the test's wait for the connection to close.
+    monkeypatch.setattr(client, "_CLOSE_WAIT_MS", 60_000)
+    server = script(hold_tls_close(certs, answer_quit), ehlo=b"250-mx.example\r\n250 STARTTLS\r\n")
+
+    async def scenario():
+        task = asyncio.ensure_future(
+            send(
+                message(),
+                server.server.host,
+                port=server.server.port,
+                ca_roots=[certs.ca_der],
+                server_hostname="localhost",
+            )
+        )
+        stalled = await asyncio.to_thread(server.stalled.wait, CLOSE_WAIT_S)
+        assert stalled, "the server never reached its stall"
+        # One cancellation, as from asyncio.wait_for(): the call must not wait for the
+        # TLS close after it.
+        task.cancel()
+        await asyncio.wait([task], timeout=CLOSE_WAIT_S)
+        await asyncio.to_thread(server.closed_by_client.wait, CLOSE_WAIT_S)
+        return task
+
+    task = asyncio.run(scenario())
+    assert task.cancelled()
+    assert server.closed_by_client.is_set()
+    assert len(server.sent(b"QUIT")) == 1
+
+
 def test_memory_error_while_reading_closes_connection(script):
     def stall(script, conn):
         script.read(conn)

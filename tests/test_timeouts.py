@@ -1,6 +1,9 @@
 """Time limits, clock checks and misbehaving servers, from both runtimes."""
 
 import base64
+import socket
+import threading
+import time
 
 import pytest
 from raw_server import RawServer
@@ -139,3 +142,51 @@ def test_unset_clock_stops_before_connecting(monkeypatch, raw_server, certs):
     assert "clock not set" in outcome["message"]
     assert outcome["transient"]
     assert server.received == []
+
+
+def still_open(sock):
+    """Return True while the client has neither closed nor reset the server's socket sock."""
+    # Linux's TCP_INFO starts with the state: ESTABLISHED (1) until the client's FIN
+    # (then CLOSE_WAIT) or reset (then CLOSE). Unread data would hide a FIN from recv().
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+
+
+@pytest.mark.parametrize("stall_at", ["greeting", "tls"])
+def test_timed_out_send_closes_connection(runtime, raw_server, certs, stall_at):
+    first = []
+    release = threading.Event()
+    open_at_next_connection = []
+
+    def handler(conn):
+        if not first:
+            first.append(conn)
+            if stall_at == "tls":
+                conn.send(b"220 mx.example ESMTP\r\n")
+                conn.read_line()
+                conn.send(EHLO_REPLY)
+                conn.read_line()
+                conn.send(b"220 go ahead\r\n")
+            # Silent, and reads nothing, so that the next connection can look for the
+            # client's close on this socket.
+            release.wait(30)
+            return
+        # The client connects again only after the first send returned, and its close
+        # may take a moment to arrive. A connection left open stays open until the
+        # client process exits, which cannot happen before this connection ends or the
+        # second send's timeout_ms (1.5 s, longer than this wait) runs out.
+        for _ in range(100):
+            if not still_open(first[0].sock):
+                break
+            time.sleep(0.01)
+        open_at_next_connection.append(still_open(first[0].sock))
+        release.set()
+        conn.send(b"554 no service\r\n")
+
+    server = raw_server(handler)
+    params = params_for(server, certs, messages=[message_spec(), message_spec()], separate=True)
+    result = run_client(runtime, params)
+    first_outcome = result["outcomes"][0]
+    assert first_outcome["error"] == "Timeout", first_outcome
+    assert first_outcome["stage"] == stall_at
+    assert first_outcome["transient"]
+    assert open_at_next_connection == [False]

@@ -78,8 +78,9 @@ MIN_CLOCK_YEAR = 2025
 _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
-# Maximum time close() waits for the connection to close (CPython waits for the TLS
+# Maximum time close() waits on CPython for the connection to close (the TLS
 # close_notify), in ms. It never waits longer than the operation's timeout_ms has left.
+# MicroPython closes the socket without waiting.
 _CLOSE_WAIT_MS = const(2000)
 # The drop in free GC heap across wrap_socket() above which mbedTLS is taken to allocate
 # from the GC heap. That happens on the Pico W, where its record buffers take about 22 KB.
@@ -383,21 +384,31 @@ class SMTP:
         closed = False
         try:
             writer.close()
-            wait_ms = min(_CLOSE_WAIT_MS, self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start))
-            # An unfinished TLS handshake has no close_notify to wait for, and on CPython
-            # the stream never learns of that close.
-            if wait_ms > 0 and not self._handshaking:
-                await asyncio.wait_for(writer.wait_closed(), wait_ms / 1000)
+            if MICROPYTHON:
+                # MicroPython's close() does nothing (MicroPython 1.22 and 1.29), and
+                # wait_closed() closes the socket at once, without waiting for the peer.
+                await writer.wait_closed()
                 closed = True
+            else:
+                from .cpython import cancelling
+
+                wait_ms = min(_CLOSE_WAIT_MS, self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start))
+                # An unfinished TLS handshake has no close_notify to wait for, and the
+                # stream never learns of that close. A cancelled caller waits for nothing.
+                if wait_ms > 0 and not self._handshaking and not cancelling():
+                    await asyncio.wait_for(writer.wait_closed(), wait_ms / 1000)
+                    closed = True
         except Exception:
             # Closing a broken connection can raise OSError, a TLS error or a timeout
             # (CPython waits for the TLS close_notify); the connection is gone either way.
             pass
-        if not closed and not MICROPYTHON:
-            # A peer that stopped responding would keep the socket open in the background.
-            from .cpython import abort
+        finally:
+            if not closed and not MICROPYTHON:
+                # A peer that stopped responding would keep the socket open in the
+                # background, also after a cancellation during the wait.
+                from .cpython import abort
 
-            abort(writer)
+                abort(writer)
 
     async def __aenter__(self):
         await self.connect()

@@ -59,13 +59,18 @@ def local_name_of(writer):
     return "localhost"
 
 
+def cancelling():
+    """Return True when the current task was asked to cancel (Task.cancelling(), CPython 3.11+)."""
+    task = asyncio.current_task()
+    requests = getattr(task, "cancelling", None)
+    return requests is not None and requests() > 0
+
+
 def raise_if_cancelled():
     # CPython 3.11's wait_for() returns the result of an inner future that finished at
     # the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
-    # (CPython 3.11+) still shows the request, so it is honoured here.
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
+    # still shows the request, so it is honoured here.
+    if cancelling():
         raise asyncio.CancelledError()
 
 
