@@ -176,18 +176,25 @@ async def recorded_writes(params):
     Plaintext only: on MicroPython the TLS upgrade replaces the stream's socket, which
     the recording writer would hide.
     """
+    import microsmtp.client
+
     writes = []
-    opener = asyncio.open_connection
+    # The driver's own opener on MicroPython, asyncio's on CPython.
+    if sys.implementation.name == "micropython":
+        owner, name = microsmtp.client, "_open_micropython"
+    else:
+        owner, name = asyncio, "open_connection"
+    opener = getattr(owner, name)
 
     async def open_recorded(*args, **kwargs):
         reader, writer = await opener(*args, **kwargs)
         return reader, RecordingWriter(writer, writes)
 
-    asyncio.open_connection = open_recorded
+    setattr(owner, name, open_recorded)
     try:
         result = await deliver(params)
     finally:
-        asyncio.open_connection = opener
+        setattr(owner, name, opener)
     result["writes"] = writes
     return result
 

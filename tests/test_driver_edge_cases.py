@@ -663,7 +663,7 @@ def test_nodelay_set_only_where_defined(monkeypatch, port):
         smtp = SMTP("127.0.0.1", port=25, security="none")
         smtp._start_deadline(smtp.timeout_ms)
         monkeypatch.setattr(client, "MICROPYTHON", True)
-        monkeypatch.setattr(client.asyncio, "open_connection", open_connection)
+        monkeypatch.setattr(client, "_open_micropython", open_connection)
         # Only for the connection setup, so that the event loop keeps the real module.
         monkeypatch.setitem(sys.modules, "socket", socket_module)
         try:

@@ -4,6 +4,7 @@ import base64
 import socket
 import threading
 import time
+import types
 
 import pytest
 from raw_server import RawServer
@@ -190,3 +191,61 @@ def test_timed_out_send_closes_connection(runtime, raw_server, certs, stall_at):
     assert first_outcome["stage"] == stall_at
     assert first_outcome["transient"]
     assert open_at_next_connection == [False]
+
+
+def client_states(port, excluded):
+    """Return the TCP states (hex, as in /proc/net/tcp) of connections to 127.0.0.1:port.
+
+    Connections from the local ports in excluded are left out.
+    """
+    states = []
+    with open("/proc/net/tcp") as file:
+        for line in file.read().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            remote_port = int(fields[2].split(":")[1], 16)
+            if remote_port == port and local_port not in excluded:
+                states.append(fields[3])
+    return states
+
+
+def test_connect_timeouts_leave_no_socket(runtime, certs):
+    # A listener whose queue is full drops further SYNs, so connects time out.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(2):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    excluded = {filler.getsockname()[1] for filler in fillers}
+    most_connecting = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            # SYN_SENT is state 02.
+            connecting = client_states(port, excluded).count("02")
+            most_connecting[0] = max(most_connecting[0], connecting)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    server = types.SimpleNamespace(host="127.0.0.1", port=port)
+    params = params_for(server, certs, security="none", messages=[message_spec(), message_spec()], separate=True)
+    try:
+        result = run_client(runtime, params)
+    finally:
+        done.set()
+        watcher.join()
+        for sock in fillers + [listener]:
+            sock.close()
+
+    for outcome in result["outcomes"]:
+        assert outcome["error"] == "Timeout", outcome
+        assert outcome["stage"] == "connect"
+    # The first connect's socket is closed before the second one starts.
+    assert most_connecting[0] == 1

@@ -168,6 +168,35 @@ def make_ssl_context(ca_roots=None):
     return context
 
 
+def _open_micropython(host, port):
+    """Connect as MicroPython's asyncio.open_connection() does, closing the socket if the wait ends early.
+
+    That function keeps its socket to itself, so a connect that timed out left the
+    socket open (a board has only a few). A generator, as MicroPython's asyncio waits on one.
+    """
+    import socket
+    from errno import EINPROGRESS
+
+    # The DNS lookup blocks; no timeout can interrupt it.
+    address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    sock = socket.socket(address[0], address[1], address[2])
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect(address[-1])
+        except OSError as exc:
+            if exc.errno != EINPROGRESS:
+                raise
+        # Writable once connected or failed; a failure shows at the first read or write.
+        yield asyncio.core._io_queue.queue_write(sock)
+    except BaseException:
+        # A timeout or a cancellation arrives here as CancelledError.
+        sock.close()
+        raise
+    stream = asyncio.StreamWriter(sock)
+    return stream, stream
+
+
 class SMTP:
     """One SMTP connection that can send several messages.
 
@@ -617,7 +646,9 @@ class SMTP:
         stage = "connect"
         self._handshaking = implicit
         try:
-            if implicit and not MICROPYTHON:
+            if MICROPYTHON:
+                opening = _open_micropython(self.host, self.port)
+            elif implicit:
                 opening = asyncio.open_connection(
                     self.host, self.port, ssl=context, server_hostname=self.server_hostname
                 )
