@@ -434,7 +434,7 @@ async def exchange(host, port, request, ca_roots, timeout_s):
 
     The connection is closed and its TLS buffers freed before this returns.
     """
-    from microsmtp.client import cert_check_lacked_heap, clock_is_set, lacks_memory, make_ssl_context
+    from microsmtp.client import cert_check_lacked_heap, clock_is_set, lacks_memory, make_ssl_context, open_stream
     from microsmtp.errors import ConfigError
 
     if not clock_is_set():
@@ -447,7 +447,7 @@ async def exchange(host, port, request, ca_roots, timeout_s):
         context = make_ssl_context(ca_roots)
     except ConfigError as exc:
         raise TokenError("%s (token endpoint %s)" % (exc, host), False) from None
-    # NOTE: on MicroPython the DNS lookup inside open_connection() blocks, and no
+    # NOTE: on MicroPython the DNS lookup inside open_stream() blocks, and no
     # timeout interrupts it (as for the SMTP server).
     deadline = _Deadline(timeout_s, host)
     # mbedTLS needs large contiguous blocks for its buffers.
@@ -455,13 +455,11 @@ async def exchange(host, port, request, ca_roots, timeout_s):
     step = "connecting"
     writer = None
     received = False
-    # MicroPython's open_connection() wraps the socket, and the handshake runs at the first
+    # On MicroPython open_stream() wraps the socket, and the handshake runs at the first
     # write or read. A drop in free heap across it shows that mbedTLS uses the GC heap.
     heap = gc.mem_free() if hasattr(gc, "mem_free") else None
     try:
-        reader, writer = await deadline.limit(
-            asyncio.open_connection(host, port, ssl=context, server_hostname=host), step
-        )
+        reader, writer = await deadline.limit(open_stream(host, port, context, host), step)
         context = None
         if heap is not None:
             gc.collect()

@@ -168,7 +168,17 @@ def make_ssl_context(ca_roots=None):
     return context
 
 
-def _open_micropython(host, port):
+def open_stream(host, port, context=None, server_hostname=None):
+    """Return an awaitable that opens a connection, over TLS with context, and gives (reader, writer).
+
+    On MicroPython the TLS handshake runs at the first read or write.
+    """
+    if MICROPYTHON:
+        return _open_micropython(host, port, context, server_hostname)
+    return asyncio.open_connection(host, port, ssl=context, server_hostname=server_hostname)
+
+
+def _open_micropython(host, port, context=None, server_hostname=None):
     """Connect as MicroPython's asyncio.open_connection() does, closing the socket if the wait ends early.
 
     That function keeps its socket to itself, so a connect that timed out left the
@@ -177,6 +187,9 @@ def _open_micropython(host, port):
     import socket
     from errno import EINPROGRESS
 
+    # The first use of the name loads asyncio's stream module: before mbedTLS takes its
+    # buffers, which on a Pico W come from the same heap.
+    stream_class = asyncio.StreamWriter
     # The DNS lookup blocks; no timeout can interrupt it.
     address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     sock = socket.socket(address[0], address[1], address[2])
@@ -187,13 +200,17 @@ def _open_micropython(host, port):
         except OSError as exc:
             if exc.errno != EINPROGRESS:
                 raise
+        if context is not None:
+            tls = context.wrap_socket(sock, server_hostname=server_hostname, do_handshake_on_connect=False)
+            tls.setblocking(False)
+            sock = tls
         # Writable once connected or failed; a failure shows at the first read or write.
         yield asyncio.core._io_queue.queue_write(sock)
     except BaseException:
         # A timeout or a cancellation arrives here as CancelledError.
         sock.close()
         raise
-    stream = asyncio.StreamWriter(sock)
+    stream = stream_class(sock)
     return stream, stream
 
 
@@ -647,6 +664,7 @@ class SMTP:
         self._handshaking = implicit
         try:
             if MICROPYTHON:
+                # Wrapped later, so that the heap taken by mbedTLS can be measured.
                 opening = _open_micropython(self.host, self.port)
             elif implicit:
                 opening = asyncio.open_connection(

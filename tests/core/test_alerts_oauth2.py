@@ -531,7 +531,7 @@ def test_token_url_forms_match_config():
 
 
 def connect_failing(code):
-    """Return a stand-in for asyncio.open_connection() that raises OSError(code)."""
+    """Return a stand-in for microsmtp.client.open_stream() that raises OSError(code)."""
 
     async def connect(*args, **kwargs):
         raise OSError(code, "connection failed")
@@ -545,19 +545,19 @@ def test_out_of_memory_in_token_request():
     # handles by keeping the alerts and collecting the heap, not a network failure.
     import microsmtp.client
 
-    saved = (microsmtp.client.make_ssl_context, asyncio.open_connection)
+    saved = (microsmtp.client.make_ssl_context, microsmtp.client.open_stream)
     microsmtp.client.make_ssl_context = lambda roots: None
     try:
         for code in (12, -0x7F00):
-            asyncio.open_connection = connect_failing(code)
+            microsmtp.client.open_stream = connect_failing(code)
             error = raises(MemoryError, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
             assert "token request ran out of memory" in str(error), code
 
-        asyncio.open_connection = connect_failing(111)
+        microsmtp.client.open_stream = connect_failing(111)
         error = raises(TokenError, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
         assert error.transient
     finally:
-        microsmtp.client.make_ssl_context, asyncio.open_connection = saved
+        microsmtp.client.make_ssl_context, microsmtp.client.open_stream = saved
 
 
 # -- saves that fail, the access token across deep sleep -----------------------------------
@@ -991,7 +991,7 @@ class _FailingStream:
 
 
 def connect_to(stream):
-    """Return a stand-in for asyncio.open_connection() that returns stream as reader and writer."""
+    """Return a stand-in for microsmtp.client.open_stream() that returns stream as reader and writer."""
 
     async def connect(*args, **kwargs):
         return stream, stream
@@ -1019,11 +1019,11 @@ def test_cert_check_low_heap():
         # connection takes no 16 KB.
         (None, None, untrusted, TokenError),
     ]
-    saved = (microsmtp.client.make_ssl_context, asyncio.open_connection, oauth2.gc)
+    saved = (microsmtp.client.make_ssl_context, microsmtp.client.open_stream, oauth2.gc)
     microsmtp.client.make_ssl_context = lambda roots: None
     try:
         for free, left, text, expected in cases:
-            asyncio.open_connection = connect_to(_FailingStream(ValueError(text)))
+            microsmtp.client.open_stream = connect_to(_FailingStream(ValueError(text)))
             oauth2.gc = gc if free is None else _FakeGC(free, left)
             error = raises(expected, asyncio.run, oauth2.exchange(HOST, 443, b"", [b"root"], 5))
             if expected is MemoryError:
@@ -1034,7 +1034,7 @@ def test_cert_check_low_heap():
                 assert not error.transient, (free, left, text)
                 assert "TLS certificate verification failed" in str(error), str(error)
     finally:
-        microsmtp.client.make_ssl_context, asyncio.open_connection, oauth2.gc = saved
+        microsmtp.client.make_ssl_context, microsmtp.client.open_stream, oauth2.gc = saved
 
 
 def test_leaving_deep_sleep_new_authorization():
