@@ -184,22 +184,17 @@ async def recorded_writes(params):
     import microsmtp.client
 
     writes = []
-    # The driver's own opener on MicroPython, asyncio's on CPython.
-    if sys.implementation.name == "micropython":
-        owner, name = microsmtp.client, "_open_micropython"
-    else:
-        owner, name = asyncio, "open_connection"
-    opener = getattr(owner, name)
+    opener = microsmtp.client.open_stream
 
     async def open_recorded(*args, **kwargs):
         reader, writer = await opener(*args, **kwargs)
         return reader, RecordingWriter(writer, writes)
 
-    setattr(owner, name, open_recorded)
+    microsmtp.client.open_stream = open_recorded
     try:
         result = await deliver(params)
     finally:
-        setattr(owner, name, opener)
+        microsmtp.client.open_stream = opener
     result["writes"] = writes
     return result
 

@@ -656,7 +656,7 @@ def test_nodelay_set_only_where_defined(monkeypatch, port):
     socket_module.__dict__.update(constants)
     stream = types.SimpleNamespace(s=RecordingSocket())
 
-    async def open_connection(host, port):
+    async def open_connection(host, port, context=None, server_hostname=None):
         return stream, stream
 
     async def scenario():

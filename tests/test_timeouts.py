@@ -222,14 +222,14 @@ def test_connect_timeouts_leave_no_socket(runtime, certs):
         filler.connect_ex(("127.0.0.1", port))
         fillers.append(filler)
     excluded = {filler.getsockname()[1] for filler in fillers}
-    most_connecting = [0]
+    max_connecting = [0]
     done = threading.Event()
 
     def watch():
         while not done.is_set():
             # SYN_SENT is state 02.
             connecting = client_states(port, excluded).count("02")
-            most_connecting[0] = max(most_connecting[0], connecting)
+            max_connecting[0] = max(max_connecting[0], connecting)
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -248,4 +248,4 @@ def test_connect_timeouts_leave_no_socket(runtime, certs):
         assert outcome["error"] == "Timeout", outcome
         assert outcome["stage"] == "connect"
     # The first connect's socket is closed before the second one starts.
-    assert most_connecting[0] == 1
+    assert max_connecting[0] == 1

@@ -663,15 +663,12 @@ class SMTP:
         stage = "connect"
         self._handshaking = implicit
         try:
-            if MICROPYTHON:
-                # Wrapped later, so that the heap taken by mbedTLS can be measured.
-                opening = _open_micropython(self.host, self.port)
-            elif implicit:
-                opening = asyncio.open_connection(
-                    self.host, self.port, ssl=context, server_hostname=self.server_hostname
-                )
+            if implicit and not MICROPYTHON:
+                opening = open_stream(self.host, self.port, context, self.server_hostname)
             else:
-                opening = asyncio.open_connection(self.host, self.port)
+                # MicroPython's socket is wrapped later, so that the heap taken by mbedTLS
+                # can be measured.
+                opening = open_stream(self.host, self.port)
             self._reader, self._writer = await self._with_limit(
                 opening, self.connect_timeout_ms, stage, "connecting to %s:%d" % (self.host, self.port)
             )
