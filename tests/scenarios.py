@@ -154,8 +154,8 @@ async def deliver(params):
             await smtp.close()
     context = options.get("ssl_context")
     if context is not None:
-        # A board's mbedTLS frees its buffers with the connection; so does the stand-in,
-        # so that the result can be printed.
+        # A board's mbedTLS frees its buffers with the connection, so the stand-in frees
+        # its ballast too, which leaves heap to print the result.
         context.ballast = None
     return {"outcomes": outcomes, "transcript": transcript}
 

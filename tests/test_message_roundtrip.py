@@ -97,8 +97,8 @@ def legacy_display_names(data, field, smtputf8):
         legacy = email.message_from_bytes(data, policy=email.policy.compat32)
     fields = legacy.get_all(field)
     try:
-        # From CPython 3.13 (and some security releases before it), the default strict
-        # mode returns ('', '') for any address with "[" in it, even a quoted local part.
+        # In CPython 3.13 the default strict mode returns ('', '') for any address with
+        # "[" in it, even a quoted local part. 3.11.7 and 3.12.1 have no strict parameter.
         pairs = email.utils.getaddresses(fields, strict=False)
     except TypeError:
         pairs = email.utils.getaddresses(fields)

@@ -171,10 +171,9 @@ def test_timed_out_send_closes_connection(runtime, raw_server, certs, stall_at):
             # client's close on this socket.
             release.wait(30)
             return
-        # The client connects again only after the first send returned, and its close
-        # may take a moment to arrive. A connection left open stays open until the
-        # client process exits, which cannot happen before this connection ends or the
-        # second send's timeout_ms (1.5 s, longer than this wait) runs out.
+        # The client's close may take a moment to arrive, so wait up to 1 s for it. The
+        # client process, whose exit would also close the socket, is still in the
+        # second send then (timeout_ms is 1.5 s).
         for _ in range(100):
             if not still_open(first[0].sock):
                 break

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run the CPython part of the test suite under each other CPython version found here,
-# in a venv of its own (.venv-3.12, .venv-3.13), since the library and the tools support
-# CPython 3.11 and later. `make test` runs the tests whose time goes to MicroPython runs
-# under .venv only. They are those named micropython, the sim, the soak, the bench and
-# the board deploy.
+# each in a venv of its own (.venv-3.12, .venv-3.13). The library and the tools support
+# CPython 3.11 and later. The tests whose time goes to MicroPython runs are left out,
+# because `make test` runs them under .venv: those named micropython, the sim, the
+# soak, the bench and the board deploy.
 #
 # OTHER_PYTHONS lists the versions (default "3.12 3.13"). A version is looked for as
 # pythonX.Y on PATH, then in pyenv's versions, also when pyenv itself is not on PATH.

@@ -79,7 +79,7 @@ _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
 # Maximum time close() waits on CPython for the connection to close (the TLS
-# close_notify), in ms. It never waits longer than the operation's timeout_ms has left.
+# close_notify), in ms, capped by what is left of the operation's timeout_ms.
 # MicroPython closes the socket without waiting.
 _CLOSE_WAIT_MS = const(2000)
 # The drop in free GC heap across wrap_socket() above which mbedTLS is taken to allocate
@@ -182,13 +182,14 @@ def _open_micropython(host, port, context=None, server_hostname=None):
     """Connect as MicroPython's asyncio.open_connection() does, closing the socket if the wait ends early.
 
     That function keeps its socket to itself, so a connect that timed out left the
-    socket open (a board has only a few). A generator, as MicroPython's asyncio waits on one.
+    socket open, and a board has only a few. This is a generator because it yields to
+    MicroPython's I/O queue, as that function does.
     """
     import socket
     from errno import EINPROGRESS
 
-    # The first use of the name loads asyncio's stream module: before mbedTLS takes its
-    # buffers, which on a Pico W come from the same heap.
+    # The first use of the name loads asyncio's stream module. That must happen before
+    # mbedTLS takes its buffers, which on a Pico W come from the same heap.
     stream_class = asyncio.StreamWriter
     # The DNS lookup blocks; no timeout can interrupt it.
     address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
@@ -440,7 +441,7 @@ class SMTP:
 
                 wait_ms = min(_CLOSE_WAIT_MS, self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start))
                 # An unfinished TLS handshake has no close_notify to wait for, and the
-                # stream never learns of that close. A cancelled caller waits for nothing.
+                # stream never learns of that close. A cancelled caller does not wait.
                 if wait_ms > 0 and not self._handshaking and not cancelling():
                     await asyncio.wait_for(writer.wait_closed(), wait_ms / 1000)
                     closed = True

@@ -251,7 +251,7 @@ def test_recover_discards_partial_temporary_and_corrupt_files():
     remove_tree(path)
 
 
-# Text cut off, some of it where MicroPython before 1.26 parses it as if it were complete.
+# Cut-off JSON text. MicroPython before 1.26 parses some of it as if it were complete.
 CUT_OFF = ['{"rules": ', '{"a": 1,', '{"a": {"b": 1}', "[1, [2]", "{", '{"a": "x}', '{"a": "q\\"}', '{"a": "b\\\\"']
 COMPLETE = ["{}", '{"a": 1}', ' {"a": [1, {"b": "}]"}]}\n', '{"a": "q\\"}"}', '{"a": "b\\\\"}', "[]", "7"]
 
@@ -265,7 +265,7 @@ def test_closes_all_finds_cut_off_text():
 
 def test_parse_json_rejects_cut_off_text():
     lax = outbox._LAX_JSON
-    # As this runtime's json parses, and with the check on, as on a lax runtime.
+    # Once with this runtime's own setting, once with the check on, as on a lax runtime.
     for outbox._LAX_JSON in (lax, True):
         try:
             for text in CUT_OFF:
