@@ -83,7 +83,7 @@ def connection_options(params, log):
         "timeout_ms": params.get("timeout_ms", 20000),
         "log": log,
     }
-    for key in ("username", "password", "oauth2_token", "local_hostname"):
+    for key in ("username", "password", "oauth2_token", "local_hostname", "reply_timeout_ms"):
         if key in params:
             options[key] = params[key]
     if "heap_left_after_wrap" in params:

@@ -192,6 +192,51 @@ def test_timed_out_send_closes_connection(runtime, raw_server, certs, stall_at):
     assert open_at_next_connection == [False]
 
 
+@pytest.mark.parametrize("messages", [1, 2], ids=["send", "quit"])
+def test_unanswered_quit_ends_session_soon(runtime, raw_server, certs, messages):
+    # One message goes through send(), two through SMTP.send_message() and quit().
+    quit_seen = threading.Event()
+    finished = threading.Event()
+    closed_by_client = []
+
+    def handler(conn):
+        conn.send(b"220 mx.example ESMTP\r\n")
+        conn.read_line()
+        conn.send(b"250 mx.example\r\n")
+        for number in range(messages):
+            for reply in (b"250 sender ok\r\n", b"250 recipient ok\r\n", b"354 go ahead\r\n"):
+                conn.read_line()
+                conn.send(reply)
+            while conn.read_line() != b".\r\n":
+                pass
+            conn.send(b"250 2.0.0 queued as %d\r\n" % number)
+        if conn.read_line() == b"QUIT\r\n":
+            quit_seen.set()
+        # No 221. reply_timeout_ms is 40 s, and the client must not wait that long.
+        conn.sock.settimeout(20)
+        try:
+            closed_by_client.append(conn.sock.recv(4096) == b"")
+        except OSError as exc:
+            closed_by_client.append(not isinstance(exc, TimeoutError))
+        finally:
+            finished.set()
+
+    server = raw_server(handler)
+    params = params_for(
+        server,
+        certs,
+        security="none",
+        messages=[message_spec(attachments=[])] * messages,
+        timeout_ms=45000,
+        reply_timeout_ms=40000,
+    )
+    result = run_client(runtime, params)
+    assert [outcome.get("error") for outcome in result["outcomes"]] == [None] * messages, result
+    assert quit_seen.is_set()
+    assert finished.wait(30)
+    assert closed_by_client == [True]
+
+
 def client_states(port, excluded):
     """Return the TCP states (hex, as in /proc/net/tcp) of connections to 127.0.0.1:port.
 

@@ -78,9 +78,9 @@ MIN_CLOCK_YEAR = 2025
 _READ_SIZE = const(256)
 # Writes shorter than this are joined with the next ones of the same group.
 _WRITE_SIZE = const(512)
-# Maximum time close() waits on CPython for the connection to close (the TLS
-# close_notify), in ms, capped by what is left of the operation's timeout_ms.
-# MicroPython closes the socket without waiting.
+# Maximum time, in ms, to wait for the server's side of the end of a session: the
+# reply to QUIT, and on CPython the TLS close_notify in close(). That wait is capped by
+# what is left of the operation's timeout_ms. MicroPython closes without waiting.
 _CLOSE_WAIT_MS = const(2000)
 # The drop in free GC heap across wrap_socket() above which mbedTLS is taken to allocate
 # from the GC heap. That happens on the Pico W, where its record buffers take about 22 KB.
@@ -598,9 +598,10 @@ class SMTP:
                 self._writer.write(data)
                 await self._with_limit(self._writer.drain(), self.reply_timeout_ms, stage, "sending")
                 return None
-            data = await self._with_limit(
-                self._reader.read(_READ_SIZE), self.reply_timeout_ms, stage, "waiting for a reply"
-            )
+            # Once only QUIT is unanswered, every message of the session has its reply,
+            # and a 221 that is late changes nothing worth waiting reply_timeout_ms for.
+            limit = min(self.reply_timeout_ms, _CLOSE_WAIT_MS) if stage == "quit" else self.reply_timeout_ms
+            data = await self._with_limit(self._reader.read(_READ_SIZE), limit, stage, "waiting for a reply")
         except (OSError, ValueError, MemoryError) as exc:
             await self.close()
             raise self._transport_error(exc, stage) from None
