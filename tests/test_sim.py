@@ -457,6 +457,8 @@ def test_watchdog_resets_stuck_board_outbox_survives(micropython, tmp_path):
     queued = [index for index, line in enumerate(lines) if " INFO queued " in line]
     assert len(queued) == 2 and queued[-1] < resets[0], output
     assert "outbox holds 2 alert(s) from before the restart" in process.stdout, output
+    # The restart counts as a failed start, with its back-off before the start goes on.
+    assert "ERROR the watchdog reset the board; failure 1 in a row, start in 10 s" in process.stdout, output
     # After the restart the first round starts together with the sensor loop. The heap
     # report then due waits until the round ends, so no figure includes the SMTP library.
     assert heap_reports_during_sessions(board_lines(process)) == [], output

@@ -5,7 +5,8 @@ main.py and alerts.app call failed() when the firmware cannot be imported or sta
 then doubles up to 10 minutes. The count of failed starts in a row is kept in a small
 file: one short write per failed start, and one to remove it once the sensor loop has
 run for 10 minutes or a deep-sleep wake is complete (started()). A failure soon after
-each start thus backs off as well.
+each start thus backs off as well. A reset by the watchdog counts as a failed start
+too, at the next boot (after_watchdog()), where the port tells it apart.
 
 main.py imports this module before the rest of the firmware, while the heap is empty,
 so it is there when the rest does not fit. It reads the count and imports machine
@@ -29,6 +30,9 @@ except ImportError:
     _SPEED = 1
 
 PATH = "failed_starts.txt"
+# alerts.sleepstate's file, which deep-sleep mode leaves where the board has no RTC
+# memory (rp2). Named here too, so that the check imports nothing.
+SLEEP_STATE = "sleep_state.json"
 FIRST_DELAY_S = 10
 MAX_DELAY_S = 600
 # Advice for a heap too small to start, created at import while the heap is empty.
@@ -82,6 +86,64 @@ _count = None
 _running = False
 
 
+def _cause(name):
+    """Return True when machine.reset_cause() is machine.NAME (False on a port without either)."""
+    return getattr(machine, "reset_cause", int)() == getattr(machine, name, None)
+
+
+def deep_sleep_mode():
+    """Tell, before config.json is read, whether the board runs in deep-sleep mode.
+
+    A wake from deep sleep says so, and so does the sleep state a wake leaves behind:
+    RTC memory on ESP32, a file where there is none. rp2 reports a wake as a watchdog
+    reset, so there the file tells.
+    """
+    if _cause("DEEPSLEEP_RESET"):
+        return True
+    try:
+        if machine.RTC().memory():
+            return True
+    except Exception:
+        # No RTC, or one without memory (rp2, the unix port).
+        pass
+    try:
+        open(SLEEP_STATE).close()
+        return True
+    except OSError:
+        return False
+
+
+def after_watchdog():
+    """Count a reset by the watchdog as a failed start, and wait its back-off delay before this one.
+
+    The firmware hung, in the start or later, and no failed() ran to count it. Only
+    ports that report a deep-sleep wake apart (ESP32) are trusted here: rp2 reports
+    machine.reset() and every deep-sleep wake as a watchdog reset too.
+    """
+    global _previous
+    if not hasattr(machine, "DEEPSLEEP_RESET") or not _cause("WDT_RESET"):
+        return
+    _previous += 1
+    write(_previous)
+    wait = delay(_previous)
+    sleep = deep_sleep_mode()
+    try:
+        _log(
+            "ERROR",
+            "the watchdog reset the board; failure %d in a row, %s %d s"
+            % (_previous, "deep sleep for" if sleep else "start in", wait),
+        )
+    except Exception:
+        pass
+    wait_ms = int(wait * 1000 // _SPEED)
+    if sleep:
+        try:
+            machine.deepsleep(wait_ms)
+        except Exception:
+            pass
+    _sleep_ms(wait_ms)
+
+
 def started():
     """Clear the count once the firmware runs (alerts.app decides when), writing nothing when there is none."""
     global _previous, _running
@@ -102,16 +164,13 @@ def failed(exc, running=False, sleep=None):
     when the sensor loop had started (alerts.app unloads this module then, so a new copy
     does not know). ``sleep`` is True in deep-sleep mode, where the board waits in deep
     sleep, which ends in a reset as well, rather than awake on its battery, and None
-    while config.json has not told the mode: then a board that woke from deep sleep
-    (reset_cause()) waits in deep sleep too. Awake, a running watchdog is fed meanwhile,
-    and Ctrl-C during the wait still reaches the REPL.
+    while config.json has not given the mode: then deep_sleep_mode() decides. Awake, a
+    running watchdog is fed meanwhile, and Ctrl-C during the wait still reaches the REPL.
     """
     global _count, _running
     _running = _running or running
     if sleep is None:
-        # A board that woke from deep sleep is in deep-sleep mode. rp2 has no
-        # DEEPSLEEP_RESET, and the unix port has no reset_cause(), for which int() gives 0.
-        sleep = not _running and getattr(machine, "reset_cause", int)() == getattr(machine, "DEEPSLEEP_RESET", None)
+        sleep = not _running and deep_sleep_mode()
     if _count is None:
         _count = _previous + 1
         write(_count)
@@ -182,3 +241,7 @@ def _log(level, *parts):
         except MemoryError:
             pass
     print(level, *parts)
+
+
+if machine is not None:
+    after_watchdog()

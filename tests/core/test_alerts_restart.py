@@ -61,9 +61,12 @@ class Scope:
             restart._count,
             restart._running,
             restart._SPEED,
+            restart.SLEEP_STATE,
         )
         self.board = sys.modules.get("alerts.board")
         restart.PATH = self.path
+        # Absent unless a test writes it.
+        restart.SLEEP_STATE = self.path.replace("failed_starts.txt", "sleep_state.json")
         restart.machine = Machine()
         restart._previous = previous
         restart._count = None
@@ -73,7 +76,15 @@ class Scope:
         sys.modules["alerts.board"] = Board()
 
     def close(self):
-        restart.PATH, restart.machine, restart._previous, restart._count, restart._running, restart._SPEED = self.saved
+        (
+            restart.PATH,
+            restart.machine,
+            restart._previous,
+            restart._count,
+            restart._running,
+            restart._SPEED,
+            restart.SLEEP_STATE,
+        ) = self.saved
         if self.board is None:
             del sys.modules["alerts.board"]
         else:
@@ -417,6 +428,7 @@ def test_no_deepsleep_waits_awake():
 class WokenMachine(DeepSleepingMachine):
     """machine on ESP32: reset_cause() gives 4 (DEEPSLEEP_RESET) after a deep-sleep wake, 1 after power on."""
 
+    WDT_RESET = 3
     DEEPSLEEP_RESET = 4
 
     def __init__(self, cause):
@@ -428,10 +440,32 @@ class WokenMachine(DeepSleepingMachine):
 
 
 class PicoMachine(DeepSleepingMachine):
-    """machine on rp2: reset_cause() and deepsleep(), but no DEEPSLEEP_RESET."""
+    """machine on rp2: reset_cause() and deepsleep(), but no DEEPSLEEP_RESET.
+
+    It reports 3 (WDT_RESET) after the watchdog, machine.reset() and a deep-sleep wake alike.
+    """
+
+    WDT_RESET = 3
 
     def reset_cause(self):
-        return 1
+        return 3
+
+
+class RTC:
+    """machine.RTC on ESP32, whose memory() keeps the sleep state across deep sleep and resets."""
+
+    def __init__(self, memory):
+        self._memory = memory
+
+    def memory(self):
+        return self._memory
+
+
+class RememberingMachine(WokenMachine):
+    """An ESP32 whose RTC memory holds the sleep state of deep-sleep mode."""
+
+    def RTC(self):
+        return RTC(b'{"time": 1}')
 
 
 def failure_wait(machine, *arguments):
@@ -514,6 +548,100 @@ def test_no_deepsleep_reset_constant_waits_awake():
         scope = Scope()
         try:
             assert not failure_wait(machine)[1]
+        finally:
+            scope.close()
+
+
+def write_sleep_state():
+    with open(restart.SLEEP_STATE, "w") as file:
+        file.write('{"time": 1}')
+
+
+def test_failure_with_sleep_state_waits_asleep():
+    # A Pico W in deep-sleep mode reports its wake as a watchdog reset, and an ESP32
+    # keeps its RTC memory across resets. The sleep state that a wake saved shows the mode.
+    for machine, with_file in ((PicoMachine(), True), (RememberingMachine(3), False)):
+        scope = Scope()
+        try:
+            if with_file:
+                write_sleep_state()
+            lines, slept = failure_wait(machine)
+            assert slept, machine
+            assert machine.slept_ms == 10
+            assert lines[0].endswith("failure 1 in a row, deep sleep for 10 s")
+            # Once the sensor loop ran, the mode is known from config.json.
+            restart._count = None
+            lines, slept = failure_wait(machine, True)
+            assert not slept
+        finally:
+            scope.close()
+
+
+def watchdog_boot(machine):
+    """Return the log lines of restart.after_watchdog() with machine, and whether it slept."""
+    lines = []
+    saved = restart._log
+    restart._log = lambda level, *parts: lines.append(" ".join([level] + [str(part) for part in parts]))
+    restart.machine = machine
+    try:
+        restart.after_watchdog()
+    except Slept:
+        return lines, True
+    finally:
+        restart._log = saved
+    return lines, False
+
+
+def test_watchdog_reset_counts_as_failed_start():
+    scope = Scope(previous=1)
+    try:
+        machine = WokenMachine(3)
+        lines, slept = watchdog_boot(machine)
+        assert lines == ["ERROR the watchdog reset the board; failure 2 in a row, start in 20 s"]
+        assert not slept
+        assert restart.read() == 2
+        # A failure later in the same start is the next one in a row.
+        assert failure_wait(machine)[0][0].endswith("failure 3 in a row, reset in 40 s")
+        assert restart.read() == 3
+    finally:
+        scope.close()
+
+
+def test_watchdog_reset_cleared_by_stable_run():
+    scope = Scope()
+    saved = restart._log
+    try:
+        watchdog_boot(WokenMachine(3))
+        assert restart.read() == 1
+        restart._log = lambda level, *parts: None
+        restart.started()
+        assert restart.read() == 0
+    finally:
+        restart._log = saved
+        scope.close()
+
+
+def test_watchdog_reset_in_deep_sleep_mode_waits_asleep():
+    scope = Scope()
+    try:
+        machine = RememberingMachine(3)
+        lines, slept = watchdog_boot(machine)
+        assert slept
+        assert machine.slept_ms == 10
+        assert lines == ["ERROR the watchdog reset the board; failure 1 in a row, deep sleep for 10 s"]
+    finally:
+        scope.close()
+
+
+def test_other_resets_not_counted_at_boot():
+    # Power on, a hard reset, a deep-sleep wake and a soft reset on ESP32. On rp2 a
+    # watchdog reset looks the same as machine.reset() or a wake.
+    machines = [WokenMachine(cause) for cause in (1, 2, 4, 5)] + [PicoMachine(), Machine()]
+    for machine in machines:
+        scope = Scope()
+        try:
+            assert watchdog_boot(machine) == ([], False)
+            assert restart.read() == 0
         finally:
             scope.close()
 
