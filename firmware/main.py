@@ -8,6 +8,9 @@
 
 import alerts.restart
 
+# A reset by the watchdog counts as a failed start, with its delay before this start.
+alerts.restart.after_watchdog()
+
 try:
     import alerts.app
 

@@ -469,6 +469,17 @@ def test_watchdog_resets_stuck_board_outbox_survives(micropython, tmp_path):
     assert "back to normal freezer-warm" in subjects[1]
 
 
+def test_watchdog_reset_counted_once(micropython, tmp_path):
+    # Past the 10 minutes after which the running board clears the count, which imports
+    # alerts.restart again. That import must not count the same reset a second time.
+    process = run_changed(tmp_path, "watchdog.json", {"duration_s": 2400})
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert process.stdout.count("the watchdog reset the board") == 1, output
+    assert "running again after 1 failed start(s) in a row; count cleared" in process.stdout, output
+    assert process.stdout.count("watchdog not fed in time: board reset") == 1, output
+
+
 def test_default_scenario_feeds_watchdog(micropython, tmp_path):
     # The 8 s watchdog is enforced; the scenario runs for longer than that without a reset.
     # --micropython names the port that `make setup` installs. It has nothing of

@@ -24,6 +24,7 @@ def start(config_path):
     if removed:
         log.error("outbox: %d unreadable entries removed (counted as dropped)" % removed)
     if not config["deep_sleep"]["enabled"]:
+        _forget_sleep_state()
         _load_rule_state(app)
     create_sensors(app)
     if check_sending(app) and not config["deep_sleep"]["enabled"]:
@@ -49,6 +50,16 @@ def load_config(path):
     ConfigError = describe = load = None
     unload(("alerts.config",))
     return config
+
+
+def _forget_sleep_state():
+    # alerts.restart takes a sleep state as a sign of deep-sleep mode when a start fails
+    # before config.json is read, so one left from that mode must go.
+    from . import sleepstate
+
+    sleepstate.clear()
+    sleepstate = None
+    unload(("alerts.sleepstate",))
 
 
 def _load_rule_state(app):

@@ -6,7 +6,7 @@ then doubles up to 10 minutes. The count of failed starts in a row is kept in a 
 file: one short write per failed start, and one to remove it once the sensor loop has
 run for 10 minutes or a deep-sleep wake is complete (started()). A failure soon after
 each start thus backs off as well. A reset by the watchdog counts as a failed start
-too, at the next boot (after_watchdog()), where the port tells it apart.
+too, at the next boot (main.py calls after_watchdog()), where the port tells it apart.
 
 main.py imports this module before the rest of the firmware, while the heap is empty,
 so it is there when the rest does not fit. It reads the count and imports machine
@@ -118,7 +118,10 @@ def after_watchdog():
 
     The firmware hung, in the start or later, and no failed() ran to count it. Only
     ports that report a deep-sleep wake apart (ESP32) are trusted here: rp2 reports
-    machine.reset() and every deep-sleep wake as a watchdog reset too.
+    machine.reset() and every deep-sleep wake as a watchdog reset too. main.py calls
+    it once per boot, before a watchdog runs. It does not run at import, because the
+    firmware imports the module again later in the same boot, and reset_cause() then
+    still reports the watchdog.
     """
     global _previous
     if not hasattr(machine, "DEEPSLEEP_RESET") or not _cause("WDT_RESET"):
@@ -242,6 +245,3 @@ def _log(level, *parts):
             pass
     print(level, *parts)
 
-
-if machine is not None:
-    after_watchdog()

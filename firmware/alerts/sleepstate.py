@@ -33,6 +33,20 @@ def save(data, path=PATH):
     return "file"
 
 
+def clear(path=PATH):
+    """Remove a saved state, which a board keeps after deep sleep was turned off."""
+    rtc = _rtc_memory()
+    if rtc is not None and rtc.memory():
+        rtc.memory(b"")
+    import os
+
+    try:
+        os.remove(path)
+    except OSError:
+        # Not there, the usual case: nothing was written.
+        pass
+
+
 def load(path=PATH):
     """Return the saved dict, or {} after a power-on or if nothing valid was saved."""
     rtc = _rtc_memory()

@@ -646,6 +646,23 @@ def test_other_resets_not_counted_at_boot():
             scope.close()
 
 
+def test_main_py_counts_watchdog_reset():
+    scope = Scope()
+    lines = []
+    saved = restart._log
+    restart._log = lambda level, *parts: lines.append(" ".join([level] + [str(part) for part in parts]))
+    try:
+        restart.machine = WokenMachine(3)
+        handed = run_main_py(ValueError("bug"))
+        assert lines == ["ERROR the watchdog reset the board; failure 1 in a row, start in 10 s"]
+        assert restart.read() == 1
+        # The start then went on, and its failure reached failed() as usual.
+        assert len(handed) == 1
+    finally:
+        restart._log = saved
+        scope.close()
+
+
 def test_main_py_failure_after_wake_sleeps():
     # main.py hands a failed import to alerts.restart, which finds the deep-sleep wake.
     scope = Scope(previous=2)
