@@ -45,8 +45,13 @@ def load_ca_roots(config):
                 raise SenderConfigError(
                     "smtp.ca_file %s is not a valid PEM file (%s); copy the CA file to the board again" % (path, exc)
                 ) from None
-        else:
+        elif data.startswith(b"0"):
+            # DER: an ASN.1 SEQUENCE, whose first byte is 0x30.
             roots = [data]
+        else:
+            raise SenderConfigError(
+                "smtp.ca_file %s is neither a PEM nor a DER certificate; copy the CA certificate to the board" % path
+            )
         if not roots:
             raise SenderConfigError("smtp.ca_file %s contains no certificate" % path)
         return roots

@@ -113,14 +113,21 @@ def pem_to_der(pem):
         if line == "-----BEGIN CERTIFICATE-----":
             body = []
         elif line == "-----END CERTIFICATE-----" and body is not None:
+            text = "".join(body)
             try:
-                roots.append(binascii.a2b_base64("".join(body)))
+                der = binascii.a2b_base64(text)
             except ValueError:
                 # binascii.Error on CPython is a ValueError; MicroPython raises ValueError.
+                der = b""
+            # a2b_base64() skips characters outside base64 on both runtimes, so a body of
+            # other text decodes to fewer bytes, or none. Encoding again shows that. A
+            # certificate is an ASN.1 SEQUENCE, whose DER starts with 0x30 ("0").
+            if der[:1] != b"0" or binascii.b2a_base64(der).strip() != text.encode():
                 raise ConfigError(
                     "certificate %d of the PEM text in ca_roots is not valid base64; "
                     "export the CA certificate again" % (len(roots) + 1)
-                ) from None
+                )
+            roots.append(der)
             body = None
         elif body is not None:
             body.append(line)

@@ -86,17 +86,29 @@ def test_ca_module_without_roots_is_config_error():
     assert "ca_roots cannot be loaded (AttributeError" in str(error), str(error)
 
 
-def test_ca_file_with_invalid_base64_is_config_error():
+def load_ca_file(content):
+    """Return the SenderConfigError of load_ca_roots() with smtp.ca_file holding content, and the file's path."""
     directory = fresh_directory("alerts-delivery-test")
     path = directory + "/ca.pem"
     with open(path, "w") as file:
-        file.write("-----BEGIN CERTIFICATE-----\nabcde\n-----END CERTIFICATE-----\n")
+        file.write(content)
     try:
-        error = raises(SenderConfigError, load_ca_roots, {"smtp": {"ca_file": path}})
+        return raises(SenderConfigError, load_ca_roots, {"smtp": {"ca_file": path}}), path
     finally:
         remove_tree(directory)
+
+
+def test_ca_file_with_invalid_base64_is_config_error():
+    for body in ("abcde", "!!!!"):
+        error, path = load_ca_file("-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n" % body)
+        message = str(error)
+        assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
+
+
+def test_ca_file_of_other_text_is_config_error():
+    error, path = load_ca_file("this is not a certificate\n")
     message = str(error)
-    assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
+    assert "smtp.ca_file %s is neither a PEM nor a DER certificate" % path in message, message
 
 
 def sender_config():

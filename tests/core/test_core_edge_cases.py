@@ -305,6 +305,11 @@ def test_invalid_pem_roots_raise_config_error():
     assert not error.transient
     error = raises(ConfigError, pem_to_der, begin + b"\xff\xfe\n" + end)
     assert "not ASCII" in str(error), str(error)
+    # a2b_base64() skips what is not base64, so these decode to nothing, to a part of
+    # the body, or to bytes that are no certificate.
+    for body in (b"!!!!", b"MAMC!AQE=", b"MAMCAQE= trailing", b"SGVsbG8=", b""):
+        error = raises(ConfigError, pem_to_der, good + begin + body + b"\n" + end)
+        assert "certificate 2 " in str(error), (body, str(error))
 
 
 def test_memory_failures_are_transient_out_of_memory():
