@@ -1,6 +1,7 @@
-"""Self-test of what is installed on a board: modules, CA roots and config.json.
+"""Self-test of what is installed on a board: modules, config.json and the CA roots it uses.
 
-``import selftest; selftest.run()`` prints one line per check, then
+The roots are those of config.json's smtp.ca_file when it names one, else the ca_roots
+module. ``import selftest; selftest.run()`` prints one line per check, then
 "selftest: N passed, N failed", and returns the number of failed checks. It sends
 nothing over the network. ``microsmtp deploy --selftest`` runs it after copying.
 """
@@ -88,8 +89,6 @@ def _check_imports(results, package_name, fallback, required):
 
 
 def _check_ca_roots(results):
-    import ssl
-
     try:
         import ca_roots
     except ImportError as exc:
@@ -100,8 +99,27 @@ def _check_ca_roots(results):
         results.fail("ca_roots.ROOTS", ValueError("expected a non-empty tuple of DER bytes"))
         return
     results.ok("import ca_roots", "%d roots" % len(roots))
+    _check_roots(results, "ca_roots.ROOTS", roots)
+
+
+def _check_ca_file(results, path):
+    """Check the roots of smtp.ca_file as the firmware loads them, which then ignores ca_roots."""
+    try:
+        from alerts.sender import load_ca_roots
+
+        roots = load_ca_roots({"smtp": {"ca_file": path}})
+    except Exception as exc:
+        results.fail("smtp.ca_file " + path, exc)
+        return
+    results.ok("smtp.ca_file " + path, "%d roots" % len(roots))
+    _check_roots(results, path, roots)
+
+
+def _check_roots(results, label, roots):
+    import ssl
+
     for index, der in enumerate(roots):
-        name = "ca_roots.ROOTS[%d]" % index
+        name = "%s[%d]" % (label, index)
         try:
             if not isinstance(der, bytes):
                 raise TypeError("expected DER bytes, got %s" % type(der).__name__)
@@ -116,6 +134,7 @@ def _check_ca_roots(results):
 
 
 def _check_config(results, path):
+    """Check config.json; return its smtp.ca_file when it sets one, else None."""
     import json
 
     try:
@@ -123,22 +142,24 @@ def _check_config(results, path):
             text = file.read()
     except OSError:
         results.note(path, "not present")
-        return
+        return None
     try:
         config = json.loads(text)
     except ValueError as exc:
         results.fail(path + " parses", exc)
-        return
+        return None
     results.ok(path + " parses")
+    smtp = config.get("smtp") if isinstance(config, dict) else None
+    ca_file = smtp.get("ca_file") if isinstance(smtp, dict) else None
     try:
         from alerts import config as config_module
     except ImportError:
         results.note(path + " is valid", "alerts.config is not installed, so only the JSON syntax was checked")
-        return
+        return ca_file
     validate = getattr(config_module, "validate", None)
     if validate is None:
         results.note(path + " is valid", "alerts.config has no validate(), so only the JSON syntax was checked")
-        return
+        return ca_file
     try:
         validate(config)
     except Exception as exc:
@@ -146,6 +167,7 @@ def _check_config(results, path):
         results.fail(path + " is valid", exc)
     else:
         results.ok(path + " is valid")
+    return ca_file
 
 
 def run(config_path="config.json"):
@@ -154,8 +176,12 @@ def run(config_path="config.json"):
     print("selftest on %s %s" % (sys.implementation.name, sys.version))
     _check_imports(results, "microsmtp", LIBRARY_MODULES, True)
     _check_imports(results, "alerts", (), False)
-    _check_ca_roots(results)
-    _check_config(results, config_path)
+    ca_file = _check_config(results, config_path)
+    gc.collect()
+    if isinstance(ca_file, str) and ca_file:
+        _check_ca_file(results, ca_file)
+    else:
+        _check_ca_roots(results)
     gc.collect()
     print("selftest: %d passed, %d failed" % (results.passed, results.failed))
     return results.failed

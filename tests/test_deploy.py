@@ -149,6 +149,118 @@ def test_selftest_reports_unparsable_root(first_deploy, board, ca_module, tmp_pa
     assert restored == 0, restore_out + restore_err
 
 
+def config_with_ca_file(tmp_path, ca_file):
+    config = json.loads(CONFIG_EXAMPLE.read_text())
+    config["smtp"]["ca_file"] = ca_file
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_deploy_copies_ca_file(first_deploy, board, ca_module, certs, tmp_path, capsys):
+    config = config_with_ca_file(tmp_path, "roots/test ca.pem")
+
+    status, out, err = deploy(
+        board,
+        capsys,
+        "--ca-module",
+        str(ca_module),
+        "--config",
+        str(config),
+        "--ca-file",
+        str(certs.ca_pem_path),
+        "--selftest",
+    )
+    copied = (board.directory / "roots" / "test ca.pem").read_bytes()
+    restored, restore_out, restore_err = deploy(
+        board, capsys, "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE)
+    )
+
+    assert status == 0, out + err
+    assert "CA file: %s has 1 root(s), copied as roots/test ca.pem" % certs.ca_pem_path in out
+    assert copied == certs.ca_pem
+    # The self-test checks the roots the firmware uses: the file's, not the module's.
+    assert "ok    smtp.ca_file roots/test ca.pem: 1 roots" in out
+    assert "ca_roots.ROOTS" not in out
+    assert restored == 0, restore_out + restore_err
+
+
+def test_deploy_warns_of_missing_ca_file(first_deploy, board, ca_module, tmp_path, capsys):
+    config = config_with_ca_file(tmp_path, "missing.pem")
+
+    status, out, err = deploy(board, capsys, "--ca-module", str(ca_module), "--config", str(config), "--selftest")
+    restored, restore_out, restore_err = deploy(
+        board, capsys, "--ca-module", str(ca_module), "--config", str(CONFIG_EXAMPLE)
+    )
+
+    assert "config.json names smtp.ca_file missing.pem, which the board does not have" in err
+    assert "deploy again with --ca-file FILE" in err
+    assert status == 70, out + err
+    assert "FAIL  smtp.ca_file missing.pem: SenderConfigError: smtp.ca_file missing.pem cannot be read" in out
+    assert restored == 0, restore_out + restore_err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "certificate 1 of the PEM text"),
+        (b"not a certificate\n", "neither a PEM nor a DER certificate"),
+        (b"0\x03\x02\x01\x01", "certificate 1 cannot be loaded as a CA root"),
+    ],
+    ids=["bad-base64", "text", "not-a-certificate"],
+)
+def test_deploy_rejects_invalid_ca_file(ca_module, tmp_path, capsys, content, message):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(content)
+    config = config_with_ca_file(tmp_path, "ca.pem")
+
+    # Port 1 has no board: the check must stop the deploy before it is contacted.
+    status = cli.main(
+        [
+            "deploy",
+            "--port",
+            "socket://127.0.0.1:1",
+            "--arch",
+            "x64",
+            "--no-reset",
+            "--ca-module",
+            str(ca_module),
+            "--config",
+            str(config),
+            "--ca-file",
+            str(ca_file),
+        ]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "microsmtp deploy: error: checking --ca-file %s failed: " % ca_file in err
+    assert message in err
+
+
+def test_deploy_ca_file_needs_config_path(ca_module, certs, capsys):
+    status = cli.main(
+        [
+            "deploy",
+            "--port",
+            "socket://127.0.0.1:1",
+            "--arch",
+            "x64",
+            "--no-reset",
+            "--ca-module",
+            str(ca_module),
+            "--config",
+            str(CONFIG_EXAMPLE),
+            "--ca-file",
+            str(certs.ca_pem_path),
+        ]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "--ca-file needs --config with smtp.ca_file" in err
+
+
 def test_mip_installs_package_json(first_deploy, board):
     mpremote(board, "mip", "install", "./package.json")
 

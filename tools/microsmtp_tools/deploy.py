@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -116,9 +117,10 @@ def sha256_file(path):
 def _parse_hashes(output):
     hashes = {}
     for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "HASH":
-            hashes[parts[1]] = None if parts[2] == "-" else parts[2]
+        # The path may contain spaces (smtp.ca_file), the digest does not.
+        parts = line.strip().rsplit(" ", 1)
+        if len(parts) == 2 and parts[0].startswith("HASH "):
+            hashes[parts[0][5:]] = None if parts[1] == "-" else parts[1]
     return hashes
 
 
@@ -222,7 +224,52 @@ def build_plan(args, arch, stage_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.config, target)
         plan.add(CONFIG_NAME, target)
+    if args.ca_file:
+        target = stage_dir / "ca-file" / args.ca_remote
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.ca_file, target)
+        plan.add(args.ca_remote, target)
     return plan
+
+
+def board_path(path):
+    """Return a path on the board as mpremote and the hash script name it: relative to the root."""
+    return path.lstrip("/")
+
+
+def check_ca_file(args):
+    """Check --ca-file on this PC as the firmware will load it; return the number of roots.
+
+    The PEM and DER checks are the library's own (microsmtp.client.pem_to_der), and each
+    root must load as a trusted certificate, so a file the board would reject stops the
+    deploy with exit 78.
+    """
+    from microsmtp.client import pem_to_der
+    from microsmtp.errors import ConfigError
+
+    path = Path(args.ca_file)
+    step = "checking --ca-file %s" % path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ToolError(step, "%s; check --ca-file" % exc.strerror) from None
+    if data.startswith(b"-----BEGIN"):
+        try:
+            roots = pem_to_der(data)
+        except ConfigError as exc:
+            raise ToolError(step, "%s" % exc) from None
+    elif data.startswith(b"0"):
+        roots = [data]
+    else:
+        raise ToolError(step, "the file is neither a PEM nor a DER certificate; export the CA certificate again")
+    if not roots:
+        raise ToolError(step, "the file contains no certificate; export the CA certificate again")
+    for number, der in enumerate(roots, 1):
+        try:
+            ssl.create_default_context(cadata=der)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ToolError(step, "certificate %d cannot be loaded as a CA root (%s)" % (number, exc)) from None
+    return len(roots)
 
 
 def load_config_module(firmware_dir):
@@ -241,7 +288,7 @@ def load_config_module(firmware_dir):
 
 
 def check_config(args):
-    """Validate --config on this PC as the board will at boot; return a one-line summary.
+    """Validate --config on this PC as the board will at boot; return (a one-line summary, smtp.ca_file).
 
     Raises ToolError (exit 78) with the message the board would log, so an invalid
     file is rejected before the board is contacted.
@@ -255,7 +302,7 @@ def check_config(args):
             json.loads(config.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ToolError("reading the configuration", "%s is not valid JSON: %s" % (config, exc)) from None
-        return "JSON syntax checked only, because %s/alerts/config.py is missing" % args.firmware_dir
+        return "JSON syntax checked only, because %s/alerts/config.py is missing" % args.firmware_dir, None
     board_json = common.BOARDS_DIR / args.board / "board.json" if args.board else None
     with tempfile.TemporaryDirectory(prefix="microsmtp-deploy-") as empty:
         if board_json is None or not board_json.is_file():
@@ -268,7 +315,7 @@ def check_config(args):
                 "checking %s" % config,
                 "%s (the board would stop at boot with this message); fix the file and deploy again" % exc,
             ) from None
-    return module.describe(loaded)
+    return module.describe(loaded), loaded["smtp"].get("ca_file")
 
 
 def frozen_stale_paths():
@@ -288,8 +335,18 @@ def _copy_commands(plan, remotes):
 def run_deploy(args):
     out = sys.stdout
     # 0. Check config.json first, so an invalid file stops the deploy before the board is touched.
+    ca_file = None
     if args.config:
-        print("config: %s is valid: %s" % (args.config, check_config(args)), file=out)
+        summary, ca_file = check_config(args)
+        print("config: %s is valid: %s" % (args.config, summary), file=out)
+    args.ca_remote = board_path(ca_file) if ca_file else None
+    if args.ca_file:
+        if not args.ca_remote:
+            raise ToolError(
+                "checking --ca-file %s" % args.ca_file,
+                "--ca-file needs --config with smtp.ca_file, the path on the board to copy it to",
+            )
+        print("CA file: %s has %d root(s), copied as %s" % (args.ca_file, check_ca_file(args), ca_file), file=out)
     board = Mpremote(args.port)
 
     # 1. Find the architecture. Without --arch or --board the board reports its .mpy format.
@@ -318,7 +375,9 @@ def run_deploy(args):
     prepare = _PREPARE_SCRIPT % {"dirs": plan.directories(), "managed": managed, "stale": stale}
     hashes_script = _HASH_SCRIPT % {"files": sorted(plan.files)}
     # config.json is hashed even without --config, to tell whether the board has one.
-    first_hashes = _HASH_SCRIPT % {"files": sorted(set(plan.files) | {CONFIG_NAME})}
+    # So is the CA file that config.json names, to tell whether the board has it.
+    checked = {CONFIG_NAME, args.ca_remote} if args.ca_remote else {CONFIG_NAME}
+    first_hashes = _HASH_SCRIPT % {"files": sorted(set(plan.files) | checked)}
     output = board.exec(prepare + first_hashes, what="reading the board's files")
     for line in output.splitlines():
         if line.startswith("REMOVED "):
@@ -337,6 +396,13 @@ def run_deploy(args):
             )
         else:
             print("kept      %s (already on the board; no --config given)" % CONFIG_NAME, file=out)
+    if args.ca_remote and not args.ca_file and on_board.get(args.ca_remote) is None:
+        print(
+            "microsmtp deploy: warning: config.json names smtp.ca_file %s, which the board does not have, "
+            "so the board will send nothing; deploy again with --ca-file FILE" % ca_file,
+            file=sys.stderr,
+            flush=True,
+        )
 
     # 4. Copy what differs.
     local = {remote: sha256_file(path) for remote, path in plan.files.items()}
@@ -425,6 +491,12 @@ def add_parser(subcommands):
         help="CA module written by `microsmtp certs build`, copied as ca_roots.mpy (default: build/ca_roots.py)",
     )
     parser.add_argument("--no-ca-module", action="store_true", help="copy no CA module (the board keeps its own)")
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="PEM or DER file with the CA roots, checked here and copied to the path that smtp.ca_file in "
+        "--config names; the firmware then uses it instead of the CA module",
+    )
     parser.add_argument(
         "--frozen",
         action="store_true",
