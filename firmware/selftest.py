@@ -156,12 +156,13 @@ def _check_config(results, path):
     except ImportError:
         results.note(path + " is valid", "alerts.config is not installed, so only the JSON syntax was checked")
         return ca_file
-    validate = getattr(config_module, "validate", None)
-    if validate is None:
-        results.note(path + " is valid", "alerts.config has no validate(), so only the JSON syntax was checked")
+    load = getattr(config_module, "load", None)
+    if load is None:
+        results.note(path + " is valid", "alerts.config has no load(), so only the JSON syntax was checked")
         return ca_file
     try:
-        validate(config)
+        # As at boot: with the defaults and limits of board.json.
+        load(path)
     except Exception as exc:
         # alerts.config's messages never contain secret values.
         results.fail(path + " is valid", exc)

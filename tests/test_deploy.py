@@ -238,6 +238,22 @@ def test_deploy_rejects_invalid_ca_file(ca_module, tmp_path, capsys, content, me
     assert message in err
 
 
+def test_deploy_rejects_watchdog_above_board_limit(ca_module, tmp_path, capsys):
+    config = json.loads(CONFIG_EXAMPLE.read_text())
+    config["board"] = {"watchdog_ms": 30000}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+
+    status = cli.main(
+        ["deploy", "--port", "socket://127.0.0.1:1", "--board", "RPI_PICO_W", "--no-reset"]
+        + ["--ca-module", str(ca_module), "--config", str(path)]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "board.watchdog_ms is invalid: expected at most 8388" in err
+
+
 def test_deploy_ca_file_needs_config_path(ca_module, certs, capsys):
     status = cli.main(
         [

@@ -114,10 +114,13 @@ def _section(config, key, required=True):
 
 def _address(section, prefix, key):
     value = _field(section, prefix, key, "str")
-    at = value.rfind("@")
-    if at <= 0 or at == len(value) - 1 or " " in value.strip():
-        if "<" not in value:
-            _fail(prefix + key, "an email address such as alerts@example.com", value)
+    address = value
+    if value.endswith(">") and "<" in value:
+        # "Display Name <address>": the address is what is checked.
+        address = value[value.rfind("<") + 1 : -1]
+    at = address.rfind("@")
+    if at <= 0 or at == len(address) - 1 or [char for char in address if char in " <>"]:
+        _fail(prefix + key, "an email address such as alerts@example.com or Greenhouse <alerts@example.com>", value)
     return value
 
 
@@ -127,7 +130,8 @@ def _validate_wifi(config):
     _field(wifi, "wifi.", "ssid", "str")
     if "password" in wifi and wifi["password"] is not None and not isinstance(wifi["password"], str):
         _fail("wifi.password", "a string (empty for an open network)", wifi["password"])
-    wifi.setdefault("password", "")
+    if wifi.get("password") is None:
+        wifi["password"] = ""
     _field(wifi, "wifi.", "timeout_s", "number", 20, 1, 300)
     _field(wifi, "wifi.", "retries", "int", 3, 1, 100)
 
@@ -306,7 +310,10 @@ def _validate_sensors(config):
                 "config.json: %sname %s is used twice; sensor names must be unique" % (prefix, repr(name)),
             )
         names.append(name)
-        _field(sensor, prefix, "unit", "str", "")
+        unit = sensor.get("unit")
+        if unit != "":
+            # "" is the default, and may be given: no unit.
+            _field(sensor, prefix, "unit", "str", "")
         _field(sensor, prefix, "interval_s", "number", 1 if kind == "digital" else 60, 0.1, 86400)
         if kind in ("adc", "digital", "dht11", "dht22", "ds18b20"):
             _field(sensor, prefix, "pin", "pin")
@@ -387,13 +394,13 @@ def _validate_rules(config, sensor_names):
             _field(rule, prefix, conditions[0], "number")
         elif conditions[0] == "state":
             _field(rule, prefix, "state", "int", choices=(0, 1))
-        else:
-            _field(rule, prefix, "on_change", "bool")
+        elif rule["on_change"] is not True:
+            _fail(prefix + "on_change", "true (leave the key out for a rule of another kind)", rule["on_change"])
         _field(rule, prefix, "hysteresis", "number", 0, 0)
         _field(rule, prefix, "min_interval_s", "number", 0, 0)
 
 
-def _validate_rest(config):
+def _validate_rest(config, limits):
     alerts = _section(config, "alerts", required=False)
     _check_keys(alerts, ("max_per_hour", "heartbeat_h", "history", "sensor_failures"), "alerts.")
     _field(alerts, "alerts.", "max_per_hour", "int", 10, 1, 1000)
@@ -418,11 +425,22 @@ def _validate_rest(config):
     _check_keys(board, ("led", "led_active_high", "watchdog_ms"), "board.")
     _field(board, "board.", "led", "pin", None)
     _field(board, "board.", "led_active_high", "bool", True)
-    _field(board, "board.", "watchdog_ms", "int", 0, 0, 3600000)
+    maximum = limits.get("watchdog_ms") if isinstance(limits, dict) else None
+    watchdog_ms = _field(board, "board.", "watchdog_ms", "int", 0, 0, 3600000)
+    if isinstance(maximum, int) and watchdog_ms > maximum:
+        _fail(
+            "board.watchdog_ms",
+            "at most %d, the longest this board's watchdog takes (board.json)" % maximum,
+            watchdog_ms,
+        )
 
 
-def validate(config):
-    """Check a parsed config, fill in defaults in place and return it."""
+def validate(config, limits=None):
+    """Check a parsed config, fill in defaults in place and return it.
+
+    ``limits`` is the "limits" object of the board's board.json, such as the longest
+    watchdog_ms its port accepts.
+    """
     if not isinstance(config, dict):
         raise ConfigError("", "config.json must contain one JSON object {...}")
     _check_keys(
@@ -436,7 +454,7 @@ def validate(config):
     _validate_ntp(config)
     names = _validate_sensors(config)
     _validate_rules(config, names)
-    _validate_rest(config)
+    _validate_rest(config, limits)
     return config
 
 
@@ -648,9 +666,11 @@ def load(path="config.json", board_path="board.json"):
             board = json.loads(file.read())
     except (OSError, ValueError):
         board = None
-    if board is not None:
+    limits = None
+    if isinstance(board, dict):
         merge_board_defaults(config, board)
-    return validate(config)
+        limits = board.get("limits")
+    return validate(config, limits)
 
 
 def describe(config):

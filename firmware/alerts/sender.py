@@ -75,6 +75,18 @@ def load_ca_roots(config):
         ) from None
 
 
+_EHLO_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
+
+
+def ehlo_name(device):
+    """Return the device name as the EHLO name: letters, digits, dots and hyphens only.
+
+    Every other character, such as a space or a non-ASCII letter, becomes a hyphen.
+    """
+    name = "".join([char if char in _EHLO_CHARS else "-" for char in device])
+    return name.strip("-.") or "board"
+
+
 class SenderConfigError(Exception):
     """The trusted CA roots cannot be loaded."""
 
@@ -110,7 +122,7 @@ class Sender:
             "password": smtp["password"],
             "oauth2_token": self._token or smtp["oauth2_token"],
             "server_hostname": smtp["server_name"],
-            "local_hostname": self.config["device"],
+            "local_hostname": ehlo_name(self.config["device"]),
             "timeout_ms": int(smtp["timeout_s"] * 1000),
         }
         if smtp["security"] != "none":

@@ -95,6 +95,9 @@ CASES = (
     ("smtp.port", 70000, "smtp.port is invalid: expected an integer from 1 to 65535"),
     ("smtp.security", "ssl", "smtp.security is invalid: expected one of starttls, tls, none"),
     ("smtp.from", "not-an-address", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "<>", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "Greenhouse <alerts>", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "Greenhouse <a b@example.com>", "smtp.from is invalid: expected an email address"),
     ("smtp.to", [], "smtp.to is invalid"),
     ("smtp.to.0", "nobody", "smtp.to[0] is invalid"),
     ("smtp.password", None, "smtp.password is missing"),
@@ -113,6 +116,7 @@ CASES = (
     ("rules.0.below", 5, "rules[0] needs exactly one of above, below, state or on_change, got above, below"),
     ("rules.0.hysteresis", -1, "rules[0].hysteresis is invalid: expected a number of at least 0"),
     ("rules.1.state", 2, "rules[1].state is invalid: expected one of 0, 1"),
+    ("rules.1", {"name": "door", "sensor": "door", "on_change": False}, "rules[1].on_change is invalid: expected true"),
     ("alerts", {"max_per_hour": 0}, "alerts.max_per_hour is invalid"),
     (
         "outbox",
@@ -128,6 +132,31 @@ def test_each_bad_key_is_named():
         error = error_for(set_value(path, value))
         assert expected in str(error), (path, str(error))
         assert str(error).startswith("config.json: "), str(error)
+
+
+def test_lenient_values_accepted():
+    config = good_config()
+    config["wifi"]["password"] = None
+    config["sensors"][0]["unit"] = ""
+    config["smtp"]["from"] = "alerts@example.com"
+    validate(config)
+    # null means the default, as for every other key: an open network.
+    assert config["wifi"]["password"] == ""
+    assert config["sensors"][0]["unit"] == ""
+
+
+def test_watchdog_limit_of_board():
+    config = good_config()
+    config["board"] = {"watchdog_ms": 8388}
+    assert validate(config, {"watchdog_ms": 8388})["board"]["watchdog_ms"] == 8388
+    # Without limits 30000 is valid. The Pico W's board.json gives its port's limit.
+    config = good_config()
+    config["board"] = {"watchdog_ms": 30000}
+    assert validate(config)["board"]["watchdog_ms"] == 30000
+    config = good_config()
+    config["board"] = {"watchdog_ms": 30000}
+    error = raises(ConfigError, validate, config, {"watchdog_ms": 8388})
+    assert "board.watchdog_ms is invalid: expected at most 8388" in str(error), str(error)
 
 
 def test_duplicate_sensor_name():

@@ -111,6 +111,16 @@ def test_ca_file_of_other_text_is_config_error():
     assert "smtp.ca_file %s is neither a PEM nor a DER certificate" % path in message, message
 
 
+def test_ehlo_name_from_device():
+    from alerts.sender import ehlo_name
+
+    assert ehlo_name("greenhouse-1") == "greenhouse-1"
+    assert ehlo_name("Greenhouse 1") == "Greenhouse-1"
+    assert ehlo_name("K\u00fchlraum.Nord") == "K-hlraum.Nord"
+    assert ehlo_name(" pump (north) ") == "pump--north"
+    assert ehlo_name("\u6e29\u5ba4") == "board"
+
+
 def sender_config():
     from alerts.config import validate
 
