@@ -196,6 +196,8 @@ def _validate_smtp(config):
         smtp.setdefault(key, None)
     _address(smtp, "smtp.", "from")
     recipients = smtp.get("to")
+    if recipients is None:
+        raise ConfigError("smtp.to", "config.json: smtp.to is missing: expected an address or a list of addresses")
     if isinstance(recipients, str):
         recipients = [recipients]
         smtp["to"] = recipients
@@ -293,6 +295,8 @@ _SENSOR_KEYS = {
 
 def _validate_sensors(config):
     sensors = config.get("sensors")
+    if sensors is None:
+        raise ConfigError("sensors", "config.json: sensors is missing: expected a non-empty list of sensor objects")
     if not isinstance(sensors, list) or not sensors:
         _fail("sensors", "a non-empty list of sensor objects", sensors)
     names = []
@@ -679,7 +683,7 @@ def describe(config):
     user = smtp["user"] or "no AUTH"
     if smtp.get("oauth2"):
         user += " (OAuth2 tokens from %s)" % smtp["oauth2"]["token_url"].split("/")[2].split("?")[0].split("#")[0]
-    return "device %s, SMTP %s:%d (%s) as %s, %d sensors, %d rules%s" % (
+    return "device %s, SMTP %s:%d (%s) as %s, %d sensor(s), %d rule(s)%s" % (
         config["device"],
         smtp["host"],
         smtp["port"],

@@ -105,6 +105,8 @@ CASES = (
     ("smtp.timeout_s", 1, "smtp.timeout_s is invalid"),
     ("ntp.host", None, "ntp.host is missing"),
     ("sensors", [], "sensors is invalid: expected a non-empty list"),
+    ("sensors", None, "sensors is missing: expected a non-empty list"),
+    ("smtp.to", None, "smtp.to is missing: expected an address"),
     ("sensors.0.type", "thermometer", "sensors[0].type is invalid: expected one of mcu_temperature"),
     ("sensors.1.pin", None, "sensors[1].pin is missing"),
     ("sensors.1.pull", "sideways", "sensors[1].pull is invalid: expected one of up, down, none"),
