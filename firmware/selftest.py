@@ -1,4 +1,4 @@
-"""Self-test of what is installed on a board: modules, config.json and the CA roots it uses.
+"""Self-test of what is installed on a board: modules, config.json, sensor drivers and CA roots.
 
 The roots are those of config.json's smtp.ca_file when it names one, else the ca_roots
 module. ``import selftest; selftest.run()`` prints one line per check, then
@@ -9,6 +9,8 @@ nothing over the network. ``microsmtp deploy --selftest`` runs it after copying.
 import gc
 import sys
 
+# Modules that the drivers of these sensor types import, which a board's image may lack.
+SENSOR_MODULES = {"dht11": ("dht",), "dht22": ("dht",), "ds18b20": ("onewire", "ds18x20")}
 # Used when the package folder cannot be listed (modules frozen into the image).
 LIBRARY_MODULES = ("errors", "reply", "session", "auth", "message", "client", "transaction")
 
@@ -134,7 +136,7 @@ def _check_roots(results, label, roots):
 
 
 def _check_config(results, path):
-    """Check config.json; return its smtp.ca_file when it sets one, else None."""
+    """Check config.json; return what it parsed to (None when absent or invalid JSON)."""
     import json
 
     try:
@@ -149,17 +151,15 @@ def _check_config(results, path):
         results.fail(path + " parses", exc)
         return None
     results.ok(path + " parses")
-    smtp = config.get("smtp") if isinstance(config, dict) else None
-    ca_file = smtp.get("ca_file") if isinstance(smtp, dict) else None
     try:
         from alerts import config as config_module
     except ImportError:
         results.note(path + " is valid", "alerts.config is not installed, so only the JSON syntax was checked")
-        return ca_file
+        return config
     load = getattr(config_module, "load", None)
     if load is None:
         results.note(path + " is valid", "alerts.config has no load(), so only the JSON syntax was checked")
-        return ca_file
+        return config
     try:
         # As at boot: with the defaults and limits of board.json.
         load(path)
@@ -168,7 +168,26 @@ def _check_config(results, path):
         results.fail(path + " is valid", exc)
     else:
         results.ok(path + " is valid")
-    return ca_file
+    return config
+
+
+def _check_sensor_modules(results, config):
+    """Check that the modules of the configured sensor types can be imported."""
+    sensors = config.get("sensors")
+    kinds = []
+    for sensor in sensors if isinstance(sensors, list) else ():
+        kind = sensor.get("type") if isinstance(sensor, dict) else None
+        if kind in SENSOR_MODULES and kind not in kinds:
+            kinds.append(kind)
+    for kind in kinds:
+        for name in SENSOR_MODULES[kind]:
+            try:
+                __import__(name)
+            except Exception as exc:
+                # The firmware would log these sensors as unavailable and not read them.
+                results.fail("import %s for sensor type %s" % (name, kind), exc)
+            else:
+                results.ok("import %s for sensor type %s" % (name, kind))
 
 
 def run(config_path="config.json"):
@@ -177,7 +196,13 @@ def run(config_path="config.json"):
     print("selftest on %s %s" % (sys.implementation.name, sys.version))
     _check_imports(results, "microsmtp", LIBRARY_MODULES, True)
     _check_imports(results, "alerts", (), False)
-    ca_file = _check_config(results, config_path)
+    config = _check_config(results, config_path)
+    if not isinstance(config, dict):
+        config = {}
+    _check_sensor_modules(results, config)
+    smtp = config.get("smtp")
+    ca_file = smtp.get("ca_file") if isinstance(smtp, dict) else None
+    config = None
     gc.collect()
     if isinstance(ca_file, str) and ca_file:
         _check_ca_file(results, ca_file)

@@ -23,6 +23,7 @@ from microsmtp_tools.virtual_board import SOCAT_MISSING, VirtualBoard
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 CONFIG_EXAMPLE = REPO_DIR / "config.example.json"
+SENSOR_DRIVERS = ("dht.py", "onewire.py", "ds18x20.py")
 
 
 def mpremote(board, *commands):
@@ -48,7 +49,12 @@ def deploy(board, capsys, *extra):
 def board(micropython, tmp_path_factory):
     if shutil.which("socat") is None:
         pytest.fail(SOCAT_MISSING + "; run make setup or bash .ci/run", pytrace=False)
-    with VirtualBoard(tmp_path_factory.mktemp("board"), micropython=micropython) as running:
+    directory = tmp_path_factory.mktemp("board")
+    # The sensor drivers of config.example.json, which a board's image has and the unix
+    # port lacks: the core tests' stand-ins.
+    for name in SENSOR_DRIVERS:
+        shutil.copyfile(REPO_DIR / "tests" / "core" / "standins" / name, directory / name)
+    with VirtualBoard(directory, micropython=micropython) as running:
         yield running
 
 
@@ -275,6 +281,21 @@ def test_deploy_ca_file_needs_config_path(ca_module, certs, capsys):
 
     assert status == 78, err
     assert "--ca-file needs --config with smtp.ca_file" in err
+
+
+def test_selftest_reports_missing_sensor_driver(first_deploy, board):
+    driver = board.directory / "ds18x20.py"
+    saved = driver.read_bytes()
+    driver.unlink()
+    try:
+        output = mpremote(board, "exec", "import selftest\nselftest.run()")
+    finally:
+        driver.write_bytes(saved)
+
+    assert "FAIL  import ds18x20 for sensor type ds18b20: ImportError" in output, output
+    assert "ok    import dht for sensor type dht22" in output, output
+    assert "ok    import onewire for sensor type ds18b20" in output, output
+    assert " 1 failed" in output, output
 
 
 def test_mip_installs_package_json(first_deploy, board):
