@@ -320,6 +320,15 @@ def test_invalid_start_heaps(tmp_path):
     assert "start_heaps must be a list of heap sizes" in process.stderr
 
 
+def test_invalid_rule_in_scenario(tmp_path):
+    rules = [{"name": "hot", "sensor": "no-such-sensor", "above": 30}]
+    process = run_start_scenario(tmp_path, "--quiet", rules=rules)
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert "gives the board an invalid config.json: config.json: rules[0].sensor is invalid" in process.stderr
+    # The board never started.
+    assert "board |" not in process.stdout
+
+
 # An image from `microsmtp firmware --board UNIX --32bit`, which needs a MicroPython
 # source tree that CI cannot fetch; the test runs where the variable names one.
 VIRTUAL_BOARD_32BIT = os.environ.get("MICROSMTP_VIRTUAL_BOARD_32BIT")

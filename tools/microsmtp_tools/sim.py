@@ -9,6 +9,7 @@ sensors, the rules, the time speed-up, periods when the server is down and the e
 that must arrive. Exit status 0 when they arrived, 1 when not, 78 for invalid input.
 """
 
+import copy
 import json
 import os
 import re
@@ -800,9 +801,26 @@ def read_certificates(path):
     return [ssl.PEM_cert_to_DER_cert(pem) for pem in found]
 
 
+def check_board_config(config, firmware, name):
+    """Check the board's config.json with the firmware's own checks, so that a bad scenario stops here."""
+    from .deploy import load_config_module
+
+    module = load_config_module(firmware)
+    if module is None:
+        return
+    try:
+        module.validate(copy.deepcopy(config))
+    except module.ConfigError as exc:
+        raise SimError(
+            "scenario %s gives the board an invalid config.json: %s (its sensors, rules, alerts, outbox, "
+            "deep_sleep and wifi go there)" % (name, exc)
+        ) from None
+
+
 def _run_board(args, scenario, server, smtp, roots, directory, firmware, executable, redactor, real):
     (directory / "home").mkdir()
     config = board_config(scenario, smtp)
+    check_board_config(config, firmware, scenario["name"])
     config_path = directory / "config.json"
     config_path.write_text(json.dumps(config, indent=1))
     config_path.chmod(0o600)
