@@ -416,10 +416,10 @@ def test_deep_sleep_reset_sends_alert_once(micropython, tmp_path):
     lines = process.stdout.splitlines()
     resets = [index for index, line in enumerate(lines) if "board reset while the server holds its MAIL FROM" in line]
     assert len(resets) == 1, output
-    # The wake after the reset finds the alert open and sends the one in the outbox.
+    # The start after the reset finds the alert open and sends the one in the outbox.
     after = lines[resets[0] :]
-    woke = next(line for line in after if "woke from deep sleep" in line)
-    assert woke.endswith("active rules: greenhouse-hot"), output
+    started = next(line for line in after if "; active rules: " in line)
+    assert "started again after a reset during a send; active rules: greenhouse-hot" in started, output
     assert not any(" INFO queued alert greenhouse-hot" in line for line in after), output
     files = sorted((tmp_path / "eml").glob("deep_sleep_reset-*.eml"))
     assert len(files) == 2, output

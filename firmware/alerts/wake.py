@@ -22,7 +22,9 @@ async def run_once(app):
         clock.estimate(state["time"] + state.get("slept", 0))
     if state.get("rules"):
         if app.rules.restore(state["rules"]):
-            log.info("woke from deep sleep; active rules: %s" % (", ".join(app.rules.active()) or "none"))
+            # The state saved before a send has slept 0: this start followed a reset, not a wake.
+            how = "started again after a reset during a send" if state.get("slept") == 0 else "woke from deep sleep"
+            log.info("%s; active rules: %s" % (how, ", ".join(app.rules.active()) or "none"))
         else:
             log.error("the saved sleep state is not one this firmware can read; starting with no open alerts")
     app.last_ntp = state.get("ntp")
