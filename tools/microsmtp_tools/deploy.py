@@ -511,7 +511,11 @@ def add_parser(subcommands):
         action="store_true",
         help="run selftest.run() on the board after copying; exit 70 if a check fails",
     )
-    parser.add_argument("--no-reset", action="store_true", help="leave the board running (needed for a virtual board)")
+    parser.add_argument(
+        "--no-reset",
+        action="store_true",
+        help="leave the board running (use it with a virtual board, where a reset only ends a MicroPython process)",
+    )
     parser.set_defaults(handler=handle)
     return parser
 
