@@ -167,8 +167,9 @@ def _validate_smtp(config):
     password = smtp.get("password")
     token = smtp.get("oauth2_token")
     for key, value in (("password", password), ("oauth2_token", token)):
-        if value is not None and not (isinstance(value, str) and value):
-            _fail("smtp." + key, "a non-empty string", value)
+        # SMTP AUTH cannot carry CR, LF or NUL, so the client would refuse every session.
+        if value is not None and not (isinstance(value, str) and value and not [c for c in value if c in "\r\n\x00"]):
+            _fail("smtp." + key, "a non-empty string without CR, LF or NUL", value)
     if password is not None and token is not None:
         raise ConfigError(
             "smtp.oauth2_token", "config.json: smtp.password and smtp.oauth2_token are both set; keep one"

@@ -101,6 +101,8 @@ CASES = (
     ("smtp.to", [], "smtp.to is invalid"),
     ("smtp.to.0", "nobody", "smtp.to[0] is invalid"),
     ("smtp.password", None, "smtp.password is missing"),
+    ("smtp.password", "pass\nword", "smtp.password is invalid: expected a non-empty string without CR, LF or NUL"),
+    ("smtp.password", "pass\x00word", "smtp.password is invalid: expected a non-empty string without CR, LF or NUL"),
     ("smtp.pasword", "x", "unknown key smtp.pasword"),
     ("smtp.timeout_s", 1, "smtp.timeout_s is invalid"),
     ("ntp.host", None, "ntp.host is missing"),
