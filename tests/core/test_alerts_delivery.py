@@ -105,6 +105,20 @@ def test_ca_file_with_invalid_base64_is_config_error():
         assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
 
 
+def test_ca_file_with_comments_is_pem():
+    # A root cut out of a bundle, with the bundle's comment lines and a byte order mark.
+    directory = fresh_directory("alerts-delivery-test")
+    path = directory + "/ca.pem"
+    with open(path, "wb") as file:
+        file.write(
+            b"\xef\xbb\xbf# Issuer: CN=Test Root\n-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n"
+        )
+    try:
+        assert load_ca_roots({"smtp": {"ca_file": path}}) == [b"0\x03\x02\x01\x01"]
+    finally:
+        remove_tree(directory)
+
+
 def test_ca_file_of_other_text_is_config_error():
     error, path = load_ca_file("this is not a certificate\n")
     message = str(error)

@@ -307,9 +307,21 @@ def test_invalid_pem_roots_raise_config_error():
     assert "not ASCII" in str(error), str(error)
     # a2b_base64() skips what is not base64, so these decode to nothing, to a part of
     # the body, or to bytes that are no certificate.
-    for body in (b"!!!!", b"MAMC!AQE=", b"MAMCAQE= trailing", b"SGVsbG8=", b""):
+    for body in (b"!!!!", b"MAMC!AQE=", b"MAMCAQE=trailing", b"SGVsbG8=", b"", b"MAMCAQ"):
         error = raises(ConfigError, pem_to_der, good + begin + body + b"\n" + end)
         assert "certificate 2 " in str(error), (body, str(error))
+    # What OpenSSL reads too: a byte order mark, CRLF, comments around the block, a
+    # header line in it, whitespace in the base64, a final character with spare bits.
+    variants = (
+        b"\xef\xbb\xbf" + good,
+        good.replace(b"\n", b"\r\n"),
+        b"# Issuer: CN=Test\n" + good + b"# end\n",
+        begin + b"Comment: test root\n\nMAMCAQE=\n" + end,
+        begin + b"MAMC AQE=\n" + end,
+        begin + b"MAMCAQF=\n" + end,
+    )
+    for text in variants:
+        assert pem_to_der(text) == [b"0\x03\x02\x01\x01"], text
 
 
 def test_memory_failures_are_transient_out_of_memory():
