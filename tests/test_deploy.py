@@ -19,6 +19,7 @@ import pytest
 
 import unix_port
 from microsmtp_tools import cli, common, mpy
+from microsmtp_tools import deploy as deploy_module
 from microsmtp_tools.virtual_board import SOCAT_MISSING, VirtualBoard
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -242,6 +243,70 @@ def test_deploy_rejects_invalid_ca_file(ca_module, tmp_path, capsys, content, me
     assert status == 78, err
     assert "microsmtp deploy: error: checking --ca-file %s failed: " % ca_file in err
     assert message in err
+
+
+@pytest.mark.parametrize(
+    "path, remote",
+    [("ca.pem", "ca.pem"), ("/certs/ca.pem", "certs/ca.pem"), ("certs/test ca.pem", "certs/test ca.pem")],
+)
+def test_ca_file_board_path(path, remote):
+    assert deploy_module.board_path(path) == remote
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "main.py",
+        "config.json",
+        "/board.json",
+        "ca_roots.mpy",
+        "alerts/ca.pem",
+        "microsmtp/x.der",
+        "certs/ca.py",
+        "outbox/ca.pem",
+        "rule_state.json",
+        "a/../b.pem",
+        "./ca.pem",
+        "certs/",
+        "certs//ca.pem",
+        " ca.pem",
+        "../ca.pem",
+    ],
+)
+def test_ca_file_board_path_rejected(path):
+    with pytest.raises(common.ToolError) as caught:
+        deploy_module.board_path(path)
+    assert caught.value.what == "checking smtp.ca_file %s" % path
+
+
+def test_deploy_rejects_ca_file_named_main_py(ca_module, certs, tmp_path, capsys):
+    config = config_with_ca_file(tmp_path, "main.py")
+
+    status = cli.main(
+        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--no-reset", "--ca-module", str(ca_module)]
+        + ["--config", str(config), "--ca-file", str(certs.ca_pem_path)]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "checking smtp.ca_file main.py failed: the board uses that path for code" in err
+
+
+@pytest.mark.parametrize("key, value", [("from", "Name <a@b.example> <c@d.example>"), ("to", ["Name <a@b.example> <c@d.example>"])])
+def test_deploy_checks_addresses_with_library(ca_module, tmp_path, capsys, key, value):
+    config = json.loads(CONFIG_EXAMPLE.read_text())
+    config["smtp"][key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+
+    status = cli.main(
+        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--no-reset", "--ca-module", str(ca_module)]
+        + ["--config", str(path)]
+    )
+    err = capsys.readouterr().err
+
+    assert status == 78, err
+    assert "is not an address the SMTP client can send with" in err
 
 
 def test_deploy_rejects_watchdog_above_board_limit(ca_module, tmp_path, capsys):

@@ -29,6 +29,21 @@ MPREMOTE_TIMEOUT_S = 300
 MANAGED_PACKAGES = ("microsmtp", "alerts")
 CA_MODULE_NAME = "ca_roots"
 CONFIG_NAME = "config.json"
+# Files on the board that smtp.ca_file must not name: what deploy copies, and what the
+# firmware writes at run time.
+BOARD_FILES = (
+    "main.py",
+    "boot.py",
+    CONFIG_NAME,
+    "board.json",
+    "failed_starts.txt",
+    "rule_state.json",
+    "sleep_state.json",
+    "oauth2_token.json",
+)
+# Above this size a CA file takes much of a small board's heap to load: about 3.5 bytes
+# per byte of PEM on the unix port, while the roots are parsed.
+CA_FILE_WARN_BYTES = 16384
 
 # Runs on the board. Creates folders, removes stale files, then prints the .mpy
 # version and one "HASH path digest" line per file (digest "-" when missing).
@@ -225,24 +240,50 @@ def build_plan(args, arch, stage_dir):
         shutil.copyfile(args.config, target)
         plan.add(CONFIG_NAME, target)
     if args.ca_file:
+        if args.ca_remote in plan.files:
+            raise ToolError(
+                "checking smtp.ca_file",
+                "%s is a file that deploy copies itself; give the CA file a name of its own, such as ca.pem"
+                % args.ca_remote,
+            )
+        # The bytes that check_ca_file() checked, not the file again, which may have changed.
         target = stage_dir / "ca-file" / args.ca_remote
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.ca_file, target)
+        target.write_bytes(args.ca_bytes)
         plan.add(args.ca_remote, target)
     return plan
 
 
-def board_path(path):
-    """Return a path on the board as mpremote and the hash script name it: relative to the root."""
-    return path.lstrip("/")
+def board_path(path, outbox_dir="outbox"):
+    """Return smtp.ca_file as a path relative to the board's root, or raise ToolError for one deploy cannot use.
+
+    The path must be plain (no empty, "." or ".." parts, no spaces at either end), and
+    must not name a module or a file that deploy or the firmware writes.
+    """
+    step = "checking smtp.ca_file %s" % path
+    parts = path[1:].split("/") if path.startswith("/") else path.split("/")
+    if path != path.strip() or [part for part in parts if part in ("", ".", "..")]:
+        raise ToolError(step, "give a plain path on the board such as ca.pem or certs/ca.pem, without . or .. parts")
+    remote = "/".join(parts)
+    if (
+        remote in BOARD_FILES
+        or remote.endswith((".py", ".mpy"))
+        or parts[0] in MANAGED_PACKAGES + (outbox_dir.strip("/"), ".micropython", "lib")
+    ):
+        raise ToolError(
+            step,
+            "the board uses that path for code or for the firmware's own files; give the CA file a name of "
+            "its own, such as ca.pem",
+        )
+    return remote
 
 
 def check_ca_file(args):
     """Check --ca-file on this PC as the firmware will load it; return the number of roots.
 
     The PEM and DER checks are the library's own (microsmtp.client.pem_to_der), and each
-    root must load as a trusted certificate, so a file the board would reject stops the
-    deploy with exit 78.
+    root must load into OpenSSL. The board's mbedTLS takes fewer key types, which the
+    self-test on the board checks.
     """
     from microsmtp.client import pem_to_der
     from microsmtp.errors import ConfigError
@@ -253,7 +294,8 @@ def check_ca_file(args):
         data = path.read_bytes()
     except OSError as exc:
         raise ToolError(step, "%s; check --ca-file" % exc.strerror) from None
-    if data.startswith(b"-----BEGIN"):
+    args.ca_bytes = data
+    if b"-----BEGIN CERTIFICATE-----" in data:
         try:
             roots = pem_to_der(data)
         except ConfigError as exc:
@@ -269,6 +311,13 @@ def check_ca_file(args):
             ssl.create_default_context(cadata=der)
         except (ssl.SSLError, ValueError) as exc:
             raise ToolError(step, "certificate %d cannot be loaded as a CA root (%s)" % (number, exc)) from None
+    if len(data) > CA_FILE_WARN_BYTES:
+        print(
+            "microsmtp deploy: warning: --ca-file has %d bytes; loading it takes a board about %d KB of heap "
+            "at each delivery round, so keep only the roots of your SMTP server" % (len(data), len(data) * 7 // 2048),
+            file=sys.stderr,
+            flush=True,
+        )
     return len(roots)
 
 
@@ -288,7 +337,7 @@ def load_config_module(firmware_dir):
 
 
 def check_config(args):
-    """Validate --config on this PC as the board will at boot; return (a one-line summary, smtp.ca_file).
+    """Validate --config on this PC as the board will at boot; return (a one-line summary, smtp.ca_file, outbox.dir).
 
     Raises ToolError (exit 78) with the message the board would log, so an invalid
     file is rejected before the board is contacted.
@@ -302,7 +351,7 @@ def check_config(args):
             json.loads(config.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ToolError("reading the configuration", "%s is not valid JSON: %s" % (config, exc)) from None
-        return "JSON syntax checked only, because %s/alerts/config.py is missing" % args.firmware_dir, None
+        return "JSON syntax checked only, because %s/alerts/config.py is missing" % args.firmware_dir, None, "outbox"
     board_json = common.BOARDS_DIR / args.board / "board.json" if args.board else None
     with tempfile.TemporaryDirectory(prefix="microsmtp-deploy-") as empty:
         if board_json is None or not board_json.is_file():
@@ -315,7 +364,30 @@ def check_config(args):
                 "checking %s" % config,
                 "%s (the board would stop at boot with this message); fix the file and deploy again" % exc,
             ) from None
-    return module.describe(loaded), loaded["smtp"].get("ca_file")
+    check_addresses(loaded, config)
+    return module.describe(loaded), loaded["smtp"].get("ca_file"), loaded["outbox"]["dir"]
+
+
+def check_addresses(loaded, config):
+    """Check smtp.from and smtp.to as the SMTP library will when the board sends.
+
+    The board's config check covers the common mistakes. The library's own parser
+    (microsmtp.message.parse_address) is too large to load at a board's boot, so it runs
+    here.
+    """
+    from microsmtp.errors import InvalidInputError
+    from microsmtp.message import parse_address
+
+    smtp = loaded["smtp"]
+    fields = [("smtp.from", smtp["from"])] + [("smtp.to[%d]" % index, value) for index, value in enumerate(smtp["to"])]
+    for key, value in fields:
+        try:
+            parse_address(value, key)
+        except InvalidInputError as exc:
+            raise ToolError(
+                "checking %s" % config,
+                "%s is not an address the SMTP client can send with (%s); fix the file and deploy again" % (key, exc),
+            ) from None
 
 
 def frozen_stale_paths():
@@ -336,10 +408,12 @@ def run_deploy(args):
     out = sys.stdout
     # 0. Check config.json first, so an invalid file stops the deploy before the board is touched.
     ca_file = None
+    outbox_dir = "outbox"
     if args.config:
-        summary, ca_file = check_config(args)
+        summary, ca_file, outbox_dir = check_config(args)
         print("config: %s is valid: %s" % (args.config, summary), file=out)
-    args.ca_remote = board_path(ca_file) if ca_file else None
+    args.ca_remote = board_path(ca_file, outbox_dir) if ca_file else None
+    args.ca_bytes = None
     if args.ca_file:
         if not args.ca_remote:
             raise ToolError(
