@@ -177,7 +177,7 @@ def _check_sensor_modules(results, config):
     kinds = []
     for sensor in sensors if isinstance(sensors, list) else ():
         kind = sensor.get("type") if isinstance(sensor, dict) else None
-        if kind in SENSOR_MODULES and kind not in kinds:
+        if isinstance(kind, str) and kind in SENSOR_MODULES and kind not in kinds:
             kinds.append(kind)
     for kind in kinds:
         for name in SENSOR_MODULES[kind]:

@@ -112,14 +112,32 @@ def _section(config, key, required=True):
     return value
 
 
+def _address_ok(value):
+    """Return True for "user@example.com" or "Name <user@example.com>" that looks sendable.
+
+    The SMTP library checks addresses fully (microsmtp.message.parse_address, which
+    deploy runs too); this catches the usual mistakes without loading it at boot.
+    """
+    address = value.strip(" \t")
+    if address.endswith(">") and "<" in address:
+        address = address[address.rfind("<") + 1 : -1]
+    local, _, domain = address.rpartition("@")
+    if local[:1] == '"' and local[-1:] == '"' and len(local) > 1:
+        # A quoted local part may hold spaces, dots and @.
+        local = "x"
+    labels = domain.split(".")
+    return (
+        0 < len(local) <= 64
+        and len(address) <= 254
+        and not [char for char in local + domain if char in ' \t<>,;@"\\\x00\r\n']
+        and not [part for part in local.split(".") if not part]
+        and not [label for label in labels if not label or label[0] == "-" or label[-1] == "-"]
+    )
+
+
 def _address(section, prefix, key):
     value = _field(section, prefix, key, "str")
-    address = value
-    if value.endswith(">") and "<" in value:
-        # "Display Name <address>": the address is what is checked.
-        address = value[value.rfind("<") + 1 : -1]
-    at = address.rfind("@")
-    if at <= 0 or at == len(address) - 1 or [char for char in address if char in " <>"]:
+    if not _address_ok(value):
         _fail(prefix + key, "an email address such as alerts@example.com or Greenhouse <alerts@example.com>", value)
     return value
 
@@ -206,7 +224,7 @@ def _validate_smtp(config):
         _fail("smtp.to", "an address or a non-empty list of addresses", recipients)
     for index in range(len(recipients)):
         value = recipients[index]
-        if not isinstance(value, str) or "@" not in value or "\n" in value or "\r" in value:
+        if not isinstance(value, str) or not _address_ok(value):
             _fail("smtp.to[%d]" % index, "an email address such as you@example.com", value)
     _field(smtp, "smtp.", "ca_file", "str", None)
     _field(smtp, "smtp.", "server_name", "str", None)
@@ -318,6 +336,8 @@ def _validate_sensors(config):
         unit = sensor.get("unit")
         if unit != "":
             # "" is the default, and may be given: no unit.
+            if unit is not None and not (isinstance(unit, str) and not [c for c in unit if c in "\r\n\x00"]):
+                _fail(prefix + "unit", 'a string on one line ("" for none)', unit)
             _field(sensor, prefix, "unit", "str", "")
         _field(sensor, prefix, "interval_s", "number", 1 if kind == "digital" else 60, 0.1, 86400)
         if kind in ("adc", "digital", "dht11", "dht22", "ds18b20"):

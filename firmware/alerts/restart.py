@@ -244,4 +244,3 @@ def _log(level, *parts):
         except MemoryError:
             pass
     print(level, *parts)
-

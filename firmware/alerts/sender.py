@@ -75,16 +75,26 @@ def load_ca_roots(config):
         ) from None
 
 
-_EHLO_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
+_EHLO_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-"
 
 
 def ehlo_name(device):
-    """Return the device name as the EHLO name: letters, digits, dots and hyphens only.
+    """Return the device name as the EHLO name, a valid host name made from it.
 
-    Every other character, such as a space or a non-ASCII letter, becomes a hyphen.
+    Each character other than an ASCII letter, a digit, a dot or a hyphen becomes a
+    hyphen. Empty labels go, hyphens at the ends of a label too, and labels are cut to
+    63 characters and the name to 253. A name of digits and dots alone, which a server
+    could take for an address, gets "board-" in front.
     """
-    name = "".join([char if char in _EHLO_CHARS else "-" for char in device])
-    return name.strip("-.") or "board"
+    labels = []
+    for label in device.split("."):
+        label = "".join([char if char in _EHLO_CHARS else "-" for char in label]).strip("-")[:63].strip("-")
+        if label and len(".".join(labels + [label])) <= 253:
+            labels.append(label)
+    name = ".".join(labels)
+    if not name.replace(".", "").replace("-", "").strip("0123456789"):
+        name = "board-" + name if name else "board"
+    return name
 
 
 class SenderConfigError(Exception):

@@ -98,6 +98,12 @@ CASES = (
     ("smtp.from", "<>", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "Greenhouse <alerts>", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "Greenhouse <a b@example.com>", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "a..b@example.com", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "a@b@example.com", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "a@example.com.", "smtp.from is invalid: expected an email address"),
+    ("smtp.to.0", "a@b.example, c@d.example", "smtp.to[0] is invalid"),
+    ("smtp.to.0", "x@", "smtp.to[0] is invalid"),
+    ("sensors.0.unit", "C\n", "sensors[0].unit is invalid: expected a string on one line"),
     ("smtp.to", [], "smtp.to is invalid"),
     ("smtp.to.0", "nobody", "smtp.to[0] is invalid"),
     ("smtp.password", None, "smtp.password is missing"),
@@ -142,7 +148,8 @@ def test_lenient_values_accepted():
     config = good_config()
     config["wifi"]["password"] = None
     config["sensors"][0]["unit"] = ""
-    config["smtp"]["from"] = "alerts@example.com"
+    config["smtp"]["from"] = "Greenhouse <alerts@example.com> "
+    config["smtp"]["to"] = ['"night shift"@example.com', "ops+freezer@sub.example.co.uk"]
     validate(config)
     # null means the default, as for every other key: an open network.
     assert config["wifi"]["password"] == ""

@@ -133,6 +133,13 @@ def test_ehlo_name_from_device():
     assert ehlo_name("K\u00fchlraum.Nord") == "K-hlraum.Nord"
     assert ehlo_name(" pump (north) ") == "pump--north"
     assert ehlo_name("\u6e29\u5ba4") == "board"
+    assert ehlo_name("a..b.-c-.") == "a.b.c"
+    assert ehlo_name("1234") == "board-1234"
+    assert ehlo_name("10.0.0.1") == "board-10.0.0.1"
+    assert ehlo_name("x" * 70) == "x" * 63
+    long_name = ehlo_name(".".join(["y" * 60] * 6))
+    assert len(long_name) <= 253, len(long_name)
+    assert long_name == ".".join(["y" * 60] * 4)
 
 
 def sender_config():
