@@ -292,7 +292,9 @@ def test_deploy_rejects_ca_file_named_main_py(ca_module, certs, tmp_path, capsys
     assert "checking smtp.ca_file main.py failed: the board uses that path for code" in err
 
 
-@pytest.mark.parametrize("key, value", [("from", "Name <a@b.example> <c@d.example>"), ("to", ["Name <a@b.example> <c@d.example>"])])
+@pytest.mark.parametrize(
+    "key, value", [("from", "Name <a@b.example> <c@d.example>"), ("to", ["Name <a@b.example> <c@d.example>"])]
+)
 def test_deploy_checks_addresses_with_library(ca_module, tmp_path, capsys, key, value):
     config = json.loads(CONFIG_EXAMPLE.read_text())
     config["smtp"][key] = value
