@@ -120,6 +120,9 @@ def _address_ok(value):
     """
     address = value.strip(" \t")
     if address.endswith(">") and "<" in address:
+        if address.count("<") > 1:
+            # "Name <a@example.com> <b@example.com>": two addresses in one.
+            return False
         address = address[address.rfind("<") + 1 : -1]
     local, _, domain = address.rpartition("@")
     if local[:1] == '"' and local[-1:] == '"' and len(local) > 1:
@@ -129,7 +132,7 @@ def _address_ok(value):
     return (
         0 < len(local) <= 64
         and len(address) <= 254
-        and not [char for char in local + domain if char in ' \t<>,;@"\\\x00\r\n']
+        and not [char for char in local + domain if char in ' <>,;@"\\\x7f\x85\u2028\u2029' or char < " "]
         and not [part for part in local.split(".") if not part]
         and not [label for label in labels if not label or label[0] == "-" or label[-1] == "-"]
     )
@@ -452,7 +455,8 @@ def _validate_rest(config, limits):
     _field(board, "board.", "led_active_high", "bool", True)
     maximum = limits.get("watchdog_ms") if isinstance(limits, dict) else None
     watchdog_ms = _field(board, "board.", "watchdog_ms", "int", 0, 0, 3600000)
-    if isinstance(maximum, int) and watchdog_ms > maximum:
+    # Only a positive whole number counts as a limit; board.json is not the user's file.
+    if isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0 and watchdog_ms > maximum:
         _fail(
             "board.watchdog_ms",
             "at most %d, the longest this board's watchdog takes (board.json)" % maximum,

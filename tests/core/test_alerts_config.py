@@ -101,6 +101,8 @@ CASES = (
     ("smtp.from", "a..b@example.com", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "a@b@example.com", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "a@example.com.", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "Name <a@b.example> <c@d.example>", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "a@exa\u2028mple.com", "smtp.from is invalid: expected an email address"),
     ("smtp.to.0", "a@b.example, c@d.example", "smtp.to[0] is invalid"),
     ("smtp.to.0", "x@", "smtp.to[0] is invalid"),
     ("sensors.0.unit", "C\n", "sensors[0].unit is invalid: expected a string on one line"),
@@ -168,6 +170,11 @@ def test_watchdog_limit_of_board():
     config["board"] = {"watchdog_ms": 30000}
     error = raises(ConfigError, validate, config, {"watchdog_ms": 8388})
     assert "board.watchdog_ms is invalid: expected at most 8388" in str(error), str(error)
+    # A limit that is no positive whole number is ignored alike on both runtimes.
+    for limit in (True, 8388.0, -1, "8388"):
+        config = good_config()
+        config["board"] = {"watchdog_ms": 30000}
+        assert validate(config, {"watchdog_ms": limit})["board"]["watchdog_ms"] == 30000, limit
 
 
 def test_duplicate_sensor_name():

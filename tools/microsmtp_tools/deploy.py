@@ -265,10 +265,13 @@ def board_path(path, outbox_dir="outbox"):
     if path != path.strip() or [part for part in parts if part in ("", ".", "..")]:
         raise ToolError(step, "give a plain path on the board such as ca.pem or certs/ca.pem, without . or .. parts")
     remote = "/".join(parts)
+    outbox = [part for part in outbox_dir.split("/") if part]
     if (
-        remote in BOARD_FILES
+        # A firmware file, or its temporary copy before a rename (NAME.tmp).
+        [name for name in BOARD_FILES if remote.startswith(name)]
         or remote.endswith((".py", ".mpy"))
-        or parts[0] in MANAGED_PACKAGES + (outbox_dir.strip("/"), ".micropython", "lib")
+        or parts[0] in MANAGED_PACKAGES + (".micropython", "lib")
+        or parts[: len(outbox)] == outbox
     ):
         raise ToolError(
             step,
