@@ -35,7 +35,7 @@ def load_ca_roots(config):
         except OSError:
             raise SenderConfigError("smtp.ca_file %s cannot be read; copy the CA file to the board" % path) from None
         if b"-----BEGIN CERTIFICATE-----" in data:
-            from microsmtp.client import pem_to_der
+            from microsmtp.encoding import pem_to_der
             from microsmtp.errors import ConfigError
 
             try:

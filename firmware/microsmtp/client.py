@@ -97,56 +97,6 @@ def clock_is_set():
     return time.gmtime()[0] >= MIN_CLOCK_YEAR
 
 
-def pem_to_der(pem):
-    """Return the DER bytes of every certificate in a PEM text (str or bytes).
-
-    Text outside the BEGIN and END lines (comments, other blocks) is skipped, and so are
-    header lines such as "Comment: ..." in a block and whitespace within its base64.
-    """
-    import binascii
-
-    if isinstance(pem, bytes):
-        try:
-            pem = pem.decode()
-        except UnicodeError:
-            raise ConfigError(
-                "the PEM text of the CA roots is not ASCII; pass the CA certificate as PEM or DER"
-            ) from None
-    roots = []
-    body = None
-    for line in pem.splitlines():
-        # strip() leaves a byte order mark, which some editors write at the start.
-        line = line.strip().lstrip("\ufeff")
-        if line == "-----BEGIN CERTIFICATE-----":
-            body = []
-        elif line == "-----END CERTIFICATE-----" and body is not None:
-            text = "".join(body)
-            digits = text.rstrip("=")
-            der = b""
-            # a2b_base64() skips characters outside base64 on both runtimes, and stops at
-            # padding, so both are looked for first. A certificate is an ASN.1 SEQUENCE,
-            # whose DER starts with 0x30 ("0").
-            if len(text) % 4 == 0 and len(text) - len(digits) < 3 and not [c for c in digits if c not in _BASE64]:
-                try:
-                    der = binascii.a2b_base64(text)
-                except ValueError:
-                    # binascii.Error on CPython is a ValueError; MicroPython raises ValueError.
-                    pass
-            if der[:1] != b"0":
-                raise ConfigError(
-                    "certificate %d of the PEM text is not valid base64; export the CA certificate again"
-                    % (len(roots) + 1)
-                )
-            roots.append(der)
-            body = None
-        elif body is not None and ":" not in line:
-            body.append("".join(line.split()))
-    return roots
-
-
-_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
 def make_ssl_context(ca_roots=None):
     """Create a client SSLContext that verifies the certificate chain and the hostname.
 
@@ -159,7 +109,9 @@ def make_ssl_context(ca_roots=None):
             ca_roots = [ca_roots]
         roots = []
         for root in ca_roots:
-            if isinstance(root, str) or root.startswith(b"-----BEGIN"):
+            if isinstance(root, str) or b"-----BEGIN CERTIFICATE-----" in root:
+                from .encoding import pem_to_der
+
                 roots.extend(pem_to_der(root))
             else:
                 roots.append(bytes(root))

@@ -1,11 +1,14 @@
-"""RFC 2047 encoded words, quoted-printable and base64 for microsmtp.message.
+"""RFC 2047 encoded words, quoted-printable and base64 for microsmtp.message, and PEM.
 
 Header text outside printable ASCII, or with a word too long to fold, becomes encoded
 words, and a body with non-ASCII text or lines over 998 octets becomes quoted-printable
-or base64 (RFC 2045). microsmtp.message imports this module only when a message needs it.
+or base64 (RFC 2045). microsmtp.message imports this module only when a message needs it,
+and the TLS setup only for CA roots given as PEM text (pem_to_der()).
 """
 
 import binascii
+
+from .errors import ConfigError
 
 _MAX_WORD = 75  # maximum length of an RFC 2047 encoded word
 
@@ -117,3 +120,50 @@ def base64_lines(data):
         lines.append(binascii.b2a_base64(view[start : start + 57])[:-1])
     lines.append(b"")
     return b"\r\n".join(lines)
+
+
+def pem_to_der(pem):
+    """Return the DER bytes of every certificate in a PEM text (str or bytes).
+
+    Text outside the BEGIN and END lines (comments, other blocks) is skipped, and so are
+    header lines such as "Comment: ..." in a block and whitespace within its base64.
+    """
+    if isinstance(pem, bytes):
+        try:
+            pem = pem.decode()
+        except UnicodeError:
+            raise ConfigError(
+                "the PEM text of the CA roots is not ASCII; pass the CA certificate as PEM or DER"
+            ) from None
+    roots = []
+    body = None
+    for line in pem.splitlines():
+        # strip() leaves a byte order mark, which some editors write at the start.
+        line = line.strip().lstrip("\ufeff")
+        if line == "-----BEGIN CERTIFICATE-----":
+            body = []
+        elif line == "-----END CERTIFICATE-----" and body is not None:
+            text = "".join(body)
+            digits = text.rstrip("=")
+            der = b""
+            # a2b_base64() skips characters outside base64 on both runtimes, and stops at
+            # padding, so both are looked for first. A certificate is an ASN.1 SEQUENCE,
+            # whose DER starts with 0x30 ("0").
+            if len(text) % 4 == 0 and len(text) - len(digits) < 3 and not [c for c in digits if c not in _BASE64]:
+                try:
+                    der = binascii.a2b_base64(text)
+                except ValueError:
+                    # binascii.Error on CPython is a ValueError; MicroPython raises ValueError.
+                    pass
+            if der[:1] != b"0":
+                raise ConfigError(
+                "certificate %d of the PEM text is not valid base64; export the CA certificate again" % (len(roots) + 1)
+            )
+            roots.append(der)
+            body = None
+        elif body is not None and ":" not in line:
+            body.append("".join(line.split()))
+    return roots
+
+
+_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -293,7 +293,7 @@ def test_thirty_pipelined_transactions():
 
 
 def test_invalid_pem_roots_raise_config_error():
-    from microsmtp.client import pem_to_der
+    from microsmtp.encoding import pem_to_der
     from microsmtp.errors import ConfigError
 
     begin, end = b"-----BEGIN CERTIFICATE-----\n", b"-----END CERTIFICATE-----\n"

@@ -284,11 +284,11 @@ def board_path(path, outbox_dir="outbox"):
 def check_ca_file(args):
     """Check --ca-file on this PC as the firmware will load it; return the number of roots.
 
-    The PEM and DER checks are the library's own (microsmtp.client.pem_to_der), and each
+    The PEM and DER checks are the library's own (microsmtp.encoding.pem_to_der), and each
     root must load into OpenSSL. The board's mbedTLS takes fewer key types, which the
     self-test on the board checks.
     """
-    from microsmtp.client import pem_to_der
+    from microsmtp.encoding import pem_to_der
     from microsmtp.errors import ConfigError
 
     path = Path(args.ca_file)
