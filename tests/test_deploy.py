@@ -156,6 +156,16 @@ def test_selftest_reports_unparsable_root(first_deploy, board, ca_module, tmp_pa
     assert restored == 0, restore_out + restore_err
 
 
+def deploy_offline(capsys, ca_module, *extra, target=("--arch", "x64")):
+    """Run deploy against port 1, where no board listens; return (status, stderr).
+
+    For the checks that must stop a deploy before it contacts the board.
+    """
+    argv = ["deploy", "--port", "socket://127.0.0.1:1", *target, "--no-reset", "--ca-module", str(ca_module)]
+    status = cli.main(argv + list(extra))
+    return status, capsys.readouterr().err
+
+
 def config_with_ca_file(tmp_path, ca_file):
     config = json.loads(CONFIG_EXAMPLE.read_text())
     config["smtp"]["ca_file"] = ca_file
@@ -221,24 +231,7 @@ def test_deploy_rejects_invalid_ca_file(ca_module, tmp_path, capsys, content, me
     ca_file.write_bytes(content)
     config = config_with_ca_file(tmp_path, "ca.pem")
 
-    # Port 1 has no board: the check must stop the deploy before it is contacted.
-    status = cli.main(
-        [
-            "deploy",
-            "--port",
-            "socket://127.0.0.1:1",
-            "--arch",
-            "x64",
-            "--no-reset",
-            "--ca-module",
-            str(ca_module),
-            "--config",
-            str(config),
-            "--ca-file",
-            str(ca_file),
-        ]
-    )
-    err = capsys.readouterr().err
+    status, err = deploy_offline(capsys, ca_module, "--config", str(config), "--ca-file", str(ca_file))
 
     assert status == 78, err
     assert "microsmtp deploy: error: checking --ca-file %s failed: " % ca_file in err
@@ -290,11 +283,7 @@ def test_ca_file_board_path_rejected(path):
 def test_deploy_rejects_ca_file_named_main_py(ca_module, certs, tmp_path, capsys):
     config = config_with_ca_file(tmp_path, "main.py")
 
-    status = cli.main(
-        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--no-reset", "--ca-module", str(ca_module)]
-        + ["--config", str(config), "--ca-file", str(certs.ca_pem_path)]
-    )
-    err = capsys.readouterr().err
+    status, err = deploy_offline(capsys, ca_module, "--config", str(config), "--ca-file", str(certs.ca_pem_path))
 
     assert status == 78, err
     assert "checking smtp.ca_file main.py failed: the board uses that path for code" in err
@@ -307,11 +296,7 @@ def test_deploy_checks_addresses_with_library(ca_module, tmp_path, capsys, key, 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
 
-    status = cli.main(
-        ["deploy", "--port", "socket://127.0.0.1:1", "--arch", "x64", "--no-reset", "--ca-module", str(ca_module)]
-        + ["--config", str(path)]
-    )
-    err = capsys.readouterr().err
+    status, err = deploy_offline(capsys, ca_module, "--config", str(path))
 
     assert status == 78, err
     assert "is not an address the SMTP client can send with" in err
@@ -323,34 +308,16 @@ def test_deploy_rejects_watchdog_above_board_limit(ca_module, tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
 
-    status = cli.main(
-        ["deploy", "--port", "socket://127.0.0.1:1", "--board", "RPI_PICO_W", "--no-reset"]
-        + ["--ca-module", str(ca_module), "--config", str(path)]
-    )
-    err = capsys.readouterr().err
+    status, err = deploy_offline(capsys, ca_module, "--config", str(path), target=("--board", "RPI_PICO_W"))
 
     assert status == 78, err
     assert "board.watchdog_ms is invalid: expected at most 8388" in err
 
 
 def test_deploy_ca_file_needs_config_path(ca_module, certs, capsys):
-    status = cli.main(
-        [
-            "deploy",
-            "--port",
-            "socket://127.0.0.1:1",
-            "--arch",
-            "x64",
-            "--no-reset",
-            "--ca-module",
-            str(ca_module),
-            "--config",
-            str(CONFIG_EXAMPLE),
-            "--ca-file",
-            str(certs.ca_pem_path),
-        ]
+    status, err = deploy_offline(
+        capsys, ca_module, "--config", str(CONFIG_EXAMPLE), "--ca-file", str(certs.ca_pem_path)
     )
-    err = capsys.readouterr().err
 
     assert status == 78, err
     assert "--ca-file needs --config with smtp.ca_file" in err
