@@ -290,16 +290,28 @@ def test_deploy_rejects_ca_file_named_main_py(ca_module, certs, tmp_path, capsys
 
 
 @pytest.mark.parametrize("key, value", [("from", "alerts@exa_mple.com"), ("to", ["a(b)@example.com"])])
-def test_deploy_checks_addresses_with_library(ca_module, tmp_path, capsys, key, value):
+def test_deploy_checks_addresses_with_library(key, value):
+    # The board's check rejects these too; deploy's own check must, with the library's words.
+    loaded = {"smtp": {"from": "alerts@example.com", "to": ["you@example.com"]}}
+    loaded["smtp"][key] = value
+
+    with pytest.raises(common.ToolError) as caught:
+        deploy_module.check_addresses(loaded, "config.json")
+
+    assert "is not an address the SMTP client can send with" in caught.value.message
+    assert "not allowed" in caught.value.message
+
+
+def test_deploy_rejects_invalid_address(ca_module, tmp_path, capsys):
     config = json.loads(CONFIG_EXAMPLE.read_text())
-    config["smtp"][key] = value
+    config["smtp"]["from"] = "alerts@exa_mple.com"
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
 
     status, err = deploy_offline(capsys, ca_module, "--config", str(path))
 
     assert status == 78, err
-    assert "is not an address the SMTP client can send with" in err
+    assert "smtp.from is invalid: expected an email address" in err
 
 
 def test_deploy_rejects_watchdog_above_board_limit(ca_module, tmp_path, capsys):

@@ -128,11 +128,17 @@ def _address_ok(value):
     if local[:1] == '"' and local[-1:] == '"' and len(local) > 1:
         # A quoted local part may hold spaces, dots and @.
         local = "x"
+    if domain[:1] == "[" and domain[-1:] == "]":
+        # An address literal such as [192.0.2.1]: the library checks its form.
+        domain = "literal"
     labels = domain.split(".")
     return (
         0 < len(local) <= 64
         and len(address) <= 254
-        and not [char for char in local + domain if char in ' <>,;@"\\\x7f\x85\u2028\u2029' or char < " "]
+        and not [char for char in local if char in ' <>()[]:,;@"\\\x7f\x85\u2028\u2029' or char < " "]
+        # A domain name: ASCII letters, digits and hyphens, or non-ASCII letters (IDN).
+        and not [char for char in domain if char < "\x80" and not (char.isalpha() or char.isdigit() or char in "-.")]
+        and not [char for char in domain if char in "\x85\u2028\u2029"]
         and not [part for part in local.split(".") if not part]
         and not [label for label in labels if not label or label[0] == "-" or label[-1] == "-"]
     )

@@ -103,6 +103,8 @@ CASES = (
     ("smtp.from", "a@example.com.", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "Name <a@b.example> <c@d.example>", "smtp.from is invalid: expected an email address"),
     ("smtp.from", "a@exa\u2028mple.com", "smtp.from is invalid: expected an email address"),
+    ("smtp.from", "alerts@exa_mple.com", "smtp.from is invalid: expected an email address"),
+    ("smtp.to.0", "a(b)@example.com", "smtp.to[0] is invalid"),
     ("smtp.to.0", "a@b.example, c@d.example", "smtp.to[0] is invalid"),
     ("smtp.to.0", "x@", "smtp.to[0] is invalid"),
     ("sensors.0.unit", "C\n", "sensors[0].unit is invalid: expected a string on one line"),
@@ -151,7 +153,7 @@ def test_lenient_values_accepted():
     config["wifi"]["password"] = None
     config["sensors"][0]["unit"] = ""
     config["smtp"]["from"] = "Greenhouse <alerts@example.com> "
-    config["smtp"]["to"] = ['"night shift"@example.com', "ops+freezer@sub.example.co.uk"]
+    config["smtp"]["to"] = ['"night shift"@example.com', "ops+freezer@sub.example.co.uk", "a@[192.0.2.1]"]
     validate(config)
     # null means the default, as for every other key: an open network.
     assert config["wifi"]["password"] == ""
