@@ -92,11 +92,11 @@ def _cause(name):
 
 
 def deep_sleep_mode():
-    """Tell, before config.json is read, whether the board runs in deep-sleep mode.
+    """Return True when the board runs in deep-sleep mode, for use before config.json is read.
 
-    A wake from deep sleep says so, and so does the sleep state a wake leaves behind:
+    A wake from deep sleep shows it, and so does the sleep state a wake leaves behind:
     RTC memory on ESP32, a file where there is none. rp2 reports a wake as a watchdog
-    reset, so there the file tells.
+    reset, so there only the file shows it.
     """
     if _cause("DEEPSLEEP_RESET"):
         return True

@@ -23,8 +23,8 @@ async def run_once(app):
     if state.get("rules"):
         if app.rules.restore(state["rules"]):
             # The state saved before a send has slept 0: this start followed a reset, not a wake.
-            how = "started again after a reset during a send" if state.get("slept") == 0 else "woke from deep sleep"
-            log.info("%s; active rules: %s" % (how, ", ".join(app.rules.active()) or "none"))
+            start = "started again after a reset during a send" if state.get("slept") == 0 else "woke from deep sleep"
+            log.info("%s; active rules: %s" % (start, ", ".join(app.rules.active()) or "none"))
         else:
             log.error("the saved sleep state is not one this firmware can read; starting with no open alerts")
     app.last_ntp = state.get("ntp")

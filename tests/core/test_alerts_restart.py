@@ -462,7 +462,7 @@ class RTC:
 
 
 class RememberingMachine(WokenMachine):
-    """An ESP32 whose RTC memory holds the sleep state of deep-sleep mode."""
+    """An ESP32 whose RTC memory contains the sleep state of deep-sleep mode."""
 
     def RTC(self):
         return RTC(b'{"time": 1}')
