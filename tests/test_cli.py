@@ -390,7 +390,7 @@ def test_ca_file_without_certificate(smtp_server, tmp_path):
     process = run_cli(send_arguments(server, not_a_certificate))
 
     assert process.returncode == 78, describe(process)
-    assert "no PEM certificate" in process.err, describe(process)
+    assert "neither a PEM nor a DER certificate" in process.err, describe(process)
 
 
 def test_micropython_requires_ca(smtp_server):

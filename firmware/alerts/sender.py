@@ -34,27 +34,13 @@ def load_ca_roots(config):
                 data = file.read()
         except OSError:
             raise SenderConfigError("smtp.ca_file %s cannot be read; copy the CA file to the board" % path) from None
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            from microsmtp.encoding import pem_to_der
-            from microsmtp.errors import ConfigError
+        from microsmtp.encoding import ca_file_roots
+        from microsmtp.errors import ConfigError
 
-            try:
-                roots = pem_to_der(data)
-            except ConfigError as exc:
-                # Invalid base64 or non-ASCII bytes inside the PEM blocks.
-                raise SenderConfigError(
-                    "smtp.ca_file %s is not a valid PEM file (%s); copy the CA file to the board again" % (path, exc)
-                ) from None
-        elif data.startswith(b"0"):
-            # DER: an ASN.1 SEQUENCE, whose first byte is 0x30.
-            roots = [data]
-        else:
-            raise SenderConfigError(
-                "smtp.ca_file %s is neither a PEM nor a DER certificate; copy the CA certificate to the board" % path
-            )
-        if not roots:
-            raise SenderConfigError("smtp.ca_file %s contains no certificate" % path)
-        return roots
+        try:
+            return ca_file_roots(data)
+        except ConfigError as exc:
+            raise SenderConfigError("smtp.ca_file %s is not a valid CA file: %s" % (path, exc)) from None
     try:
         import ca_roots
 

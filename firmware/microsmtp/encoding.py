@@ -3,7 +3,8 @@
 Header text outside printable ASCII, or with a word too long to fold, becomes encoded
 words, and a body with non-ASCII text or lines over 998 octets becomes quoted-printable
 or base64 (RFC 2045). microsmtp.message imports this module only when a message needs it,
-and the TLS setup only for CA roots given as PEM text (pem_to_der()).
+and the TLS setup only for CA roots given as PEM text (pem_to_der()) or read from a CA
+file (ca_file_roots()).
 """
 
 import binascii
@@ -157,13 +158,36 @@ def pem_to_der(pem):
                     pass
             if der[:1] != b"0":
                 raise ConfigError(
-                "certificate %d of the PEM text is not valid base64; export the CA certificate again" % (len(roots) + 1)
-            )
+                    "certificate %d of the PEM text is not valid base64; export the CA certificate again"
+                    % (len(roots) + 1)
+                )
             roots.append(der)
             body = None
         elif body is not None and ":" not in line:
             body.append("".join(line.split()))
     return roots
+
+
+def ca_file_roots(data):
+    """Return the DER certificates in the bytes of a CA file: PEM blocks or one DER certificate.
+
+    Raises ConfigError saying what is wrong with the content and what to do; the caller
+    names the file. Every tool and the board read CA files through this function.
+    """
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        roots = pem_to_der(data)
+        if not roots:
+            raise ConfigError(
+                "it has a BEGIN CERTIFICATE line but no complete certificate block; export the CA certificate again"
+            )
+        return roots
+    if data[:1] == b"0":
+        # DER: an ASN.1 SEQUENCE, whose first byte is 0x30.
+        return [bytes(data)]
+    raise ConfigError(
+        "it is neither a PEM nor a DER certificate (no BEGIN CERTIFICATE block); give the CA certificate, "
+        "not a key or a request"
+    )
 
 
 _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -102,7 +102,7 @@ def test_ca_file_with_invalid_base64_is_config_error():
     for body in ("abcde", "!!!!"):
         error, path = load_ca_file("-----BEGIN CERTIFICATE-----\n%s\n-----END CERTIFICATE-----\n" % body)
         message = str(error)
-        assert "smtp.ca_file %s is not a valid PEM file" % path in message, message
+        assert "smtp.ca_file %s is not a valid CA file: certificate 1 of the PEM text" % path in message, message
 
 
 def test_ca_file_with_comments_is_pem():
@@ -122,7 +122,8 @@ def test_ca_file_with_comments_is_pem():
 def test_ca_file_of_other_text_is_config_error():
     error, path = load_ca_file("this is not a certificate\n")
     message = str(error)
-    assert "smtp.ca_file %s is neither a PEM nor a DER certificate" % path in message, message
+    expected = "smtp.ca_file %s is not a valid CA file: it is neither a PEM nor a DER certificate" % path
+    assert expected in message, message
 
 
 def test_ehlo_name_from_device():

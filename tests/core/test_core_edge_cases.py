@@ -324,6 +324,26 @@ def test_invalid_pem_roots_raise_config_error():
         assert pem_to_der(text) == [b"0\x03\x02\x01\x01"], text
 
 
+def test_ca_file_roots_reads_pem_and_der_and_names_what_is_wrong():
+    from microsmtp.encoding import ca_file_roots
+    from microsmtp.errors import ConfigError
+
+    begin, end = b"-----BEGIN CERTIFICATE-----\n", b"-----END CERTIFICATE-----\n"
+    der = b"0\x03\x02\x01\x01"
+    assert ca_file_roots(begin + b"MAMCAQE=\n" + end) == [der]
+    assert ca_file_roots(bytearray(der)) == [der]
+    cases = (
+        (b"", "neither a PEM nor a DER certificate"),
+        (b"just some text\n", "neither a PEM nor a DER certificate"),
+        (b"-----BEGIN PRIVATE KEY-----\nMAMCAQE=\n-----END PRIVATE KEY-----\n", "not a key or a request"),
+        (begin + b"MAMCAQE=\n", "no complete certificate block"),
+        (begin + b"!!!!\n" + end, "certificate 1 of the PEM text is not valid base64"),
+    )
+    for data, reason in cases:
+        error = raises(ConfigError, ca_file_roots, data)
+        assert reason in str(error), (data, str(error))
+
+
 def test_memory_failures_are_transient_out_of_memory():
     from microsmtp.client import SMTP
     from microsmtp.errors import OutOfMemory

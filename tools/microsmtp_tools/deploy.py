@@ -284,11 +284,11 @@ def board_path(path, outbox_dir="outbox"):
 def check_ca_file(args):
     """Check --ca-file on this PC as the firmware will load it; return the number of roots.
 
-    The PEM and DER checks are the library's own (microsmtp.encoding.pem_to_der), and each
+    The PEM and DER checks are the board's own (microsmtp.encoding.ca_file_roots), and each
     root must load into OpenSSL. The board's mbedTLS takes fewer key types, which the
     self-test on the board checks.
     """
-    from microsmtp.encoding import pem_to_der
+    from microsmtp.encoding import ca_file_roots
     from microsmtp.errors import ConfigError
 
     path = Path(args.ca_file)
@@ -298,17 +298,10 @@ def check_ca_file(args):
     except OSError as exc:
         raise ToolError(step, "%s; check --ca-file" % exc.strerror) from None
     args.ca_bytes = data
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        try:
-            roots = pem_to_der(data)
-        except ConfigError as exc:
-            raise ToolError(step, "%s" % exc) from None
-    elif data.startswith(b"0"):
-        roots = [data]
-    else:
-        raise ToolError(step, "the file is neither a PEM nor a DER certificate; export the CA certificate again")
-    if not roots:
-        raise ToolError(step, "the file contains no certificate; export the CA certificate again")
+    try:
+        roots = ca_file_roots(data)
+    except ConfigError as exc:
+        raise ToolError(step, str(exc)) from None
     for number, der in enumerate(roots, 1):
         try:
             ssl.create_default_context(cadata=der)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import microsmtp
 from microsmtp.client import DEFAULT_PORTS
+from microsmtp.encoding import ca_file_roots
 from microsmtp.errors import ConfigError, InvalidInputError, SMTPError
 from microsmtp.message import Attachment, Message
 
@@ -346,27 +347,6 @@ def read_credentials(args, redactor):
     return args.user, password, token
 
 
-def _certificates_from(path, data):
-    """Return the DER certificates in a PEM or DER file's content."""
-    if b"-----BEGIN" in data:
-        try:
-            text = data.decode("ascii")
-        except UnicodeDecodeError:
-            raise CommandError("reading the CA file", "%s is PEM but contains non-ASCII bytes" % path) from None
-        blocks = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, flags=re.DOTALL)
-        if not blocks:
-            raise CommandError(
-                "reading the CA file",
-                "%s contains no PEM certificate (no BEGIN CERTIFICATE block); give the CA "
-                "certificate, not a key or a request" % path,
-            )
-        try:
-            return [ssl.PEM_cert_to_DER_cert(block) for block in blocks]
-        except ValueError as exc:
-            raise CommandError("reading the CA file", "%s has an invalid PEM block: %s" % (path, exc)) from exc
-    return [data]
-
-
 def read_ca_roots(paths):
     """Return the DER certificates of every --ca file, each checked with CPython's ssl."""
     roots = []
@@ -381,7 +361,11 @@ def read_ca_roots(paths):
             ) from None
         except OSError as exc:
             raise CommandError("reading the CA file", "cannot read %s: %s" % (path, exc.strerror or exc)) from exc
-        for der in _certificates_from(path, data):
+        try:
+            certificates = ca_file_roots(data)
+        except ConfigError as exc:
+            raise CommandError("reading the CA file", "%s is not a valid CA file: %s" % (path, exc)) from None
+        for der in certificates:
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
             except ssl.SSLError as exc:

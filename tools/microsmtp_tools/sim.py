@@ -786,19 +786,15 @@ def _frozen_has(executable, module):
 
 
 def read_certificates(path):
-    import ssl
+    from microsmtp.encoding import ca_file_roots
+    from microsmtp.errors import ConfigError
 
     try:
-        data = Path(path).read_bytes()
+        return ca_file_roots(Path(path).read_bytes())
     except OSError as exc:
         raise SimError("cannot read --ca %s: %s" % (path, exc.strerror)) from exc
-    if b"-----BEGIN" not in data:
-        return [data]
-    text = data.decode("ascii", "replace")
-    found = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
-    if not found:
-        raise SimError("--ca %s contains no certificate" % path)
-    return [ssl.PEM_cert_to_DER_cert(pem) for pem in found]
+    except ConfigError as exc:
+        raise SimError("--ca %s is not a valid CA file: %s" % (path, exc)) from None
 
 
 def check_board_config(config, firmware, name):
