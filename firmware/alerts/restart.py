@@ -6,7 +6,8 @@ then doubles up to 10 minutes. The count of failed starts in a row is kept in a 
 file: one short write per failed start, and one to remove it once the sensor loop has
 run for 10 minutes or a deep-sleep wake is complete (started()). A failure soon after
 each start thus backs off as well. A reset by the watchdog counts as a failed start
-too, at the next boot (main.py calls after_watchdog()), where the port tells it apart.
+too, at the next boot (main.py calls after_watchdog()), where the port tells it apart
+(ESP32, and the RP2040 of a Pico W).
 
 main.py imports this module before the rest of the firmware, while the heap is empty,
 so it is there when the rest does not fit. It reads the count and imports machine
@@ -35,6 +36,11 @@ PATH = "failed_starts.txt"
 SLEEP_STATE = "sleep_state.json"
 FIRST_DELAY_S = 10
 MAX_DELAY_S = 600
+# The chip on rp2 ("Raspberry Pi Pico W with RP2040"), empty on other ports. Host tests set it.
+_MACHINE = getattr(sys.implementation, "_machine", "") if sys.platform == "rp2" else ""
+# The RP2040 watchdog's REASON register: bit 0 (TIMER) is set after a timeout, bit 1
+# (FORCE) after a forced reset, which machine.reset() and a deep-sleep wake make.
+_RP2040_WATCHDOG_REASON = 0x40058008
 # Advice for a heap too small to start, created at import while the heap is empty.
 _ADVICE = "use fewer sensors or rules, a board with more RAM, or firmware with the code frozen in (microsmtp firmware);"
 
@@ -113,18 +119,32 @@ def deep_sleep_mode():
         return False
 
 
+def watchdog_fired():
+    """Return True when a watchdog timeout caused the last reset, on ports that tell it apart.
+
+    ESP32 reports a deep-sleep wake and machine.reset() with causes of their own. rp2
+    reports both as WDT_RESET too, so on the RP2040 the watchdog's REASON register
+    decides. Other chips (the RP2350) are not trusted, and their resets are not counted.
+    """
+    if not _cause("WDT_RESET"):
+        return False
+    if hasattr(machine, "DEEPSLEEP_RESET"):
+        return True
+    if "RP2040" in _MACHINE:
+        return bool(machine.mem32[_RP2040_WATCHDOG_REASON] & 1)
+    return False
+
+
 def after_watchdog():
     """Count a reset by the watchdog as a failed start, and wait its back-off delay before this one.
 
-    The firmware hung, in the start or later, and no failed() ran to count it. Only
-    ports that report a deep-sleep wake apart (ESP32) are trusted here: rp2 reports
-    machine.reset() and every deep-sleep wake as a watchdog reset too. main.py calls
-    it once per boot, before a watchdog runs. It does not run at import, because the
-    firmware imports the module again later in the same boot, and reset_cause() then
-    still reports the watchdog.
+    The firmware hung, in the start or later, and no failed() ran to count it.
+    main.py calls it once per boot, before a watchdog runs. It does not run at import,
+    because the firmware imports the module again later in the same boot, and
+    reset_cause() then still reports the watchdog.
     """
     global _previous
-    if not hasattr(machine, "DEEPSLEEP_RESET") or not _cause("WDT_RESET"):
+    if not watchdog_fired():
         return
     _previous += 1
     write(_previous)

@@ -62,6 +62,7 @@ class Scope:
             restart._running,
             restart._SPEED,
             restart.SLEEP_STATE,
+            restart._MACHINE,
         )
         self.board = sys.modules.get("alerts.board")
         restart.PATH = self.path
@@ -73,6 +74,8 @@ class Scope:
         restart._running = False
         # As in the simulation: a simulated second takes 1 ms, so a 40 s delay takes 40 ms.
         restart._SPEED = 1000
+        # The chip name of a port that is not rp2.
+        restart._MACHINE = ""
         sys.modules["alerts.board"] = Board()
 
     def close(self):
@@ -84,6 +87,7 @@ class Scope:
             restart._running,
             restart._SPEED,
             restart.SLEEP_STATE,
+            restart._MACHINE,
         ) = self.saved
         if self.board is None:
             del sys.modules["alerts.board"]
@@ -451,6 +455,17 @@ class PicoMachine(DeepSleepingMachine):
         return 3
 
 
+class RP2040Machine(PicoMachine):
+    """machine on a Pico W, whose mem32 shows the watchdog's REASON register.
+
+    REASON is 1 after a timeout and 2 after machine.reset() or a deep-sleep wake.
+    """
+
+    def __init__(self, reason):
+        PicoMachine.__init__(self)
+        self.mem32 = {0x40058008: reason}
+
+
 class RTC:
     """machine.RTC on ESP32, whose memory() keeps the sleep state across deep sleep and resets."""
 
@@ -644,6 +659,47 @@ def test_other_resets_not_counted_at_boot():
             assert restart.read() == 0
         finally:
             scope.close()
+
+
+def test_pico_w_watchdog_timeout_counted():
+    scope = Scope()
+    try:
+        restart._MACHINE = "Raspberry Pi Pico W with RP2040"
+        lines, slept = watchdog_boot(RP2040Machine(1))
+        assert lines == ["ERROR the watchdog reset the board; failure 1 in a row, start in 10 s"]
+        assert not slept
+        assert restart.read() == 1
+    finally:
+        scope.close()
+
+
+def test_pico_w_forced_reset_not_counted():
+    # machine.reset() and a deep-sleep wake set FORCE (2); a reset by the RUN pin sets
+    # neither bit (0), while reset_cause() still gives WDT_RESET in these stand-ins.
+    for chip, reason in (("RP2040", 2), ("RP2040", 0), ("RP2350", 1)):
+        scope = Scope()
+        try:
+            restart._MACHINE = "a board with " + chip
+            assert watchdog_boot(RP2040Machine(reason)) == ([], False), (chip, reason)
+            assert restart.read() == 0
+        finally:
+            scope.close()
+
+
+def test_pico_w_watchdog_timeout_in_deep_sleep_mode():
+    # The wake left sleep_state.json, so the back-off is spent in deep sleep.
+    scope = Scope()
+    try:
+        restart._MACHINE = "Raspberry Pi Pico W with RP2040"
+        with open(restart.SLEEP_STATE, "w") as file:
+            file.write("{}")
+        machine = RP2040Machine(1)
+        lines, slept = watchdog_boot(machine)
+        assert slept
+        assert machine.slept_ms == 10
+        assert lines == ["ERROR the watchdog reset the board; failure 1 in a row, deep sleep for 10 s"]
+    finally:
+        scope.close()
 
 
 def test_main_py_counts_watchdog_reset():
