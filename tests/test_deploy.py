@@ -238,6 +238,59 @@ def test_deploy_rejects_invalid_ca_file(ca_module, tmp_path, capsys, content, me
     assert message in err
 
 
+def ed25519_root_pem():
+    """Return a self-signed CA certificate with an Ed25519 key, which OpenSSL loads and mbedTLS rejects."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Ed25519 test root")])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, None)
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def test_deploy_rejects_root_that_mbedtls_cannot_load(ca_module, certs, tmp_path, capsys):
+    # The first root is the test CA (RSA), which both libraries load.
+    ca_file = tmp_path / "bundle.pem"
+    ca_file.write_bytes(certs.ca_pem + ed25519_root_pem())
+    config = config_with_ca_file(tmp_path, "bundle.pem")
+
+    status, err = deploy_offline(capsys, ca_module, "--config", str(config), "--ca-file", str(ca_file))
+
+    assert status == 78, err
+    assert "certificate 2 is rejected by mbedTLS, the TLS library of the board" in err
+    assert "give a root with an RSA or ECDSA key" in err
+
+
+def test_deploy_without_micropython_warns(ca_module, certs, tmp_path, capsys, monkeypatch):
+    from microsmtp_tools import send_micropython
+
+    monkeypatch.setattr(send_micropython, "find_micropython", lambda: None)
+    config = config_with_ca_file(tmp_path, "ca.pem")
+
+    # The deploy goes on after the warning, and stops at port 1, where no board listens.
+    status, err = deploy_offline(capsys, ca_module, "--config", str(config), "--ca-file", str(certs.ca_pem_path))
+
+    assert status != 0
+    assert "checked with OpenSSL only; run the board's self-test" in err
+    assert "checking --ca-file" not in err
+
+
 @pytest.mark.parametrize(
     "path, remote",
     [("ca.pem", "ca.pem"), ("/certs/ca.pem", "certs/ca.pem"), ("certs/test ca.pem", "certs/test ca.pem")],

@@ -281,12 +281,71 @@ def board_path(path, outbox_dir="outbox"):
     return remote
 
 
+# Run by the MicroPython unix port: load each DER root given as an argument into
+# mbedTLS, as the firmware does, and print the number and error of the first it rejects.
+_MBEDTLS_CHECK = """
+import ssl
+import sys
+
+for number in range(1, len(sys.argv)):
+    with open(sys.argv[number], "rb") as file:
+        der = file.read()
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except Exception as exc:
+        print("REJECTED", number, exc)
+        sys.exit(1)
+"""
+
+
+def check_roots_with_mbedtls(roots, step):
+    """Load each root into the mbedTLS of the MicroPython unix port, the TLS library of the board.
+
+    Returns the path of the port, or None when none is installed. OpenSSL accepts key
+    types that mbedTLS does not (Ed25519, for one). The unix port and the rp2 port both
+    build mbedTLS with MicroPython's common settings; ESP32 uses those of ESP-IDF.
+    """
+    from .send_micropython import find_micropython
+
+    micropython = find_micropython()
+    if micropython is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="microsmtp-ca-") as directory:
+        script = Path(directory) / "check.py"
+        script.write_text(_MBEDTLS_CHECK)
+        paths = []
+        for number, der in enumerate(roots, 1):
+            path = Path(directory) / ("root%d.der" % number)
+            path.write_bytes(der)
+            paths.append(str(path))
+        try:
+            process = subprocess.run(
+                [micropython, str(script)] + paths, capture_output=True, text=True, timeout=120, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ToolError(step, "checking the roots with mbedTLS (%s) failed: %s" % (micropython, exc)) from None
+    words = process.stdout.split(None, 2)
+    if process.returncode == 0:
+        return micropython
+    if len(words) == 3 and words[0] == "REJECTED":
+        raise ToolError(
+            step,
+            "certificate %s is rejected by mbedTLS, the TLS library of the board (%s, checked with %s); "
+            "give a root with an RSA or ECDSA key" % (words[1], words[2].strip(), micropython),
+        )
+    raise ToolError(
+        step,
+        "checking the roots with mbedTLS (%s) failed with exit status %d: %s"
+        % (micropython, process.returncode, (process.stdout + process.stderr).strip()[-300:]),
+    )
+
+
 def check_ca_file(args):
     """Check --ca-file on this PC as the firmware will load it; return the number of roots.
 
-    The PEM and DER checks are the board's own (microsmtp.encoding.ca_file_roots), and each
-    root must load into OpenSSL. The board's mbedTLS takes fewer key types, which the
-    self-test on the board checks.
+    The PEM and DER checks are the board's own (microsmtp.encoding.ca_file_roots). Each
+    root must load into OpenSSL, and into mbedTLS through the MicroPython unix port where
+    one is installed, because mbedTLS takes fewer key types.
     """
     from microsmtp.encoding import ca_file_roots
     from microsmtp.errors import ConfigError
@@ -307,6 +366,13 @@ def check_ca_file(args):
             ssl.create_default_context(cadata=der)
         except (ssl.SSLError, ValueError) as exc:
             raise ToolError(step, "certificate %d cannot be loaded as a CA root (%s)" % (number, exc)) from None
+    if check_roots_with_mbedtls(roots, step) is None:
+        print(
+            "microsmtp deploy: warning: no MicroPython unix port (micropython) found, so --ca-file was checked "
+            "with OpenSSL only; run the board's self-test, which loads the roots into its mbedTLS",
+            file=sys.stderr,
+            flush=True,
+        )
     if len(data) > CA_FILE_WARN_BYTES:
         print(
             "microsmtp deploy: warning: --ca-file has %d bytes; loading it takes a board about %d KB of heap "
