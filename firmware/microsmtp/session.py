@@ -719,6 +719,15 @@ class Session:
                 raise AuthError(
                     "the server does not offer AUTH; connect without credentials or use another port", stage="auth"
                 )
+            # A server may quote the password or token itself, not only its base64 form.
+            for secret in (password, token):
+                if isinstance(secret, bytes):
+                    try:
+                        secret = secret.decode()
+                    except UnicodeError:
+                        continue
+                if secret:
+                    self._secrets.append(secret)
             offered = self.auth_mechanisms
             if token is None and "PLAIN" in offered:
                 # PLAIN (RFC 4616) first, because it finishes in one round trip.

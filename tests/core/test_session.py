@@ -226,6 +226,32 @@ def test_auth_login_two_challenges_redacted():
     assert "VXNlcm5hbWU6" not in text
 
 
+def test_password_quoted_in_reply_redacted():
+    # A server that repeats the password itself, not its base64 form, in a failure reply.
+    lines = []
+    session = start_tls_session(username="alice", password="hunter2-echo", log=lines.append)
+    step(session, b"AUTH PLAIN AGFsaWNlAGh1bnRlcjItZWNobw==\r\n", b"535 5.7.8 bad credentials alice / hunter2-echo\r\n")
+    error = raises(AuthError, pump, session)
+
+    assert "hunter2-echo" not in str(error), str(error)
+    assert "hunter2-echo" not in error.text, error.text
+    assert "alice / <redacted>" in str(error), str(error)
+    for line in lines:
+        assert "hunter2-echo" not in line, line
+
+
+def test_token_quoted_in_reply_redacted():
+    session = Session("c", security="tls", username="alice", oauth2_token=b"ya29.token-value")
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH XOAUTH2\r\n")
+    sent, _ = pump(session)
+    assert sent.startswith(b"AUTH XOAUTH2 ")
+    session.receive_data(b"535 5.7.8 token ya29.token-value expired\r\n")
+    error = raises(AuthError, pump, session)
+
+    assert "ya29.token-value" not in str(error), str(error)
+
+
 def test_auth_plain_preferred_over_login():
     session = start_tls_session(username="u", password="p")
     sent, _ = pump(session)
