@@ -135,22 +135,36 @@ def _check_address(value, what):
 
 
 def _check_content(content):
-    # Content given whole is checked now, so that one bad message cannot break the
-    # connection for the others while they are on the wire. Content produced lazily
-    # (a Message, a generator) is checked as it is encoded.
+    """Check content given whole; return True if it has octets above 127, False if not.
+
+    Content given whole is checked now, so that one bad message cannot break the
+    connection for the others while they are on the wire. Content produced lazily is
+    checked as it is encoded: a Message (with chunks()) is 7-bit, and for a generator
+    or another iterable the result is None, because its octets are not known yet.
+    """
+    if hasattr(content, "as_bytes"):
+        # An email.message object is iterable, over its header names.
+        raise InvalidInputError(
+            "message content is an email.message object; pass its as_bytes(), without any Bcc header"
+        )
     pieces = (content,) if isinstance(content, (bytes, bytearray)) else content
     if not isinstance(pieces, (tuple, list)):
-        if hasattr(content, "chunks") or hasattr(content, "__next__") or hasattr(content, "__iter__"):
-            if not isinstance(content, str):
-                return
+        if hasattr(content, "chunks"):
+            return False
+        if (hasattr(content, "__next__") or hasattr(content, "__iter__")) and not isinstance(content, str):
+            return None
         raise InvalidInputError(
             "message content must be bytes, a list of bytes or a Message, not %s" % type(content).__name__
         )
+    eight_bit = False
     for piece in pieces:
         if not isinstance(piece, (bytes, bytearray)):
             raise InvalidInputError("message content must be bytes, not %s" % type(piece).__name__)
         if b"\0" in piece:
             raise InvalidInputError("message content contains a NUL byte")
+        if piece and max(piece) > 127:
+            eight_bit = True
+    return eight_bit
 
 
 class Session:
@@ -368,6 +382,9 @@ class Session:
         rcpts = []
         for rcpt in recipients:
             rcpt = _check_address(rcpt, "recipient address")
+            if not rcpt:
+                # Only the sender may be empty (the null reverse-path of a bounce).
+                raise InvalidInputError("a recipient address is empty")
             if rcpt not in rcpts:
                 rcpts.append(rcpt)
         if not rcpts:
@@ -378,13 +395,27 @@ class Session:
                 "message is %d octets but the server accepts at most %d (SIZE); make it smaller" % (size, limit),
                 stage="mail",
             )
+        for address in [sender] + rcpts:
+            # An address outside ASCII needs SMTPUTF8 (RFC 6531), whatever the smtputf8 argument.
+            if len(address.decode()) != len(address):
+                smtputf8 = True
         if smtputf8 and "SMTPUTF8" not in self.extensions:
             raise InvalidInputError(
                 "an address is not ASCII and the server does not offer SMTPUTF8; use ASCII addresses", stage="mail"
             )
-        _check_content(content)
+        eight_bit = _check_content(content)
+        if eight_bit is None:
+            # Declared where the server allows it, so that 8-bit content can follow.
+            eight_bit = "8BITMIME" in self.extensions
+        elif eight_bit and "8BITMIME" not in self.extensions:
+            raise InvalidInputError(
+                "message content has octets above 127 and the server does not offer 8BITMIME; "
+                "encode the body as quoted-printable or base64",
+                stage="mail",
+            )
         self._check_unsolicited()
         transaction = Transaction(sender, rcpts, content, size, smtputf8)
+        transaction.eight_bit = eight_bit
         self._transactions += 1
         self._queued += self._envelope(transaction, self._transactions > 1)
         return transaction
@@ -453,6 +484,8 @@ class Session:
             params = b""
             if transaction.size is not None and "SIZE" in self.extensions:
                 params += b" SIZE=%d" % transaction.size
+            if transaction.eight_bit:
+                params += b" BODY=8BITMIME"
             if transaction.smtputf8:
                 params += b" SMTPUTF8"
             self._command(b"MAIL FROM:<" + transaction.sender + b">" + params, "mail", transaction)
@@ -496,7 +529,7 @@ class Session:
             chunks = content.chunks()
         else:
             chunks = iter(content)
-        self._content = (transaction, chunks, DataEncoder(dot_stuff))
+        self._content = (transaction, chunks, DataEncoder(dot_stuff, transaction.eight_bit))
         self.stage = "message"
 
     def _send_content(self):

@@ -21,21 +21,31 @@ def normalise_line_ends(chunk):
 class DataEncoder:
     """Convert message content to its wire form, one chunk at a time.
 
-    Every bare CR or LF becomes CRLF and NUL raises InvalidInputError. With
+    Every bare CR or LF becomes CRLF, and NUL raises InvalidInputError, as does an octet
+    above 127 when ``eight_bit`` is False (MAIL declared no BODY=8BITMIME). With
     ``dot_stuff`` (DATA), a line starting with "." gets a second "." (RFC 5321 section
     4.5.2), so no byte sequence in the content can end the DATA early or smuggle a
     second message. BDAT (RFC 3030) sends octet counts and needs no stuffing.
     """
 
-    def __init__(self, dot_stuff=True):
+    def __init__(self, dot_stuff=True, eight_bit=True):
         self.dot_stuff = dot_stuff
+        # False when MAIL carried no BODY=8BITMIME: an octet above 127 is then an error.
+        self.eight_bit = eight_bit
         self.line_start = True
         self._pending_cr = False
         self.size = 0
 
     def encode(self, chunk):
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise InvalidInputError("message content must be bytes, not %s" % type(chunk).__name__)
         if b"\0" in chunk:
             raise InvalidInputError("message content contains a NUL byte")
+        if not self.eight_bit and chunk and max(chunk) > 127:
+            raise InvalidInputError(
+                "message content has octets above 127 and the server does not offer 8BITMIME; "
+                "encode the body as quoted-printable or base64"
+            )
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False
@@ -78,6 +88,10 @@ class Transaction:
     (bytes, a list, or an object with ``chunks()``) for the rest of the recipients to
     be sent in a second transaction after a 452 "too many recipients".
     """
+
+    # True when MAIL carries BODY=8BITMIME: for content given whole with octets above 127,
+    # and for a generator or iterable while the server offers 8BITMIME.
+    eight_bit = False
 
     def __init__(self, sender, recipients, content, size=None, smtputf8=False):
         self.sender = sender

@@ -8,7 +8,7 @@ from fake_server import FakeServer, converse
 
 from helpers import raises
 from microsmtp.auth import b64encode
-from microsmtp.errors import AuthError, ConnectionLost, ProtocolError, ReplyError, SecurityError
+from microsmtp.errors import AuthError, ConnectionLost, InvalidInputError, ProtocolError, ReplyError, SecurityError
 from microsmtp.reply import ReplyParser
 from microsmtp.session import CLOSED, NEED_DATA, SEND, Session
 from microsmtp.transaction import DataEncoder
@@ -342,6 +342,97 @@ def test_ca_file_roots_reads_pem_and_der_and_names_what_is_wrong():
     for data, reason in cases:
         error = raises(ConfigError, ca_file_roots, data)
         assert reason in str(error), (data, str(error))
+
+
+SEVEN_BIT_SERVER = ("PIPELINING", "SIZE 100000")
+EIGHT_BIT = "caf\u00e9 at 41 \u00b0C\r\n".encode("utf-8")
+
+
+def mail_lines(server):
+    return [line for line in server.commands if line.startswith(b"MAIL")]
+
+
+def test_eight_bit_content_declared_with_body_8bitmime():
+    for chunking in (False, True):
+        extensions = ("PIPELINING", "8BITMIME", "CHUNKING") if chunking else ("PIPELINING", "8BITMIME")
+        server = FakeServer(extensions)
+        session = ready(server)
+        whole = session.mail("a@x.org", ["b@x.org"], EIGHT_BIT)
+        seven = session.mail("a@x.org", ["b@x.org"], b"plain\r\n")
+        lazy = session.mail("a@x.org", ["b@x.org"], (piece for piece in (b"caf", "\u00e9\r\n".encode("utf-8"))))
+        converse(session, server)
+
+        assert whole.ok and seven.ok and lazy.ok, (whole.error, seven.error, lazy.error)
+        assert mail_lines(server) == [b"MAIL FROM:<a@x.org> BODY=8BITMIME", b"MAIL FROM:<a@x.org>"] + [
+            b"MAIL FROM:<a@x.org> BODY=8BITMIME"
+        ], chunking
+        assert server.messages[0] == EIGHT_BIT
+
+
+def test_eight_bit_content_refused_without_8bitmime():
+    server = FakeServer(SEVEN_BIT_SERVER)
+    session = ready(server)
+    error = raises(InvalidInputError, session.mail, "a@x.org", ["b@x.org"], EIGHT_BIT)
+    assert "does not offer 8BITMIME" in str(error), str(error)
+    assert session.usable
+
+    # Content produced lazily is checked as it is encoded. With DATA the connection
+    # must then be dropped, because the server would take a cut-off message.
+    transaction = session.mail("a@x.org", ["b@x.org"], iter([b"fine\r\n", EIGHT_BIT]))
+    raises(InvalidInputError, converse, session, server)
+    assert isinstance(transaction.error, InvalidInputError), transaction.error
+    assert server.messages == []
+
+
+def test_lazy_eight_bit_content_fails_alone_with_bdat():
+    server = FakeServer(("PIPELINING", "CHUNKING"))
+    session = ready(server)
+    bad = session.mail("a@x.org", ["b@x.org"], iter([EIGHT_BIT]))
+    good = session.mail("a@x.org", ["b@x.org"], b"plain\r\n")
+    converse(session, server)
+
+    assert isinstance(bad.error, InvalidInputError), bad.error
+    assert good.ok, good.error
+    assert server.messages == [b"plain\r\n"]
+
+
+def test_utf8_address_sets_smtputf8():
+    server = FakeServer(("PIPELINING", "SMTPUTF8", "8BITMIME"))
+    session = ready(server)
+    transaction = session.mail("a@x.org", ["j\u00fcrgen@x.org"], b"hi\r\n")
+    converse(session, server)
+    assert transaction.ok, transaction.error
+    assert mail_lines(server) == [b"MAIL FROM:<a@x.org> SMTPUTF8"]
+
+    session = ready(FakeServer(SEVEN_BIT_SERVER))
+    error = raises(InvalidInputError, session.mail, "a@x.org", ["j\u00fcrgen@x.org"], b"hi\r\n")
+    assert "SMTPUTF8" in str(error), str(error)
+
+
+class EmailMessageLike:
+    """What email.message.EmailMessage offers that matters here: as_bytes() and iteration over header names."""
+
+    def as_bytes(self):
+        return b"Subject: x\r\n\r\nhi\r\n"
+
+    def __iter__(self):
+        return iter(["Subject"])
+
+
+def test_content_of_wrong_type_is_invalid_input():
+    session = ready(FakeServer())
+    error = raises(InvalidInputError, session.mail, "a@x.org", ["b@x.org"], EmailMessageLike())
+    assert "as_bytes()" in str(error), str(error)
+    raises(InvalidInputError, session.mail, "a@x.org", [""], b"hi\r\n")
+    assert session.usable
+
+    # A generator of str is found out while it is encoded, as an InvalidInputError.
+    server = FakeServer(("PIPELINING", "CHUNKING"))
+    session = ready(server)
+    transaction = session.mail("a@x.org", ["b@x.org"], iter(["text\r\n"]))
+    converse(session, server)
+    assert isinstance(transaction.error, InvalidInputError), transaction.error
+    assert "must be bytes, not str" in str(transaction.error), str(transaction.error)
 
 
 def test_memory_failures_are_transient_out_of_memory():

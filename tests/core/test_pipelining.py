@@ -106,7 +106,7 @@ def test_flush_of_twenty_in_few_turns():
 
 
 def test_flush_without_chunking_uses_one_turn_per_message():
-    server = starttls_server(("PIPELINING", "AUTH PLAIN"))
+    server = starttls_server(("PIPELINING", "AUTH PLAIN", "8BITMIME"))
     session, turns = connect(server)
     transactions = [session.mail("a@x.org", ["b@x.org"], body(n)) for n in range(5)]
     session.quit()
