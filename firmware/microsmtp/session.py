@@ -396,7 +396,7 @@ class Session:
                 stage="mail",
             )
         for address in [sender] + rcpts:
-            # An address outside ASCII needs SMTPUTF8 (RFC 6531), whatever the smtputf8 argument.
+            # An address outside ASCII needs SMTPUTF8 (RFC 6531), even when smtputf8 is False.
             if len(address.decode()) != len(address):
                 smtputf8 = True
         if smtputf8 and "SMTPUTF8" not in self.extensions:
