@@ -90,7 +90,7 @@ def connection_options(params, log):
         from microsmtp.client import make_ssl_context
 
         options["ssl_context"] = HeapTakingContext(
-            make_ssl_context(options["ca_roots"]), params["heap_left_after_wrap"]
+            make_ssl_context(options.pop("ca_roots")), params["heap_left_after_wrap"]
         )
     return options
 

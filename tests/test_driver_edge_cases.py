@@ -694,3 +694,132 @@ def test_plaintext_send_without_ssl_module(script, tmp_path):
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == "250"
     assert len(server.sent(b"MAIL")) == 1
+
+
+# -- misuse of the API, and cancellation at the edges ---------------------------------------
+
+
+def test_cancel_as_connection_opens_closes_it(script, monkeypatch):
+    server = script(lambda script, conn: None)
+    real_open = client.open_stream
+    opened = []
+
+    async def scenario():
+        outer = asyncio.current_task()
+
+        async def opening(*args):
+            pair = await real_open(*args)
+            opened.append(pair[1])
+            # The cancel arrives as the connection is made, before the driver stores it.
+            outer.cancel()
+            return pair
+
+        monkeypatch.setattr(client, "open_stream", opening)
+        smtp = smtp_for(server)
+        with pytest.raises(asyncio.CancelledError):
+            await smtp.connect()
+
+    asyncio.run(scenario())
+    assert opened[0].is_closing()
+
+
+def test_spent_deadline_closes_awaitable():
+    async def scenario():
+        smtp = SMTP("127.0.0.1", security="none")
+        smtp._start_deadline(1)
+        smtp._deadline_start -= 10
+        waiting = asyncio.sleep(0)
+        with pytest.raises(Timeout):
+            await smtp._with_limit(waiting, 1000, "mail", "sending")
+        return waiting
+
+    waiting = asyncio.run(scenario())
+    # A closed coroutine has no frame, and never warns that it was not awaited.
+    assert waiting.cr_frame is None
+
+
+def test_second_task_on_one_connection_refused(script):
+    server = script(serve_normally)
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        first = asyncio.ensure_future(smtp.send_message(message(1)))
+        await asyncio.sleep(0)
+        with pytest.raises(InvalidInputError) as refused:
+            await smtp.send_message(message(2))
+        result = await first
+        await smtp.send_message(message(3))
+        await smtp.quit()
+        return refused.value, result
+
+    error, result = asyncio.run(scenario())
+    assert "in use by another task" in str(error)
+    assert result.ok
+    assert len(server.sent(b"MAIL")) == 2
+
+
+def test_object_that_is_no_message_is_invalid_input(script):
+    from email.message import EmailMessage
+
+    server = script(serve_normally)
+    email = EmailMessage()
+    email["Subject"] = "x"
+
+    async def scenario():
+        smtp = smtp_for(server)
+        await smtp.connect()
+        errors = []
+        for wrong in (None, b"Subject: x\r\n\r\nhi\r\n", email):
+            with pytest.raises(InvalidInputError) as raised:
+                await smtp.send_message(wrong)
+            errors.append(raised.value)
+        transactions = await smtp.send_messages([message(1), email, message(2)])
+        await smtp.quit()
+        return errors, transactions
+
+    errors, transactions = asyncio.run(scenario())
+    assert "expected a microsmtp.Message, not EmailMessage" in str(errors[2])
+    assert [transaction.ok for transaction in transactions] == [True, False, True]
+    assert isinstance(transactions[1].error, InvalidInputError)
+    assert len(server.sent(b"MAIL")) == 2
+
+
+def test_silent_greeting_suggests_implicit_tls():
+    server = RawServer(lambda conn: conn.stall(10))
+    try:
+        with pytest.raises(Timeout) as raised:
+            asyncio.run(send(message(), server.host, port=server.port, security="none", reply_timeout_ms=300))
+    finally:
+        server.stop()
+    assert raised.value.stage == "greeting"
+    assert "the port expects implicit TLS (465): then set security 'tls'" in str(raised.value)
+
+
+def test_implicit_tls_to_plaintext_port_suggests_starttls(script, certs):
+    server = script(serve_normally)
+
+    with pytest.raises(SecurityError) as raised:
+        asyncio.run(
+            send(message(), server.server.host, port=server.server.port, security="tls", ca_roots=[certs.ca_der])
+        )
+    assert raised.value.stage == "tls"
+    assert "set security 'starttls'" in str(raised.value)
+
+
+def test_recipients_refused_survives_pickle():
+    import copy
+    import pickle
+
+    from microsmtp.errors import RecipientsRefused
+    from microsmtp.reply import Reply
+
+    refused = {"a@x.org": Reply(450, ["busy"], "4.2.1"), "b@x.org": Reply(550, ["no such user"], "5.1.1")}
+    error = RecipientsRefused("every recipient was refused", refused, order=("a@x.org", "b@x.org"))
+
+    for copied in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+        assert type(copied) is RecipientsRefused
+        assert str(copied) == str(error)
+        assert copied.code == 550
+        assert copied.transient is False
+        assert sorted(copied.refused) == ["a@x.org", "b@x.org"]

@@ -109,6 +109,10 @@ def make_ssl_context(ca_roots=None):
             ca_roots = [ca_roots]
         roots = []
         for root in ca_roots:
+            if not isinstance(root, (bytes, bytearray, str)):
+                raise ConfigError(
+                    "ca_roots must contain DER bytes or PEM text, not %s; read a CA file first" % type(root).__name__
+                )
             if isinstance(root, str) or b"-----BEGIN CERTIFICATE-----" in root:
                 from .encoding import pem_to_der
 
@@ -216,8 +220,30 @@ class SMTP:
             raise ConfigError(
                 "security must be one of %s, not %s" % (", ".join(_session.SECURITY_MODES), repr(security))
             )
-        if not host:
-            raise ConfigError("host is empty; set the SMTP server's name")
+        if not host or not isinstance(host, str):
+            raise ConfigError("host must be the SMTP server's name or address, not %r" % (host,))
+        if host[0] == "[" and host[-1] == "]":
+            # An IPv6 address literal as written in a URL.
+            host = host[1:-1]
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise ConfigError("port must be a number from 1 to 65535, not %r" % (port,))
+        for name, value in (
+            ("timeout_ms", timeout_ms),
+            ("connect_timeout_ms", connect_timeout_ms),
+            ("reply_timeout_ms", reply_timeout_ms),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError("%s must be a positive number of milliseconds, not %r" % (name, value))
+        if ssl_context is not None:
+            if ca_roots is not None or security == _session.PLAINTEXT or not hasattr(ssl_context, "wrap_socket"):
+                raise ConfigError(
+                    "ssl_context must be an SSLContext, given without ca_roots and with security 'starttls' or 'tls'"
+                )
+        elif ca_roots is not None and not isinstance(ca_roots, (bytes, bytearray, str, list, tuple)):
+            raise ConfigError(
+                "ca_roots must be certificates (DER bytes or PEM text) or a list of them, not %s; "
+                "read a CA file first" % type(ca_roots).__name__
+            )
         self.host = host
         self.port = port or DEFAULT_PORTS[security]
         self.security = security
@@ -241,18 +267,31 @@ class SMTP:
         self._write_buffer = bytearray(_WRITE_SIZE)
         self._received_any = False
         self._deadline_locked = False
+        # True while a call runs, because the connection carries one dialogue at a time.
+        self._busy = False
         self.session = None
 
     # -- public API ------------------------------------------------------------------
 
     async def connect(self):
         """Connect, secure the connection, say EHLO and authenticate."""
+        self._claim()
         try:
             await self._connect()
         except MemoryError as exc:
             await self.close()
             stage = "connect" if self.session is None else self.session.stage
             raise out_of_memory(stage, exc) from None
+        finally:
+            self._busy = False
+
+    def _claim(self):
+        if self._busy:
+            raise InvalidInputError(
+                "this SMTP object is in use by another task; await that call first, or give each task "
+                "an SMTP object of its own"
+            )
+        self._busy = True
 
     async def _connect(self):
         # A second connect() replaces the first connection, which must not leak.
@@ -304,10 +343,14 @@ class SMTP:
         Raises the SMTPError that stopped the message, such as RecipientsRefused when
         no recipient was accepted.
         """
-        self._check_connected()
-        self._start_deadline(self.timeout_ms)
-        transaction = await self._queue(self._queue_message, message)
-        await self._run()
+        self._claim()
+        try:
+            self._check_connected()
+            self._start_deadline(self.timeout_ms)
+            transaction = await self._queue(self._queue_message, message)
+            await self._run()
+        finally:
+            self._busy = False
         return _outcome(transaction)
 
     async def send_messages(self, messages):
@@ -317,38 +360,46 @@ class SMTP:
         ``reply`` (the final 250). A failure of the connection sets ``error`` on every
         message not yet accepted, which can then be tried again on a new connection.
         """
-        self._check_connected()
-        self._start_deadline(self.timeout_ms)
-        transactions = []
-        failure = None
-        for message in messages:
-            if failure is not None:
-                # The connection is gone: the rest get its error without being encoded.
-                transactions.append(_failed_transaction(message, failure))
-                continue
-            try:
-                transactions.append(await self._queue(self._queue_message, message))
-            except InvalidInputError as exc:
-                # This message cannot be sent as it is; the others go on.
-                transactions.append(_failed_transaction(message, exc))
-            except SMTPError as exc:
-                # The connection failed while the messages were being queued; the
-                # session gave the error to those already queued.
-                transactions.append(_failed_transaction(message, exc))
-                if not self.session.usable:
-                    failure = exc
+        self._claim()
         try:
-            await self._run()
-        except SMTPError:
-            pass
+            self._check_connected()
+            self._start_deadline(self.timeout_ms)
+            transactions = []
+            failure = None
+            for message in messages:
+                if failure is not None:
+                    # The connection is gone: the rest get its error without being encoded.
+                    transactions.append(_failed_transaction(message, failure))
+                    continue
+                try:
+                    transactions.append(await self._queue(self._queue_message, message))
+                except InvalidInputError as exc:
+                    # This message cannot be sent as it is; the others go on.
+                    transactions.append(_failed_transaction(message, exc))
+                except SMTPError as exc:
+                    # The connection failed while the messages were being queued; the
+                    # session gave the error to those already queued.
+                    transactions.append(_failed_transaction(message, exc))
+                    if not self.session.usable:
+                        failure = exc
+            try:
+                await self._run()
+            except SMTPError:
+                pass
+        finally:
+            self._busy = False
         return transactions
 
     async def send_raw(self, sender, recipients, content, size=None, smtputf8=False):
         """Send content (bytes, a list of bytes chunks, or an object with chunks()) as one message."""
-        self._check_connected()
-        self._start_deadline(self.timeout_ms)
-        transaction = await self._queue(self.session.mail, sender, recipients, content, size, smtputf8)
-        await self._run()
+        self._claim()
+        try:
+            self._check_connected()
+            self._start_deadline(self.timeout_ms)
+            transaction = await self._queue(self.session.mail, sender, recipients, content, size, smtputf8)
+            await self._run()
+        finally:
+            self._busy = False
         return _outcome(transaction)
 
     async def _queue(self, queue, *args):
@@ -369,6 +420,10 @@ class SMTP:
             raise ConnectionLost("not connected; call connect() first", stage="mail")
 
     def _queue_message(self, message):
+        if not hasattr(message, "chunks") or not hasattr(message, "recipients"):
+            raise InvalidInputError(
+                "expected a microsmtp.Message, not %s; build one, or pass bytes to send_raw()" % type(message).__name__
+            )
         # The size is announced only to servers that have a SIZE limit; measuring it
         # costs one pass over the encoded message, but no memory.
         size = None
@@ -384,14 +439,18 @@ class SMTP:
 
     async def quit(self):
         """Send QUIT and close the connection; errors while quitting are ignored."""
-        if self.session is not None and self._writer is not None:
-            self._start_deadline(self.reply_timeout_ms)
-            try:
-                self.session.quit()
-                await self._run()
-            except (SMTPError, MemoryError):
-                pass
-        await self.close()
+        self._claim()
+        try:
+            if self.session is not None and self._writer is not None:
+                self._start_deadline(self.reply_timeout_ms)
+                try:
+                    self.session.quit()
+                    await self._run()
+                except (SMTPError, MemoryError):
+                    pass
+            await self.close()
+        finally:
+            self._busy = False
 
     async def close(self):
         """Close the connection without QUIT, waiting no longer than timeout_ms has left."""
@@ -535,6 +594,9 @@ class SMTP:
     async def _with_limit(self, awaitable, stage_ms, stage, what):
         remaining = self._deadline_ms - _ticks_diff(_now_ms(), self._deadline_start)
         if remaining <= 0:
+            # The awaitable never runs: closed, it leaves no coroutine that was never awaited.
+            if hasattr(awaitable, "close"):
+                awaitable.close()
             raise Timeout(
                 "the operation did not finish within timeout_ms=%d (during %s)" % (self._deadline_ms, stage),
                 stage=stage,
@@ -547,14 +609,15 @@ class SMTP:
                 cause = "the operation's timeout_ms=%d ran out" % self._deadline_ms
             else:
                 cause = "no progress within %d ms" % stage_ms
-            raise Timeout(
-                "%s timed out during %s (%s); the server or network is too slow or down" % (what, stage, cause),
-                stage=stage,
-            ) from None
+            advice = "the server or network is too slow or down"
+            if stage == "greeting" and not self._received_any and self.security != _session.TLS:
+                # A server that expects implicit TLS waits for the ClientHello and sends nothing.
+                advice += ", or the port expects implicit TLS (465): then set security 'tls'"
+            raise Timeout("%s timed out during %s (%s); %s" % (what, stage, cause, advice), stage=stage) from None
         if not MICROPYTHON:
             from .cpython import raise_if_cancelled
 
-            raise_if_cancelled()
+            raise_if_cancelled(result)
         return result
 
     async def _transfer(self, data=None):
@@ -622,7 +685,12 @@ class SMTP:
 
                 tls_error = isinstance(exc, ssl.SSLError)
             if tls_error:
-                return SecurityError("TLS handshake with %s failed (%s)" % (self.server_hostname, detail), stage="tls")
+                advice = ""
+                if self.security == _session.TLS:
+                    advice = "; if the port expects STARTTLS (587 or 25), set security 'starttls'"
+                return SecurityError(
+                    "TLS handshake with %s failed (%s)%s" % (self.server_hostname, detail, advice), stage="tls"
+                )
         if stage == "greeting" and not self._received_any:
             # MicroPython reports a refused connection only at the first read.
             stage = "connect"
@@ -728,8 +796,9 @@ def cert_check_lacked_heap(exc, free, left):
 
 
 def _failed_transaction(message, error):
-    transaction = Transaction(message.sender_address, message.recipients, message)
-    transaction.message_id = message.message_id
+    # getattr(), because message may be an object that is not a Message.
+    transaction = Transaction(getattr(message, "sender_address", None), getattr(message, "recipients", []), message)
+    transaction.message_id = getattr(message, "message_id", None)
     transaction.fail(error)
     transaction.done = True
     return transaction

@@ -66,11 +66,17 @@ def cancelling():
     return requests is not None and requests() > 0
 
 
-def raise_if_cancelled():
-    # CPython 3.11's wait_for() returns the result of an inner future that finished at
-    # the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
-    # still shows the request, so it is honoured here.
+def raise_if_cancelled(result=None):
+    """Raise CancelledError if the task was asked to cancel, closing a stream pair in result first.
+
+    CPython 3.11's wait_for() returns the result of an inner future that finished at
+    the moment a cancellation arrived, and drops the cancellation. Task.cancelling()
+    still shows the request, so it is honoured here. A connection that open_connection()
+    made in that moment is not stored yet, so it is closed here.
+    """
     if cancelling():
+        if isinstance(result, tuple) and len(result) == 2 and hasattr(result[1], "transport"):
+            result[1].transport.abort()
         raise asyncio.CancelledError()
 
 

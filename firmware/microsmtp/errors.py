@@ -69,17 +69,19 @@ class RecipientsRefused(ReplyError):
     ``refused`` maps each recipient address to the Reply that refused it. The error is
     transient only when every refusal was a 4xx reply. ``code``, ``enhanced`` and
     ``text`` are those of the first refusal in ``order`` (the addresses in the order
-    they were sent), or of any refusal without it.
+    they were sent, else the order of ``refused``) that is permanent, or of the first
+    refusal when all are transient, so that ``code`` agrees with ``transient``.
     """
 
     def __init__(self, message, refused, stage="rcpt", order=()):
+        transient = True
+        for reply in refused.values():
+            if not 400 <= reply.code < 500:
+                transient = False
         first = None
-        for address in order:
-            if address in refused:
-                first = refused[address]
-                break
-        if first is None:
-            for reply in refused.values():
+        for address in list(order) + list(refused):
+            reply = refused.get(address)
+            if reply is not None and (transient or not 400 <= reply.code < 500):
                 first = reply
                 break
         code = first.code if first else None
@@ -87,11 +89,12 @@ class RecipientsRefused(ReplyError):
         text = first.text if first else ""
         super().__init__(message, code, enhanced, text, stage)
         self.refused = refused
-        transient = True
-        for reply in refused.values():
-            if not 400 <= reply.code < 500:
-                transient = False
         self.transient = transient
+        self._order = order
+
+    def __reduce__(self):
+        # pickle and copy (CPython) call the class with these arguments.
+        return (RecipientsRefused, (self.message, self.refused, self.stage, self._order))
 
 
 class ProtocolError(SMTPError):

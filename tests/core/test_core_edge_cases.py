@@ -435,6 +435,46 @@ def test_content_of_wrong_type_is_invalid_input():
     assert "must be bytes, not str" in str(transaction.error), str(transaction.error)
 
 
+def test_invalid_options_are_config_errors():
+    from microsmtp.client import SMTP
+    from microsmtp.errors import ConfigError
+
+    cases = (
+        ({"port": "2525"}, "port must be a number from 1 to 65535"),
+        ({"port": 70000}, "port must be a number from 1 to 65535"),
+        ({"port": True}, "port must be a number from 1 to 65535"),
+        ({"timeout_ms": 0}, "timeout_ms must be a positive number"),
+        ({"timeout_ms": None}, "timeout_ms must be a positive number"),
+        ({"connect_timeout_ms": -1}, "connect_timeout_ms must be a positive number"),
+        ({"reply_timeout_ms": "30000"}, "reply_timeout_ms must be a positive number"),
+        ({"ca_roots": 42}, "ca_roots must be certificates"),
+        ({"ssl_context": object()}, "ssl_context must be an SSLContext"),
+    )
+    for options, reason in cases:
+        error = raises(ConfigError, SMTP, "mx.example", **options)
+        assert reason in str(error), (options, str(error))
+        assert not error.transient
+    raises(ConfigError, SMTP, None)
+    assert SMTP("[::1]").host == "::1"
+    assert SMTP("mx.example", port=2525, timeout_ms=1.5).port == 2525
+
+
+def test_mixed_refusals_report_permanent_code():
+    from microsmtp.errors import RecipientsRefused
+    from microsmtp.reply import Reply
+
+    refused = {"a@x.org": Reply(450, ["busy"], "4.2.1"), "b@x.org": Reply(550, ["no such user"], "5.1.1")}
+    error = RecipientsRefused("refused", refused, order=("a@x.org", "b@x.org"))
+    assert error.transient is False
+    assert error.code == 550
+    assert error.enhanced == "5.1.1"
+
+    busy = {"a@x.org": Reply(450, ["busy"], "4.2.1"), "b@x.org": Reply(451, ["later"], "4.3.0")}
+    error = RecipientsRefused("refused", busy, order=("b@x.org", "a@x.org"))
+    assert error.transient is True
+    assert error.code == 451
+
+
 def test_memory_failures_are_transient_out_of_memory():
     from microsmtp.client import SMTP
     from microsmtp.errors import OutOfMemory
