@@ -411,7 +411,8 @@ def test_transcript_redacts_credentials(runtime, smtp_server, certs):
     assert "<-- 221" in transcript
 
 
-def test_connection_refused_is_transient(runtime, certs):
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_connection_refused_is_transient(runtime, certs, security):
     import socket
 
     # Bind a port and keep it closed to connections: nothing listens there.
@@ -425,6 +426,7 @@ def test_connection_refused_is_transient(runtime, certs):
             "server_hostname": "localhost",
             "ca_roots": [base64.b64encode(certs.ca_der).decode()],
             "messages": [message_spec()],
+            "security": security,
         }
         outcome = only_outcome(run_client(runtime, params))
     finally:

@@ -691,8 +691,9 @@ class SMTP:
                 return SecurityError(
                     "TLS handshake with %s failed (%s)%s" % (self.server_hostname, detail, advice), stage="tls"
                 )
-        if stage == "greeting" and not self._received_any:
-            # MicroPython reports a refused connection only at the first read.
+        if stage in ("greeting", "tls") and not self._received_any and not isinstance(exc, ValueError):
+            # MicroPython reports a refused connection only at the first read, and with
+            # implicit TLS that read is part of the handshake.
             stage = "connect"
         return ConnectionLost(
             "connection to %s:%d failed during %s (%s)" % (self.host, self.port, stage, detail), stage=stage
