@@ -818,7 +818,7 @@ async def send(message, host, **options):
 
     Options are those of ``SMTP``: ``port``, ``security`` (``"starttls"``, ``"tls"`` or
     ``"none"``), ``username``, ``password`` or ``oauth2_token``, ``ca_roots`` (DER
-    certificates), ``server_hostname``, ``local_hostname``, ``timeout_ms`` (deadline for
+    bytes or PEM text of the trusted roots) or ``ssl_context``, ``server_hostname``, ``local_hostname``, ``timeout_ms`` (deadline for
     the whole send), ``connect_timeout_ms``, ``reply_timeout_ms`` and ``log``.
     """
     smtp = SMTP(host, **options)
