@@ -818,8 +818,9 @@ async def send(message, host, **options):
 
     Options are those of ``SMTP``: ``port``, ``security`` (``"starttls"``, ``"tls"`` or
     ``"none"``), ``username``, ``password`` or ``oauth2_token``, ``ca_roots`` (DER
-    bytes or PEM text of the trusted roots) or ``ssl_context``, ``server_hostname``, ``local_hostname``, ``timeout_ms`` (deadline for
-    the whole send), ``connect_timeout_ms``, ``reply_timeout_ms`` and ``log``.
+    bytes or PEM text of the trusted roots) or ``ssl_context``, ``server_hostname``,
+    ``local_hostname``, ``timeout_ms`` (deadline for the whole send),
+    ``connect_timeout_ms``, ``reply_timeout_ms`` and ``log``.
     """
     smtp = SMTP(host, **options)
     smtp._start_deadline(smtp.timeout_ms)
