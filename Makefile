@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Core test modules for `make test-micropython` (default: all of tests/core/test_*.py).
 CORE_TESTS ?=
 # MicroPython heap for `make test-micropython`, in the unix port's -X heapsize syntax.
-MICROPYTHON_HEAP ?= 512K
+MICROPYTHON_HEAP ?= 640K
 # Other CPython versions whose tests `make test` runs as well, if found
 # (tools/test-other-pythons.sh); `make test OTHER_PYTHONS=` runs none.
 OTHER_PYTHONS ?= 3.12 3.13

@@ -125,7 +125,8 @@ def run_module(module_name, verbose):
         # MicroPython's collector is conservative, so a collection deep inside a test may
         # keep garbage that stale stack slots point to. One here, where the stack is
         # shallow, frees it. Without it a test that needed a 2 KB block failed when all
-        # modules ran in one process at 512K.
+        # modules ran in one process at 512K. With 364 tests, that run needs 560K, with
+        # about 270 KB free in blocks too small for the fake server's 2 KB buffers.
         gc.collect()
         try:
             result = test()
