@@ -34,6 +34,13 @@ HARNESS = r"""
 import json
 import sys
 
+# MicroPython 1.22's unix port closes descriptor 0 when it collects the file object of a
+# failed open(), so the commands come from a second descriptor of the same pipe.
+try:
+    commands = open("/dev/fd/0")
+except OSError:
+    commands = sys.stdin
+
 try:
     import asyncio
 except ImportError:
@@ -42,7 +49,7 @@ except ImportError:
 from alerts.app import _DELIVERY_MODULES, unload
 from alerts.outbox import Outbox
 
-params = json.loads(sys.stdin.readline())
+params = json.loads(commands.readline())
 config = params["config"]
 with open(params["ca"], "rb") as file:
     roots = [file.read()]
@@ -56,7 +63,7 @@ def result(values):
 
 
 while True:
-    line = sys.stdin.readline()
+    line = commands.readline()
     if not line:
         break
     command = json.loads(line)
