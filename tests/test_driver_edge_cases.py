@@ -705,19 +705,20 @@ def test_cancel_as_connection_opens_closes_it(script, monkeypatch):
     opened = []
 
     async def scenario():
-        outer = asyncio.current_task()
+        tasks = []
 
         async def opening(*args):
             pair = await real_open(*args)
             opened.append(pair[1])
             # The cancel arrives as the connection is made, before the driver stores it.
-            outer.cancel()
+            tasks[0].cancel()
             return pair
 
         monkeypatch.setattr(client, "open_stream", opening)
         smtp = smtp_for(server)
+        tasks.append(asyncio.ensure_future(smtp.connect()))
         with pytest.raises(asyncio.CancelledError):
-            await smtp.connect()
+            await tasks[0]
 
     asyncio.run(scenario())
     assert opened[0].is_closing()
