@@ -13,6 +13,7 @@ import os
 
 import pytest
 import scenarios
+from raw_server import RawServer
 
 import servers
 import unix_port
@@ -434,3 +435,87 @@ def test_connection_refused_is_transient(runtime, certs, security):
     assert outcome["error"] == "ConnectionLost", outcome
     assert outcome["transient"]
     assert outcome["stage"] == "connect"
+
+
+FD_SCRIPT = r"""
+import binascii
+import gc
+import json
+import os
+import sys
+
+import asyncio
+
+import microsmtp
+
+params = json.loads(sys.stdin.read())
+roots = [binascii.a2b_base64(params["ca"])]
+
+
+def open_descriptors():
+    gc.collect()
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def main():
+    before = open_descriptors()
+    errors = []
+    for _ in range(3):
+        message = microsmtp.Message("board@example.com", "ops@example.com", "alert", "text")
+        try:
+            await microsmtp.send(
+                message, params["host"], port=params["port"], security=params["security"], ca_roots=roots,
+                server_hostname="localhost", timeout_ms=10000,
+            )
+        except microsmtp.SMTPError as exc:
+            errors.append(type(exc).__name__)
+    token_errors = []
+    if params.get("token_port"):
+        from alerts import oauth2
+
+        for _ in range(2):
+            try:
+                await oauth2.exchange("127.0.0.1", params["token_port"], b"POST / HTTP/1.0\r\n\r\n", roots, 0.5)
+            except oauth2.TokenError as exc:
+                token_errors.append(str(exc)[:60])
+    print(json.dumps({"before": before, "after": open_descriptors(), "errors": errors, "token": token_errors}))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_failed_handshakes_leave_no_socket_open(smtp_server, certs, mode):
+    # The server's certificate comes from a CA the client does not trust, so each
+    # handshake fails. MicroPython's TLS socket then forgets the plain socket below it.
+    server = smtp_server(mode, certs.wrong_ca_cert)
+    stalled = RawServer(lambda conn: stall_tls(conn, certs))
+    try:
+        env = dict(os.environ)
+        env["MICROPYPATH"] = ".frozen:%s" % unix_port.FIRMWARE_DIR
+        params = {
+            "host": server.host,
+            "port": server.port,
+            "security": mode,
+            "ca": base64.b64encode(certs.ca_der).decode(),
+            "token_port": stalled.port,
+        }
+        process = unix_port.run_micropython(["-c", FD_SCRIPT], env=env, input=json.dumps(params), timeout=60)
+    finally:
+        stalled.stop()
+    assert process.returncode == 0, unix_port.format_output(process)
+    outcome = json.loads(process.stdout.strip().splitlines()[-1])
+    assert outcome["errors"] == ["SecurityError"] * 3, outcome
+    # The token endpoint accepts TLS and never replies, so each request times out.
+    assert len(outcome["token"]) == 2, outcome
+    assert outcome["after"] == outcome["before"], outcome
+
+
+def stall_tls(conn, certs):
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certs.server_cert.configure_cert(context)
+    conn.start_tls(context)
+    conn.stall(10)

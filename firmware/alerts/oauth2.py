@@ -570,6 +570,12 @@ async def _close(writer, deadline):
     transport = getattr(writer, "transport", None)
     if transport is not None:
         transport.abort()
+        return
+    # MicroPython: wait_closed() closes the socket at once, without waiting for the peer.
+    try:
+        await writer.wait_closed()
+    except Exception:
+        pass
 
 
 def _detail(exc):

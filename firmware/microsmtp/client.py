@@ -176,7 +176,7 @@ def _open_micropython(host, port, context=None, server_hostname=None):
 
     # The DNS lookup blocks; no timeout can interrupt it.
     address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    sock = socket.socket(address[0], address[1], address[2])
+    plain = sock = socket.socket(address[0], address[1], address[2])
     try:
         sock.setblocking(False)
         try:
@@ -193,8 +193,9 @@ def _open_micropython(host, port, context=None, server_hostname=None):
     except BaseException:
         # A timeout or a cancellation arrives here as CancelledError.
         sock.close()
+        plain.close()
         raise
-    stream = _Stream(sock)
+    stream = _Stream(sock, plain)
     return stream, stream
 
 
@@ -207,8 +208,11 @@ class _Stream:
     that module do. They are generators, which MicroPython awaits like coroutines.
     """
 
-    def __init__(self, sock):
+    def __init__(self, sock, plain=None):
         self.s = sock
+        # MicroPython's TLS socket drops its reference to the plain socket when its handshake fails, and
+        # then its close() leaves that one open, so wait_closed() closes it as well.
+        self._plain = plain or sock
         self._out = b""
 
     def write(self, data):
@@ -237,6 +241,7 @@ class _Stream:
 
     async def wait_closed(self):
         self.s.close()
+        self._plain.close()
 
 
 class SMTP:
@@ -273,15 +278,21 @@ class SMTP:
         if host[0] == "[" and host[-1] == "]":
             # An IPv6 address literal as written in a URL.
             host = host[1:-1]
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise ConfigError("port must be a number from 1 to 65535, not %r" % (port,))
+        if port is not None:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < int(port) < 65536:
+                raise ConfigError("port must be a number from 1 to 65535, not %r" % (port,))
+            port = int(port)
         for name, value in (
             ("timeout_ms", timeout_ms),
             ("connect_timeout_ms", connect_timeout_ms),
             ("reply_timeout_ms", reply_timeout_ms),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError("%s must be a positive number of milliseconds, not %r" % (name, value))
+            # A NaN fails both comparisons. MicroPython's tick arithmetic wraps after 2**29 ms.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 536870912:
+                raise ConfigError(
+                    "%s must be a number of milliseconds above 0 and at most 536870912 (6.2 days), not %r"
+                    % (name, value)
+                )
         if ssl_context is not None:
             if ca_roots is not None or security == _session.PLAINTEXT or not hasattr(ssl_context, "wrap_socket"):
                 raise ConfigError(

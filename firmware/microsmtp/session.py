@@ -139,8 +139,9 @@ def _check_content(content):
 
     Content given whole is checked now, so that one bad message cannot break the
     connection for the others while they are on the wire. Content produced lazily is
-    checked as it is encoded: a Message (with chunks()) is 7-bit, and for a generator
-    or another iterable the result is None, because its octets are not known yet.
+    checked as it is encoded: a Message without UTF-8 addresses is 7-bit, and for
+    another Message, an object with chunks(), a generator or another iterable the
+    result is None, because its octets are not known yet.
     """
     if hasattr(content, "as_bytes"):
         # An email.message object is iterable, over its header names.
@@ -150,7 +151,8 @@ def _check_content(content):
     pieces = (content,) if isinstance(content, (bytes, bytearray)) else content
     if not isinstance(pieces, (tuple, list)):
         if hasattr(content, "chunks"):
-            return False
+            # A Message is 7-bit unless an address in its header is UTF-8 (SMTPUTF8).
+            return None if getattr(content, "needs_smtputf8", True) else False
         if (hasattr(content, "__next__") or hasattr(content, "__iter__")) and not isinstance(content, str):
             return None
         raise InvalidInputError(
@@ -312,7 +314,13 @@ class Session:
                 # timeout names the step that failed.
                 kind = self._expected[0][0]
                 self.stage = kind
-                reply = self._parser.next_reply()
+                try:
+                    reply = self._parser.next_reply()
+                except ProtocolError as exc:
+                    # The parser quotes the malformed line, which may repeat a credential.
+                    if not self._secrets:
+                        raise
+                    raise ProtocolError(self._scrub(exc.message), stage=exc.stage) from None
                 if reply is not None and self._secrets:
                     # Replies end up in results (refused recipients) and logs, so a
                     # server quoting the AUTH command must not leave credentials there.
@@ -405,7 +413,7 @@ class Session:
             )
         eight_bit = _check_content(content)
         if eight_bit is None:
-            # Declared where the server allows it, so that 8-bit content can follow.
+            # Declared where the server offers it, so that 8-bit content can follow.
             eight_bit = "8BITMIME" in self.extensions
         elif eight_bit and "8BITMIME" not in self.extensions:
             raise InvalidInputError(
@@ -761,6 +769,10 @@ class Session:
                         continue
                 if secret:
                     self._secrets.append(secret)
+                    # The form in which the reply parser quotes a malformed line.
+                    quoted = repr(secret.encode())[2:-1]
+                    if quoted != secret:
+                        self._secrets.append(quoted)
             offered = self.auth_mechanisms
             if token is None and "PLAIN" in offered:
                 # PLAIN (RFC 4616) first, because it finishes in one round trip.

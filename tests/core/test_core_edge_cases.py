@@ -369,6 +369,35 @@ def test_eight_bit_content_declared_with_body_8bitmime():
         assert server.messages[0] == EIGHT_BIT
 
 
+class ChunkedContent:
+    """Content with chunks(), as send_raw() accepts besides a Message."""
+
+    def chunks(self):
+        yield EIGHT_BIT
+
+
+def test_message_with_utf8_address_declares_8bitmime():
+    from microsmtp.message import Message
+
+    server = FakeServer(("PIPELINING", "8BITMIME", "SMTPUTF8"))
+    session = ready(server)
+    utf8 = Message("j\u00f6rg@x.org", ["b@x.org"], "hi", "text")
+    first = session.mail(utf8.sender_address, utf8.recipients, utf8, None, utf8.needs_smtputf8)
+    ascii_only = Message("a@x.org", ["b@x.org"], "hi", "text")
+    second = session.mail(ascii_only.sender_address, ascii_only.recipients, ascii_only, None, False)
+    chunked = session.mail("a@x.org", ["b@x.org"], ChunkedContent())
+    converse(session, server)
+
+    assert first.ok, first.error
+    assert second.ok, second.error
+    assert chunked.ok, chunked.error
+    assert mail_lines(server) == [
+        "MAIL FROM:<j\u00f6rg@x.org> BODY=8BITMIME SMTPUTF8".encode("utf-8"),
+        b"MAIL FROM:<a@x.org>",
+        b"MAIL FROM:<a@x.org> BODY=8BITMIME",
+    ]
+
+
 def test_eight_bit_content_refused_without_8bitmime():
     server = FakeServer(SEVEN_BIT_SERVER)
     session = ready(server)
@@ -443,10 +472,13 @@ def test_invalid_options_are_config_errors():
         ({"port": "2525"}, "port must be a number from 1 to 65535"),
         ({"port": 70000}, "port must be a number from 1 to 65535"),
         ({"port": True}, "port must be a number from 1 to 65535"),
-        ({"timeout_ms": 0}, "timeout_ms must be a positive number"),
-        ({"timeout_ms": None}, "timeout_ms must be a positive number"),
-        ({"connect_timeout_ms": -1}, "connect_timeout_ms must be a positive number"),
-        ({"reply_timeout_ms": "30000"}, "reply_timeout_ms must be a positive number"),
+        ({"timeout_ms": 0}, "timeout_ms must be a number of milliseconds above 0"),
+        ({"timeout_ms": None}, "timeout_ms must be a number of milliseconds above 0"),
+        ({"connect_timeout_ms": -1}, "connect_timeout_ms must be a number of milliseconds above 0"),
+        ({"reply_timeout_ms": "30000"}, "reply_timeout_ms must be a number"),
+        ({"reply_timeout_ms": float("nan")}, "reply_timeout_ms must be a number"),
+        ({"reply_timeout_ms": float("inf")}, "reply_timeout_ms must be a number"),
+        ({"timeout_ms": 7 * 24 * 3600 * 1000}, "at most 536870912 (6.2 days)"),
         ({"ca_roots": 42}, "ca_roots must be certificates"),
         ({"ssl_context": object()}, "ssl_context must be an SSLContext"),
     )
@@ -457,6 +489,11 @@ def test_invalid_options_are_config_errors():
     raises(ConfigError, SMTP, None)
     assert SMTP("[::1]").host == "::1"
     assert SMTP("mx.example", port=2525, timeout_ms=1.5).port == 2525
+
+    class Port(int):
+        pass
+
+    assert SMTP("mx.example", port=Port(587), reply_timeout_ms=536870912).port == 587
 
 
 def test_mixed_refusals_report_permanent_code():

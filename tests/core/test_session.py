@@ -240,6 +240,22 @@ def test_password_quoted_in_reply_redacted():
         assert "hunter2-echo" not in line, line
 
 
+def test_password_in_malformed_reply_redacted():
+    # The parser quotes a malformed line in its error, as repr() of the bytes.
+    for password, plain in (("hunter2-echo", b"AGFsaWNlAGh1bnRlcjItZWNobw=="), ("p\u00e4ss-word", None)):
+        session = start_tls_session(username="alice", password=password)
+        sent, _ = pump(session)
+        assert sent.startswith(b"AUTH PLAIN "), sent
+        if plain is not None:
+            assert sent == b"AUTH PLAIN " + plain + b"\r\n", sent
+        session.receive_data(b"535_bad password " + password.encode("utf-8") + b"\r\n")
+        error = raises(ProtocolError, pump, session)
+
+        assert password not in str(error), str(error)
+        assert "\\xc3\\xa4" not in str(error), str(error)
+        assert "<redacted>" in str(error), str(error)
+
+
 def test_token_quoted_in_reply_redacted():
     session = Session("c", security="tls", username="alice", oauth2_token=b"ya29.token-value")
     step(session, b"", GREETING)
