@@ -208,11 +208,11 @@ class _Stream:
     that module do. They are generators, which MicroPython awaits like coroutines.
     """
 
-    def __init__(self, sock, plain=None):
+    def __init__(self, sock, plain):
         self.s = sock
-        # MicroPython's TLS socket drops its reference to the plain socket when its handshake fails, and
-        # then its close() leaves that one open, so wait_closed() closes it as well.
-        self._plain = plain or sock
+        # When its handshake fails, MicroPython's TLS socket drops its reference to the
+        # plain socket, and its close() then leaves that one open. So both are closed.
+        self._plain = plain
         self._out = b""
 
     def write(self, data):

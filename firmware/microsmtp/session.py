@@ -54,7 +54,7 @@ from .errors import (
     out_of_memory,
 )
 from .reply import ReplyParser
-from .transaction import DataEncoder, Transaction
+from .transaction import EIGHT_BIT_WITHOUT_8BITMIME, DataEncoder, Transaction
 
 try:
     from micropython import const
@@ -416,11 +416,7 @@ class Session:
             # Declared where the server offers it, so that 8-bit content can follow.
             eight_bit = "8BITMIME" in self.extensions
         elif eight_bit and "8BITMIME" not in self.extensions:
-            raise InvalidInputError(
-                "message content has octets above 127 and the server does not offer 8BITMIME; "
-                "encode the body as quoted-printable or base64",
-                stage="mail",
-            )
+            raise InvalidInputError(EIGHT_BIT_WITHOUT_8BITMIME, stage="mail")
         self._check_unsolicited()
         transaction = Transaction(sender, rcpts, content, size, smtputf8)
         transaction.eight_bit = eight_bit

@@ -7,6 +7,13 @@ the final 250 and ``accepted`` lists the recipients that will get the message.
 
 from .errors import InvalidInputError
 
+# The error for octets above 127 that MAIL did not declare, raised by Session.mail() for
+# content given whole and by DataEncoder for content produced lazily.
+EIGHT_BIT_WITHOUT_8BITMIME = (
+    "message content has octets above 127 and the server does not offer 8BITMIME; "
+    "encode the body as quoted-printable or base64"
+)
+
 
 def normalise_line_ends(chunk):
     # Content that already has CRLF line ends only is returned as it is: equal counts
@@ -42,10 +49,7 @@ class DataEncoder:
         if b"\0" in chunk:
             raise InvalidInputError("message content contains a NUL byte")
         if not self.eight_bit and chunk and max(chunk) > 127:
-            raise InvalidInputError(
-                "message content has octets above 127 and the server does not offer 8BITMIME; "
-                "encode the body as quoted-printable or base64"
-            )
+            raise InvalidInputError(EIGHT_BIT_WITHOUT_8BITMIME)
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False
@@ -90,7 +94,8 @@ class Transaction:
     """
 
     # True when MAIL carries BODY=8BITMIME: for content given whole with octets above 127,
-    # and for a generator or iterable while the server offers 8BITMIME.
+    # and for lazy content whose octets are not known (see Session.mail()) while the
+    # server offers 8BITMIME.
     eight_bit = False
 
     def __init__(self, sender, recipients, content, size=None, smtputf8=False):
