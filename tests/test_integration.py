@@ -488,7 +488,8 @@ asyncio.run(main())
 @pytest.mark.parametrize("mode", ["starttls", "tls"])
 def test_failed_handshakes_leave_no_socket_open(smtp_server, certs, mode):
     # The server's certificate comes from a CA the client does not trust, so each
-    # handshake fails. MicroPython's TLS socket then forgets the plain socket below it.
+    # handshake fails. MicroPython's TLS socket then drops its reference to the plain
+    # socket below it.
     server = smtp_server(mode, certs.wrong_ca_cert)
     stalled = RawServer(lambda conn: stall_tls(conn, certs))
     try:

@@ -324,7 +324,7 @@ def test_invalid_pem_roots_raise_config_error():
         assert pem_to_der(text) == [b"0\x03\x02\x01\x01"], text
 
 
-def test_ca_file_roots_reads_pem_and_der_and_names_what_is_wrong():
+def test_ca_file_roots_formats_and_errors():
     from microsmtp.encoding import ca_file_roots
     from microsmtp.errors import ConfigError
 
@@ -362,7 +362,9 @@ def test_eight_bit_content_declared_with_body_8bitmime():
         lazy = session.mail("a@x.org", ["b@x.org"], (piece for piece in (b"caf", "\u00e9\r\n".encode("utf-8"))))
         converse(session, server)
 
-        assert whole.ok and seven.ok and lazy.ok, (whole.error, seven.error, lazy.error)
+        assert whole.ok, whole.error
+        assert seven.ok, seven.error
+        assert lazy.ok, lazy.error
         assert mail_lines(server) == [b"MAIL FROM:<a@x.org> BODY=8BITMIME", b"MAIL FROM:<a@x.org>"] + [
             b"MAIL FROM:<a@x.org> BODY=8BITMIME"
         ], chunking
