@@ -329,6 +329,27 @@ def test_invalid_rule_in_scenario(tmp_path):
     assert "board |" not in process.stdout
 
 
+def test_scenario_given_by_name_is_found_among_shipped_ones(tmp_path, monkeypatch):
+    from microsmtp_tools import sim
+
+    monkeypatch.chdir(tmp_path)
+    assert sim.scenario_path("server_down.json") == SCENARIOS / "server_down.json"
+    assert sim.scenario_path("server_down") == SCENARIOS / "server_down.json"
+    # A file of that name in the current folder comes first.
+    (tmp_path / "server_down.json").write_text("{}")
+    assert sim.scenario_path("server_down.json").resolve() == tmp_path / "server_down.json"
+    # A path with a folder is never looked up elsewhere.
+    assert sim.scenario_path("other/server_down.json").resolve() == tmp_path / "other" / "server_down.json"
+
+
+def test_missing_scenario_lists_shipped_ones(tmp_path):
+    process = run_sim(tmp_path, "--scenario", "no_such_scenario.json")
+    assert process.returncode == 78, unix_port.format_output(process)
+    assert "cannot read scenario no_such_scenario.json" in process.stderr
+    assert "one of the shipped scenarios: " in process.stderr
+    assert "server_down.json" in process.stderr
+
+
 # An image from `microsmtp firmware --board UNIX --32bit`, which needs a MicroPython
 # source tree that CI cannot fetch; the test runs where the variable names one.
 VIRTUAL_BOARD_32BIT = os.environ.get("MICROSMTP_VIRTUAL_BOARD_32BIT")
