@@ -8,7 +8,7 @@ arguments and returns the exit status.
 import argparse
 import sys
 
-from . import bench, certs, deploy, firmware, flash, send, sim
+from . import bench, certs, deploy, firmware, flash, send, sim, testserver
 
 EX_USAGE = 2
 
@@ -28,6 +28,7 @@ def build_parser():
     flash.add_parser(subcommands)
     firmware.add_parser(subcommands)
     bench.add_parser(subcommands)
+    testserver.add_parser(subcommands)
     return parser
 
 
