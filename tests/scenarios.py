@@ -74,7 +74,20 @@ def build_message(spec):
     )
 
 
+def failing_log(log, prefix):
+    """Return a log function that passes lines to log but raises at each one starting with prefix."""
+
+    def failing(line):
+        if line.startswith(prefix):
+            raise ValueError("log sink failed")
+        log(line)
+
+    return failing
+
+
 def connection_options(params, log):
+    if "log_fails_at" in params:
+        log = failing_log(log, params["log_fails_at"])
     options = {
         "port": params["port"],
         "security": params.get("security", "starttls"),
@@ -116,12 +129,18 @@ class HeapTakingContext:
         # because a growing list would need ever larger holes itself.
         block = 4096
         gc.collect()
-        while gc.mem_free() > self._left and block >= 16:
+        # Half of what is left stays in one piece, as next to mbedTLS's large buffers, so
+        # that the layout of the holes does not decide whether the next small block fits.
+        reserve = bytearray(self._left // 2)
+        left = self._left - len(reserve)
+        while gc.mem_free() > left and block >= 16:
             try:
-                self.ballast = (bytearray(min(block, gc.mem_free() - self._left)), self.ballast)
+                self.ballast = (bytearray(min(block, gc.mem_free() - left)), self.ballast)
             except MemoryError:
                 gc.collect()
                 block //= 2
+        reserve = None
+        gc.collect()
         return wrapped
 
 
@@ -331,6 +350,50 @@ async def memory_short(params):
     return {"outcomes": outcomes, "escaped": escaped, "transcript": transcript}
 
 
+def transaction_outcome(transaction):
+    """Return a Transaction's outcome, also for one that failed, with its recipients."""
+    outcome = {
+        "ok": transaction.ok,
+        "accepted": sorted(transaction.accepted),
+        "rcpt_accepted": sorted(transaction.rcpt_accepted),
+        "refused": dict((addr, reply.code) for addr, reply in transaction.refused.items()),
+    }
+    if transaction.error is not None:
+        outcome.update(error_outcome(transaction.error))
+    return outcome
+
+
+async def outcomes(params):
+    """Send params["messages"] over one connection with params["api"]: "send", "send_message" or "send_messages".
+
+    Each outcome describes the Transaction returned, or the error raised ("send" and
+    "send_message" raise the error of a message that failed).
+    """
+    transcript = []
+    options = connection_options(params, transcript.append)
+    messages = [build_message(spec) for spec in params["messages"]]
+    results = []
+    if params["api"] == "send":
+        for message in messages:
+            try:
+                results.append(transaction_outcome(await send(message, params["host"], **options)))
+            except SMTPError as exc:
+                results.append(error_outcome(exc))
+        return {"outcomes": results, "transcript": transcript}
+    smtp = SMTP(params["host"], **options)
+    await smtp.connect()
+    if params["api"] == "send_messages":
+        results = [transaction_outcome(transaction) for transaction in await smtp.send_messages(messages)]
+    else:
+        for message in messages:
+            try:
+                results.append(transaction_outcome(await smtp.send_message(message)))
+            except SMTPError as exc:
+                results.append(error_outcome(exc))
+    await smtp.quit()
+    return {"outcomes": results, "transcript": transcript}
+
+
 def run(name, params):
     scenario = SCENARIOS[name]
     return asyncio.run(scenario(params))
@@ -360,6 +423,7 @@ SCENARIOS = {
     "check_input": check_input,
     "recorded_writes": recorded_writes,
     "memory_short": memory_short,
+    "outcomes": outcomes,
 }
 
 

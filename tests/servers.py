@@ -194,6 +194,13 @@ class _RecordingSMTP(SMTP):
             asyncio.get_running_loop().call_later(self._pause_reading_s, self.transport.resume_reading)
 
 
+def _take(reply):
+    """Return reply, or the next reply of a list of them (None when it is used up)."""
+    if isinstance(reply, list):
+        return reply.pop(0) if reply else None
+    return reply
+
+
 class _Handler:
     """aiosmtpd handler: checks credentials, applies reply overrides, stores messages."""
 
@@ -260,7 +267,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):
-        reply = self.server.rcpt_replies.get(address)
+        reply = _take(self.server.rcpt_replies.get(address))
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
@@ -268,8 +275,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, smtp, session, envelope):
-        if self.server.data_reply is not None:
-            return self.server.data_reply
+        reply = _take(self.server.data_reply)
+        if reply is not None:
+            return reply
         message = DeliveredMessage(
             mail_from=envelope.mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
@@ -330,6 +338,8 @@ class SMTPTestServer:
     mail_reply: a reply line (e.g. "451 4.3.0 Try again") sent to every MAIL.
     rcpt_replies: {address: reply line} sent to RCPT for those addresses.
     data_reply: a reply line sent after DATA instead of storing the message.
+        A list in place of a reply line (in rcpt_replies too) is used up one reply
+        per command; None in it, or an empty list, gives the normal reply.
     timeout: seconds a connection may stay idle before the server closes it.
     pause_reading_s: after each 354 reply, read nothing for this many seconds, so the
         client's socket fills up and its transport keeps unsent data.

@@ -166,6 +166,17 @@ def test_bad_certificate_aborts_before_auth(runtime, smtp_server, certs, case, m
     assert server.messages == []
 
 
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_server_hostname_with_trailing_dot(runtime, smtp_server, certs, mode):
+    # "localhost." is the fully qualified form of the name in the certificate; the TLS
+    # name drops the dot. The host "localhost." itself does not resolve here (only
+    # "localhost" is in /etc/hosts), so the connection goes to the address.
+    server = smtp_server(mode, certs.issue_cert("localhost"))
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, server_hostname="localhost.")))
+    assert outcome["ok"], outcome
+    assert server.wait_for_messages(1)[0].tls
+
+
 # mbedTLS reports a failed allocation during the signature check as an untrusted
 # certificate. Where its buffers come from the GC heap and little is left after them,
 # the client takes such a failure for a shortage of memory, which is retried.
@@ -349,6 +360,55 @@ def test_every_recipient_refused(runtime, smtp_server, certs, extensions):
     assert outcome["enhanced"] == "5.7.1"
     assert not outcome["transient"]
     assert server.messages == []
+
+
+@pytest.mark.parametrize("api", ["send", "send_message", "send_messages"])
+def test_refused_content_reaches_no_recipient(runtime, smtp_server, certs, extensions, api):
+    # The server accepted both recipients at RCPT, then refused the content: accepted
+    # names nobody, and rcpt_accepted keeps what RCPT said.
+    server = smtp_server("starttls", data_reply="554 5.6.0 content refused", ehlo_extra=extensions)
+    specs = [message_spec(to=["ops@example.com", "lab@example.com"], attachments=[])]
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=specs, api=api), scenario="outcomes"))
+    assert not outcome["ok"], outcome
+    assert outcome["error"] == "ReplyError", outcome
+    assert (outcome["code"], outcome["stage"]) == (554, "message"), outcome
+    if api == "send_messages":
+        # send() and send_message() raise the error instead of returning the Transaction.
+        assert outcome["accepted"] == [], outcome
+        assert outcome["rcpt_accepted"] == ["lab@example.com", "ops@example.com"], outcome
+        assert outcome["refused"] == {}, outcome
+    assert server.messages == []
+
+
+@pytest.mark.parametrize("api", ["send", "send_message", "send_messages"])
+def test_later_batch_refused_after_too_many_recipients(runtime, smtp_server, certs, extensions, api):
+    # A 452 sends lab@ in a second transaction, whose content the server refuses: the
+    # message is sent, to ops@ only.
+    server = smtp_server(
+        "starttls",
+        rcpt_replies={"lab@example.com": ["452 4.5.3 Too many recipients"]},
+        data_reply=[None, "554 5.6.0 content refused"],
+        ehlo_extra=extensions,
+    )
+    specs = [message_spec(to=["ops@example.com", "lab@example.com"], attachments=[])]
+    outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=specs, api=api), scenario="outcomes"))
+    assert outcome["ok"], outcome
+    assert outcome["accepted"] == ["ops@example.com"], outcome
+    assert outcome["rcpt_accepted"] == ["lab@example.com", "ops@example.com"], outcome
+    assert outcome["refused"] == {"lab@example.com": 554}, outcome
+    assert [message.rcpt_tos for message in server.messages] == [["ops@example.com"]]
+
+
+def test_failing_log_does_not_stop_the_send(runtime, smtp_server, certs, extensions, capsys):
+    server = smtp_server("starttls", ehlo_extra=extensions)
+    result = run_client(runtime, params_for(server, certs, log_fails_at="--> MAIL"))
+    assert only_outcome(result)["ok"], result
+    assert server.wait_for_messages(1)[0].rcpt_tos == ["ops@example.com"]
+    # The transcript stops where the log function failed.
+    assert result["transcript"][-1].startswith("--> AUTH PLAIN") or "<-- 235" in result["transcript"][-1]
+    assert not [line for line in result["transcript"] if line.startswith(("--> MAIL", "--> DATA", "<-- 221"))]
+    if runtime == "cpython":
+        assert "microsmtp: the log function raised ValueError: log sink failed" in capsys.readouterr().err
 
 
 def test_message_over_size_refused_before_mail(runtime, smtp_server, certs):

@@ -278,6 +278,15 @@ class SMTP:
         if host[0] == "[" and host[-1] == "]":
             # An IPv6 address literal as written in a URL.
             host = host[1:-1]
+        tls_name = server_hostname or host
+        for value in (host, tls_name):
+            # "." in front also catches a lone "." and a leading dot.
+            if not isinstance(value, str) or ".." in "." + value:
+                raise ConfigError("host and server_hostname must be names without an empty label, not %r" % (value,))
+        if tls_name[-1] == ".":
+            # A fully qualified name as DNS writes it: SNI and the certificate's names
+            # have no trailing dot (RFC 6066 section 3). TCP connects to the host as given.
+            tls_name = tls_name[:-1]
         if port is not None:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < int(port) < 65536:
                 raise ConfigError("port must be a number from 1 to 65535, not %r" % (port,))
@@ -306,7 +315,7 @@ class SMTP:
         self.host = host
         self.port = port or DEFAULT_PORTS[security]
         self.security = security
-        self.server_hostname = server_hostname or host
+        self.server_hostname = tls_name
         self.local_hostname = local_hostname
         self.timeout_ms = timeout_ms
         self.connect_timeout_ms = connect_timeout_ms

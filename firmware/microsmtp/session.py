@@ -176,7 +176,9 @@ class Session:
     does not offer it), ``"tls"`` (the driver connects with TLS from the start) or
     ``"none"`` (plaintext, only when explicitly chosen; AUTH is then refused). ``log`` is
     an optional callable that receives transcript lines (``"--> EHLO x"``, ``"<-- 250 ok"``)
-    with every AUTH payload replaced by ``"<redacted>"``. ``pipelining`` and
+    with every AUTH payload replaced by ``"<redacted>"``; if it raises an Exception, it
+    is not called again for this connection and one line on standard error says so (a
+    MemoryError still ends the session as OutOfMemory). ``pipelining`` and
     ``chunking`` set False keep the session from using those extensions even when the
     server offers them.
     """
@@ -314,17 +316,7 @@ class Session:
                 # timeout names the step that failed.
                 kind = self._expected[0][0]
                 self.stage = kind
-                try:
-                    reply = self._parser.next_reply()
-                except ProtocolError as exc:
-                    # The parser quotes the malformed line, which may repeat a credential.
-                    if not self._secrets:
-                        raise
-                    raise ProtocolError(self._scrub(exc.message), stage=exc.stage) from None
-                if reply is not None and self._secrets:
-                    # Replies end up in results (refused recipients) and logs, so a
-                    # server quoting the AUTH command must not leave credentials there.
-                    reply.lines = [self._scrub(line) for line in reply.lines]
+                reply = self._next_reply()
                 if reply is None:
                     if self._eof:
                         self._state = _CLOSED
@@ -521,7 +513,7 @@ class Session:
         self._out.append(line + b"\r\n")
         self._expected.append((kind, transaction, argument))
         if self._log is not None:
-            self._log("--> " + (redacted if redacted is not None else line.decode()))
+            self._emit("--> " + (redacted if redacted is not None else line.decode()))
 
     def _start_content(self, transaction, dot_stuff):
         self._check_nothing_unsolicited()
@@ -540,7 +532,6 @@ class Session:
         # One call queues one piece, so that the driver writes the content as it is
         # encoded and the whole message is never held in memory.
         transaction, chunks, encoder = self._content
-        log = self._log
         if not encoder.dot_stuff and transaction.done and transaction.error is not None:
             # RFC 3030 section 3: after a failed BDAT no further chunk may be sent.
             self._content = None
@@ -554,9 +545,9 @@ class Session:
             self._out.append(encoder.finish())
             self._content = None
             self._expected.append(("message", transaction, None))
-            if log is not None:
-                log("--> (message content, %d octets)" % encoder.size)
-                log("--> .")
+            if self._log is not None:
+                self._emit("--> (message content, %d octets)" % encoder.size)
+                self._emit("--> .")
             return
 
         from . import session_rare
@@ -576,7 +567,23 @@ class Session:
 
     # -- receiving -------------------------------------------------------------------
 
+    def _emit(self, line):
+        # A fault of the caller's log function must not cost a message, so it ends the
+        # transcript of this connection instead. Lack of heap keeps its meaning (an
+        # OutOfMemory), and KeyboardInterrupt, SystemExit and a cancellation are no
+        # Exception, so they pass.
+        if self._log is not None:
+            try:
+                self._log(line)
+            except Exception as exc:
+                if isinstance(exc, MemoryError):
+                    raise
+                from . import session_rare
+
+                session_rare.log_failed(self, exc)
+
     def _log_reply(self, reply):
+        # The lines are redacted already (_next_reply()).
         if self._log is None:
             return
         prefix = "<-- %d" % reply.code
@@ -585,18 +592,38 @@ class Session:
             sep = " " if i == len(reply.lines) - 1 else "-"
             if self.stage == "auth" and reply.code == 334:
                 line = "<redacted>"
-            self._log(prefix + sep + enhanced + self._scrub(line))
+            self._emit(prefix + sep + enhanced + line)
 
     def _check_unsolicited(self):
         # A reply or EOF while no reply is expected ends the session (a 421 shutdown
         # notice, or a dialogue out of step).
         if self._expected:
             return
-        reply = self._parser.next_reply()
+        reply = self._next_reply()
         if reply is not None or self._eof:
             from . import session_rare
 
             session_rare.fail_idle(self, reply)
+
+    def _next_reply(self):
+        """Return the next complete reply from the parser, with the credentials redacted, or None."""
+        try:
+            reply = self._parser.next_reply()
+        except ProtocolError as exc:
+            # The parser quotes the malformed line, which may repeat a credential.
+            if not self._secrets:
+                raise
+            raise ProtocolError(self._scrub(exc.message), stage=exc.stage) from None
+        if reply is not None and self._secrets:
+            # Replies end up in results (refused recipients), errors and logs, so a
+            # server quoting the AUTH command must not leave credentials there.
+            if len(reply.lines) > 1:
+                # Also where the server's wrapping cut a credential at a line end.
+                from . import session_rare
+
+                session_rare.scrub_wrapped(self, reply)
+            reply.lines = [self._scrub(line) for line in reply.lines]
+        return reply
 
     def _scrub(self, text):
         # A server may quote the AUTH command in its reply, and that quote must not
@@ -818,13 +845,17 @@ class Session:
     # -- transactions --------------------------------------------------------------------
 
     def _fail_transaction(self, transaction, error, reply=None):
-        """Record that one transaction failed; the session goes on with the next one."""
-        if transaction.reply is not None:
-            # An earlier batch of recipients already has the message, so the transaction
-            # stays a success and the recipients of this batch count as refused.
-            for address in transaction.batch_accepted:
-                transaction.accepted.pop(address, None)
-                transaction.refused[address] = reply
+        """Record that one transaction failed; the session goes on with the next one.
+
+        ``accepted`` keeps only the batches whose content got its final 250.
+        """
+        if transaction.reply is not None and reply is not None:
+            # A later batch after a 452, and an earlier one already has the message. So a
+            # refusal by the server leaves the transaction a success. Content that failed
+            # on this side, with no reply, sets error.
+            from . import session_rare
+
+            session_rare.refuse_batch(transaction, reply)
         else:
             transaction.fail(error)
         transaction.done = True
@@ -842,15 +873,15 @@ class Session:
                 # recipient gets an empty message, which it must reject.
                 self._out.append(b".\r\n")
                 self._expected.append(("message", transaction, None))
-                if self._log is not None:
-                    self._log("--> .")
+                self._emit("--> .")
             return
 
         if kind == "rcpt":
             address = rcpt.decode()
             transaction.batch_replies += 1
             if code in (250, 251):
-                transaction.accepted[address] = reply
+                # Only the final 250 to the content puts the recipient in accepted.
+                transaction.rcpt_accepted[address] = reply
                 transaction.batch_accepted.append(address)
             elif code == 452 and transaction.batch_accepted:
                 from . import session_rare
@@ -863,7 +894,7 @@ class Session:
                 # anyway, the session sends an empty message, which the server rejects.
                 from . import session_rare
 
-                self._fail_transaction(transaction, session_rare.all_refused_error(self, transaction))
+                self._fail_transaction(transaction, session_rare.all_refused_error(self, transaction), reply)
             return
 
         if code != (354 if kind == "data" else 250):
@@ -876,6 +907,8 @@ class Session:
         elif kind == "message":
             transaction.reply = reply
             transaction.mail_accepted = False
+            for address in transaction.batch_accepted:
+                transaction.accepted[address] = transaction.rcpt_accepted[address]
             if transaction.deferred:
                 from . import session_rare
 

@@ -1,11 +1,14 @@
 """Session code for paths that one plain alert never takes.
 
 A multi-step AUTH exchange, a failed AUTH, a rejected EHLO and the HELO fallback, a
-refused STARTTLS, BDAT, recipients deferred by a 452 and unsolicited replies are handled
-here. ``session.py`` imports this module on first use, so a board that sends with AUTH
-PLAIN and DATA never loads it. The functions belong to ``Session`` and use its private
+refused STARTTLS, BDAT, recipients deferred by a 452, unsolicited replies, a credential
+cut at the end of a reply line and a log function that fails are handled here.
+``session.py`` imports this module on first use, so a board that sends with AUTH PLAIN
+and DATA never loads it. The functions belong to ``Session`` and use its private
 state.
 """
+
+import sys
 
 from .errors import AuthError, ConnectionLost, ProtocolError, RecipientsRefused, SecurityError
 from .session import PLAINTEXT
@@ -104,10 +107,9 @@ def send_bdat(session, transaction, chunks, encoder):
     session._out.append(line + b"\r\n")
     session._out.append(pending)
     session._expected.append(("message" if last else "bdat", transaction, None))
-    log = session._log
-    if log is not None:
-        log("--> " + line.decode())
-        log("--> (%d octets)" % len(pending))
+    if session._log is not None:
+        session._emit("--> " + line.decode())
+        session._emit("--> (%d octets)" % len(pending))
 
 
 def rcpt_over_limit(transaction, rcpt, address, reply):
@@ -121,6 +123,20 @@ def rcpt_over_limit(transaction, rcpt, address, reply):
         transaction.deferred.append(rcpt)
     else:
         transaction.refused[address] = reply
+
+
+def refuse_batch(transaction, reply):
+    """Record the server's refusal (reply) of the content for a later batch after a 452.
+
+    An earlier batch already has the message, so the transaction stays a success. The
+    recipients of this batch, and those it deferred, will not get it: they count as refused.
+    """
+    refused = transaction.refused
+    for address in transaction.batch_accepted:
+        refused[address] = reply
+    for rcpt in transaction.deferred:
+        refused[rcpt.decode()] = reply
+    transaction.deferred = []
 
 
 def all_refused_error(session, transaction):
@@ -164,3 +180,59 @@ def fail_idle(session, reply):
         error = ProtocolError("unexpected reply from the server while idle: %s" % reply.describe(), stage=session.stage)
     session._fail_all(error)
     raise error
+
+
+def log_failed(session, exc):
+    """Stop calling the log function that raised exc for the rest of the connection, and say so once."""
+    session._log = None
+    # A broken standard error stream must not end the send either.
+    try:
+        print(
+            "microsmtp: the log function raised %s: %s; no more transcript lines for this connection"
+            % (type(exc).__name__, exc),
+            file=sys.stderr,
+        )
+    except Exception:
+        pass
+
+
+def scrub_wrapped(session, reply):
+    """Redact each credential that the server's wrapping cut over two or more reply lines.
+
+    The lines are read as one text, without the blanks around each line break. Every
+    piece of a credential found there is redacted on the line that contains it, so no
+    piece stays on either side of a cut.
+    """
+    lines = reply.lines
+    # Per line: the offset from joined text to line index, and where its part starts and ends.
+    parts = []
+    joined = ""
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
+        start = len(line) - len(line.lstrip(" \t")) if index else 0
+        end = max(len(line.rstrip(" \t")) if index < last else len(line), start)
+        parts.append((len(joined) - start, start, end))
+        joined += line[start:end]
+    spans = []
+    for secret in session._secrets:
+        found = joined.find(secret) if secret else -1
+        while found >= 0:
+            spans.append((found, found + len(secret)))
+            found = joined.find(secret, found + 1)
+    if not spans:
+        return
+    spans.sort()
+    for index, (shift, start, end) in enumerate(parts):
+        line = lines[index]
+        text = ""
+        done = 0
+        for low, high in spans:
+            # The piece of this span on this line, as line indexes.
+            low = max(low - shift, start, done)
+            high = min(high - shift, end)
+            if low < high:
+                if low > done or not text:
+                    text += line[done:low] + "<redacted>"
+                done = high
+        if text:
+            lines[index] = text + line[done:]

@@ -2,7 +2,10 @@
 
 A ``Transaction`` is what ``Session.mail()`` returns. The session fills in the server's
 replies as they arrive. Once ``done`` is True, either ``error`` is set, or ``reply`` is
-the final 250 and ``accepted`` lists the recipients that will get the message.
+the final 250 and ``accepted`` lists the recipients that will get the message. In every
+outcome ``accepted`` names only recipients whose content the server took with a final
+250, so it is empty when the content failed, unless an earlier batch after a 452 "too
+many recipients" already has the message.
 """
 
 from .errors import InvalidInputError
@@ -86,8 +89,13 @@ class DataEncoder:
 class Transaction:
     """Envelope, content and outcome of one message.
 
-    ``accepted`` and ``refused`` map each recipient to the server's reply; ``reply`` is
-    the final reply to the content; ``message_id`` is set for a Message; ``error`` is
+    ``accepted`` maps each recipient that will get the message to its RCPT reply. A
+    recipient enters it only once the server gave the final 250 to the content sent to
+    it. ``refused`` maps each recipient that will not get it to the reply that refused
+    it (RCPT, or the content's reply for a later batch after a 452). ``rcpt_accepted``
+    maps each recipient the server accepted at RCPT to that reply, whatever happened to
+    the content next. It helps to diagnose a failure and promises no delivery. ``reply``
+    is the final reply to the content; ``message_id`` is set for a Message; ``error`` is
     the SMTPError that ended the transaction, if any. ``content`` must be re-readable
     (bytes, a list, or an object with ``chunks()``) for the rest of the recipients to
     be sent in a second transaction after a 452 "too many recipients".
@@ -106,6 +114,7 @@ class Transaction:
         self.smtputf8 = smtputf8
         self.accepted = {}
         self.refused = {}
+        self.rcpt_accepted = {}
         self.deferred = []
         self.reply = None
         self.error = None

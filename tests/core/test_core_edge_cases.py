@@ -498,6 +498,34 @@ def test_invalid_options_are_config_errors():
     assert SMTP("mx.example", port=Port(587), reply_timeout_ms=536870912).port == 587
 
 
+def test_trailing_dot_left_out_of_tls_name():
+    # A fully qualified name ends with a dot. TCP connects to the host as given, and the
+    # TLS name (SNI, and the name checked against the certificate) drops that dot.
+    from microsmtp.client import SMTP
+    from microsmtp.errors import ConfigError
+
+    smtp = SMTP("smtp.example.com.")
+    assert (smtp.host, smtp.server_hostname) == ("smtp.example.com.", "smtp.example.com")
+    smtp = SMTP("127.0.0.1", server_hostname="localhost.")
+    assert (smtp.host, smtp.server_hostname) == ("127.0.0.1", "localhost")
+    assert SMTP("smtp.example.com.", server_hostname="mx.example.com").server_hostname == "mx.example.com"
+    assert SMTP("mx.example").server_hostname == "mx.example"
+    for host, server_hostname in (
+        (".", None),
+        ("smtp.example.com..", None),
+        ("smtp..example.com", None),
+        ("127.0.0.1", "."),
+        ("127.0.0.1", "localhost.."),
+        ("127.0.0.1", ".."),
+        (".smtp.example.com", None),
+        ("127.0.0.1", b"localhost"),
+    ):
+        error = raises(ConfigError, SMTP, host, server_hostname=server_hostname)
+        assert "host and server_hostname must be names without an empty label" in str(error), str(error)
+        assert repr(server_hostname or host) in str(error), str(error)
+        assert not error.transient
+
+
 def test_mixed_refusals_report_permanent_code():
     from microsmtp.errors import RecipientsRefused
     from microsmtp.reply import Reply

@@ -270,3 +270,107 @@ def test_pipelined_and_lock_step_agree():
             continue
         assert pipelined == lock_step, (replies, pipelined, lock_step)
         assert delivered_pipelined == delivered_lock_step, replies
+
+
+class HangUpAfterContent(FakeServer):
+    """A FakeServer that closes the connection when the content ends, before its final reply."""
+
+    def _reply(self, key, default):
+        if key == "DOT":
+            self.closed = True
+            return b""
+        return FakeServer._reply(self, key, default)
+
+
+# Faults that keep the content from the recipients the server accepted at RCPT: the
+# reply table, and the FakeServer class.
+CONTENT_FAULTS = (
+    ({"DATA": [b"554 5.5.1 no"]}, FakeServer),
+    ({"DATA": [b"451 4.3.0 later"]}, FakeServer),
+    ({"DOT": [b"552 5.3.4 too big"]}, FakeServer),
+    ({"DOT": [b"451 4.3.0 later"]}, FakeServer),
+    ({"DOT": [b"421 4.4.2 closing"]}, FakeServer),
+    ({"BDAT": [b"552 5.3.4 too big"]}, FakeServer),
+    ({}, HangUpAfterContent),
+)
+
+
+def test_failed_content_leaves_accepted_empty():
+    # accepted names only recipients that will get the message, and the RCPT replies
+    # stay in rcpt_accepted. A second message first, so that BDAT carries the failing one.
+    for replies, server_class in CONTENT_FAULTS:
+        for extensions in (PIPELINED, PLAIN_ONLY):
+            if "BDAT" in replies and extensions is PLAIN_ONLY:
+                # Lock-step sends with DATA.
+                continue
+            server = server_class(extensions=extensions, replies=dict((k, list(v)) for k, v in replies.items()))
+            session, _ = connect(server, security="tls")
+            first = session.mail("a@x.org", ["b@x.org", "c@x.org"], body(1))
+            second = session.mail("a@x.org", ["b@x.org", "c@x.org"], body(2))
+            session.quit()
+            try:
+                converse(session, server)
+            except Exception as exc:  # noqa: BLE001 - a 421 or hang-up ends the session
+                assert not session.usable, exc
+            failed = [t for t in (first, second) if t.error is not None]
+            assert failed, (replies, extensions)
+            for transaction in failed:
+                assert transaction.done, (replies, extensions)
+                assert transaction.accepted == {}, (replies, extensions, transaction.accepted)
+                assert sorted(transaction.refused) == [], (replies, extensions)
+                if transaction.mail_accepted or transaction.rcpt_accepted:
+                    assert sorted(transaction.rcpt_accepted) == ["b@x.org", "c@x.org"], (replies, extensions)
+                    assert transaction.rcpt_accepted["b@x.org"].code == 250
+            for transaction in (first, second):
+                if transaction.ok:
+                    assert sorted(transaction.accepted) == ["b@x.org", "c@x.org"], (replies, extensions)
+                    assert transaction.accepted == transaction.rcpt_accepted
+
+
+def test_later_batch_refused_keeps_earlier_batch():
+    # After a 452 the first batch has the message. The server refuses the content for
+    # the second, so its recipients, and the one it deferred, count as refused.
+    for extensions in (PIPELINED, PLAIN_ONLY):
+        full = b"452 4.5.3 too many recipients"
+        replies = {"RCPT c@x.org": [full], "RCPT d@x.org": [full, full], "DOT": [b"250 2.0.0 first", b"554 5.7.1 no"]}
+        server = FakeServer(extensions=extensions, replies=replies)
+        session, _ = connect(server, security="tls", chunking=False)
+        transaction = session.mail("a@x.org", ["b@x.org", "c@x.org", "d@x.org"], body(1))
+        session.quit()
+        converse(session, server)
+        assert transaction.ok, (extensions, transaction.error)
+        assert sorted(transaction.accepted) == ["b@x.org"], (extensions, transaction.accepted)
+        assert sorted(transaction.rcpt_accepted) == ["b@x.org", "c@x.org"], extensions
+        assert sorted((a, r.code) for a, r in transaction.refused.items()) == [("c@x.org", 554), ("d@x.org", 554)]
+        assert transaction.deferred == []
+        rcpts = [c for c in server.commands if c.startswith(b"RCPT")]
+        assert len(rcpts) == 5, rcpts
+
+
+def test_later_batch_content_failure_sets_error():
+    # BDAT content that fails on the client side in the second batch has no reply to
+    # put in refused: the transaction gets the error, and accepted still names the
+    # first batch, which has the message.
+    from microsmtp.errors import InvalidInputError
+
+    class SecondPassFails:
+        passes = 0
+
+        def chunks(self):
+            self.passes += 1
+            yield b"Subject: x\r\n\r\n" + b"y" * 1100 + b"\r\n"
+            if self.passes == 2:
+                raise InvalidInputError("message content contains a NUL byte")
+            yield b"end\r\n"
+
+    server = FakeServer(extensions=PIPELINED, replies={"RCPT c@x.org": [b"452 4.5.3 too many recipients"]})
+    session, _ = connect(server, security="tls")
+    session.mail("a@x.org", ["z@x.org"], body(0))
+    transaction = session.mail("a@x.org", ["b@x.org", "c@x.org"], SecondPassFails())
+    session.quit()
+    converse(session, server)
+    assert isinstance(transaction.error, InvalidInputError), transaction.error
+    assert sorted(transaction.accepted) == ["b@x.org"], transaction.accepted
+    for reply in transaction.refused.values():
+        assert reply is not None
+    assert server.closed

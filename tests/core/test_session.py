@@ -634,3 +634,172 @@ def test_data_encoder_rejects_nul():
 def test_event_names_cover_events():
     for event in (SEND, NEED_DATA, START_TLS, IDLE, CLOSED):
         assert event in smtp_session.EVENT_NAMES
+
+
+# -- a log function that fails ----------------------------------------------------------
+
+
+class FailingLog:
+    """A log function that raises ``error`` at the line that starts with ``at`` (any line when None)."""
+
+    def __init__(self, error, at=None):
+        self.error = error
+        self.at = at
+        self.lines = []
+        self.calls = 0
+
+    def __call__(self, line):
+        self.calls += 1
+        if self.at is None or line.startswith(self.at):
+            raise self.error
+        self.lines.append(line)
+
+
+class PrintCapture:
+    """Replace the built-in print() while in a with block, and keep what it was given."""
+
+    def __enter__(self):
+        import builtins
+
+        self.printed = []
+        self._saved = builtins.print
+        builtins.print = lambda *args, **kwargs: self.printed.append((args, kwargs.get("file")))
+        return self
+
+    def __exit__(self, *exc):
+        import builtins
+
+        builtins.print = self._saved
+
+
+def test_failing_log_does_not_stop_the_send():
+    import sys
+
+    from fake_server import FakeServer, converse
+
+    extensions = ("PIPELINING", "SIZE 100000", "8BITMIME", "CHUNKING", "AUTH PLAIN LOGIN")
+    # Lines where the log fails: while sending a command, a reply line, the content
+    # (DATA), a BDAT chunk (the second message) and the EHLO after STARTTLS.
+    for at in (None, "--> MAIL", "<-- 250", "--> (message content", "--> BDAT", "--> EHLO"):
+        for offered in (extensions, extensions[1:]):
+            log = FailingLog(ValueError("log sink is full"), at)
+            server = FakeServer(extensions=("STARTTLS",) + offered, tls_extensions=offered)
+            with PrintCapture() as capture:
+                session = Session("c", username="alice", password="secret", log=log)
+                converse(session, server)
+                first = session.mail("a@x.org", ["b@x.org"], b"one\r\n")
+                second = session.mail("a@x.org", ["b@x.org"], b"two\r\n" * 300)
+                session.quit()
+                converse(session, server)
+            assert first.ok and second.ok, (at, first.error, second.error)
+            assert server.messages == [b"one\r\n", b"two\r\n" * 300], at
+            if at == "--> BDAT" and offered is not extensions:
+                continue  # lock-step sends no BDAT
+            # The log function is not called again after it failed, and that is said once.
+            assert log.calls == len(log.lines) + 1, (at, log.calls, log.lines)
+            assert len(capture.printed) == 1, (at, capture.printed)
+            args, stream = capture.printed[0]
+            assert stream is sys.stderr
+            assert "ValueError: log sink is full" in args[0], args
+
+
+def test_failing_log_keeps_interrupts_and_lack_of_heap():
+    from fake_server import FakeServer, converse
+
+    from microsmtp.errors import OutOfMemory
+
+    try:
+        from asyncio import CancelledError
+    except ImportError:
+        from uasyncio import CancelledError
+
+    for error in (KeyboardInterrupt(), SystemExit(1), CancelledError()):
+        session = Session("c", security="tls", log=FailingLog(error, "--> MAIL"))
+        converse(session, FakeServer())
+        transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+        raised = raises(type(error), converse, session, FakeServer())
+        assert raised is error
+        assert not transaction.ok
+    # A MemoryError keeps its meaning: the heap ran out, and the send fails as OutOfMemory.
+    session = Session("c", security="tls", log=FailingLog(MemoryError(), "--> MAIL"))
+    server = FakeServer()
+    converse(session, server)
+    transaction = session.mail("a@x.org", ["b@x.org"], b"hi\r\n")
+    with PrintCapture() as capture:
+        error = raises(OutOfMemory, converse, session, server)
+    assert transaction.error is error
+    assert capture.printed == []
+
+
+# -- credentials that the server's wrapping cuts at a line end ------------------------
+
+
+def wrapped_reply(code, text, cut, continuation=""):
+    """Return reply bytes with text cut in two lines at index cut."""
+    return b"%d-%s\r\n%d %s%s\r\n" % (code, text[:cut].encode(), code, continuation.encode(), text[cut:].encode())
+
+
+def assert_no_piece(texts, secret, size=3):
+    # No piece of the secret of size characters or more is in any text.
+    for start in range(len(secret) - size + 1):
+        piece = secret[start : start + size]
+        for text in texts:
+            assert piece not in text, (piece, text)
+
+
+def test_credential_cut_at_line_end_is_redacted():
+    initial = "AGFsaWNlAGh1bnRlcjItZWNoby05"  # base64 of "\0alice\0hunter2-echo-9"
+    password = "hunter2-echo-9"
+    for secret in (initial, password):
+        text = "5.7.8 bad AUTH PLAIN " + initial if secret is initial else "5.7.8 bad credentials " + password
+        start = text.index(secret)
+        for cut in range(start + 1, start + len(secret)):
+            for continuation in ("", "5.7.8 ", " "):
+                lines = []
+                session = start_tls_session(username="alice", password=password, log=lines.append)
+                sent, _ = pump(session)
+                assert sent == b"AUTH PLAIN " + initial.encode() + b"\r\n", sent
+                session.receive_data(wrapped_reply(535, text, cut, continuation))
+                error = raises(AuthError, pump, session)
+                texts = [str(error), error.text] + lines
+                assert_no_piece(texts, secret)
+                assert "<redacted>" in str(error), str(error)
+
+
+def test_long_token_over_three_lines_is_redacted():
+    token = "ya29." + "a0AfB_byC" * 30
+    session = Session("c", security="tls", username="alice", oauth2_token=token)
+    step(session, b"", GREETING)
+    step(session, b"EHLO c\r\n", b"250-mx\r\n250 AUTH XOAUTH2\r\n")
+    pump(session)
+    quoted = "bad token " + token + " for alice"
+    size = len(quoted) // 3 + 1
+    pieces = [quoted[i : i + size] for i in range(0, len(quoted), size)]
+    reply = b"".join(b"535-5.7.8 " + piece.encode() + b"\r\n" for piece in pieces[:-1])
+    session.receive_data(reply + b"535 5.7.8 " + pieces[-1].encode() + b"\r\n")
+    error = raises(AuthError, pump, session)
+    assert_no_piece([str(error), error.text], token)
+    assert str(error).endswith(" for alice"), str(error)
+
+
+def test_cut_credential_in_refused_recipient_and_idle_reply():
+    # A refused recipient's reply is kept in the result, and an unsolicited reply ends
+    # an idle session: both are redacted across the line break.
+    initial = "AGFsaWNlAHNlY3JldA=="
+    lines = []
+    session = start_tls_session(username="alice", password="secret", log=lines.append)
+    step(session, b"AUTH PLAIN " + initial.encode() + b"\r\n", b"235 2.7.0 ok\r\n")
+    assert pump(session) == (b"", IDLE)
+    transaction = session.mail("a@x.org", ["b@x.org", "c@x.org"], b"hi\r\n")
+    step(session, b"MAIL FROM:<a@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"RCPT TO:<b@x.org>\r\n", wrapped_reply(550, "5.7.1 after AUTH PLAIN " + initial, 30))
+    step(session, b"RCPT TO:<c@x.org>\r\n", b"250 ok\r\n")
+    step(session, b"DATA\r\n", b"354 go\r\n")
+    step(session, b"hi\r\n.\r\n", b"250 queued\r\n")
+    assert pump(session) == (b"", IDLE)
+    refused = transaction.refused["b@x.org"]
+    assert_no_piece([refused.text, refused.describe()], initial)
+    session.receive_data(wrapped_reply(421, "4.4.2 closing, last AUTH PLAIN " + initial, 40))
+    error = raises(ReplyError, session.mail, "a@x.org", ["b@x.org"], b"hi")
+    assert_no_piece([str(error), error.text] + lines, initial)
+    assert lines[-1].startswith("<-- 421 4.4.2 "), lines
