@@ -191,7 +191,12 @@ class App:
         interval = spec["interval_s"]
         gap = clock.real_seconds(interval) + _SENSOR_SLACK_S
         while True:
-            await self.read_sensor(name)
+            try:
+                await self.read_sensor(name)
+            except Exception as exc:
+                # Lack of heap, or a fault in the rules: the next reading must still come,
+                # or this sensor's alerts would stop without a word.
+                _task_failed("reading of sensor %s" % name, exc)
             self.watchdog.alive(name, gap)
             if hasattr(driver, "changed"):
                 # Digital inputs: the interrupt sets .changed; look at it every 100 ms.
@@ -206,7 +211,10 @@ class App:
     async def tick_task(self):
         ticks = 0
         while True:
-            self.queue(self.rules.tick(clock.now()))
+            try:
+                self.queue(self.rules.tick(clock.now()))
+            except Exception as exc:
+                _task_failed("rule timer tick", exc)
             if ticks % 60 == 0:
                 self._heap_report_due = True
             if self._heap_report_due and not self.delivering:
@@ -288,6 +296,18 @@ class App:
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
+
+
+def _task_failed(what, exc):
+    """Log the exception that one step of a sensor or timer task raised; the task goes on."""
+    gc.collect()
+    try:
+        log.error(
+            "%s failed (%s: %s, %d bytes free); the next one comes on time"
+            % (what, type(exc).__name__, exc, log.free_bytes())
+        )
+    except MemoryError:
+        log.error("%s failed for lack of heap" % what)
 
 
 def _log_heap():

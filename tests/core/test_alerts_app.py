@@ -153,3 +153,53 @@ def test_sender_wait_out_of_memory_keeps_running():
     assert state.waits == [20], state.waits
     assert slept == [30], slept
     assert state.rounds == 2, state.rounds
+
+
+class SensorState:
+    """The App attributes that App.sensor_task() reads; its readings fail, then the test ends."""
+
+    def __init__(self, failures):
+        self.drivers = {"freezer": object()}
+        self.failures = failures
+        self.reads = 0
+        self.alive_calls = []
+        self.watchdog = self
+
+    def alive(self, name, seconds):
+        self.alive_calls.append(name)
+
+    async def read_sensor(self, name):
+        self.reads += 1
+        if self.reads > len(self.failures):
+            raise KeyboardInterrupt()
+        raise self.failures[self.reads - 1]
+
+
+def test_sensor_task_survives_failed_readings():
+    try:
+        import asyncio
+    except ImportError:
+        import uasyncio as asyncio
+
+    from alerts import clock
+    from alerts.app import App
+
+    # Lack of heap while the rules ran, then a fault in them: the sensor is read again.
+    state = SensorState([MemoryError("memory allocation failed, allocating 216 bytes"), TypeError("bad rule state")])
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    real_sleep = clock.sleep
+    clock.sleep = sleep
+    try:
+        asyncio.run(App.sensor_task(state, {"name": "freezer", "interval_s": 30}))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        clock.sleep = real_sleep
+
+    assert state.reads == 3, state.reads
+    assert state.alive_calls == ["freezer", "freezer"], state.alive_calls
+    assert slept == [30, 30], slept
