@@ -847,3 +847,26 @@ def test_frozen_image_module_list(tmp_path, modules, expected):
     image.write_text("#!/bin/sh\necho '%s'\n" % modules)
     image.chmod(0o755)
     assert sim._frozen_has(image, "alerts.oauth2") is expected
+
+
+def test_retry_after_restart_with_ntp_down(micropython, tmp_path):
+    # The alert got a retry time before the power failed. After the restart the clock
+    # counts from 2000 until NTP replies, so that stored time cannot hold the alert back.
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "restart_ntp_down.json"), "--speed", "160")
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    assert "OK: every expected email arrived" in process.stdout, output
+    assert "1 board restart(s)" in process.stdout, output
+    assert process.stdout.count("INFO clock set from NTP") == 2, output
+
+
+def test_min_interval_after_restart_with_ntp_down(micropython, tmp_path):
+    # The rule's last alert time from before the restart lies 26 years after the unset
+    # clock: the second episode, past min_interval_s, is sent all the same.
+    process = run_sim(tmp_path, "--scenario", str(SCENARIOS / "min_interval_restart.json"))
+    output = unix_port.format_output(process)
+    assert process.returncode == 0, output
+    files = sorted((tmp_path / "eml").glob("min_interval_restart-*.eml"))
+    subjects = [read_eml(path)["Subject"] for path in files]
+    assert len(subjects) == 4, output
+    assert "ALERT greenhouse-hot" in subjects[2], subjects

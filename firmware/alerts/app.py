@@ -23,7 +23,11 @@ from .sensors import SensorError
 
 # Real seconds a sensor loop may go without progress before the watchdog stops feeding.
 _SENSOR_SLACK_S = 30
-# The sender may block in DNS and TLS steps; it reports progress around them.
+# Real seconds the sender may go without progress beyond the time limit of its current
+# step, for blocking DNS and TLS steps that no limit interrupts. A round reports progress
+# before each step (WiFi and NTP attempt, token request, connect, message, QUIT) with
+# that step's limit from config.json (round_alive()), so a slow round that keeps within
+# its limits never stops the feeding, and a hung one does.
 _SENDER_SLACK_S = 120
 # Modules that a delivery round and the CA check at boot import. unload() drops them afterwards.
 _DELIVERY_MODULES = (
@@ -66,7 +70,13 @@ class App:
         outbox_config = config["outbox"]
         sender_address = config["smtp"]["from"]
         domain = sender_address[sender_address.rfind("@") + 1 :].rstrip(">") or "localhost"
-        self.outbox = Outbox(outbox_config["dir"], outbox_config["max_entries"], outbox_config["max_aside"], domain)
+        self.outbox = Outbox(
+            outbox_config["dir"],
+            outbox_config["max_entries"],
+            outbox_config["max_aside"],
+            domain,
+            outbox_config["retry_max_s"],
+        )
         self.rules = Rules(config)
         board_config = config["board"]
         self.led = board.Led(board_config["led"], board_config["led_active_high"])
@@ -83,11 +93,17 @@ class App:
         self.network_failures = 0
         # True while run_delivery() has the delivery modules (and maybe the SMTP library) loaded.
         self.delivering = False
+        # The watched task that runs delivery rounds: alerts.wake's in deep-sleep mode.
+        self._round_task = "wake" if config.get("deep_sleep", {}).get("enabled") else "sender"
         # An hourly heap report waits until no round runs, so it measures the sensor loop alone.
         self._heap_report_due = False
         self._tasks = []
 
     # -- sending ------------------------------------------------------------------------
+
+    def round_alive(self, seconds):
+        """Report progress of a delivery round; the next step may take seconds real seconds."""
+        self.watchdog.alive(self._round_task, seconds + _SENDER_SLACK_S)
 
     async def run_delivery(self, step):
         """Run alerts.delivery's network() or deliver() for this app, then unload what it imported."""
@@ -236,10 +252,12 @@ class App:
                 pass
         self.wake.clear()
 
-    async def sender_task(self):
+    async def sender_task(self, delay=None):
+        """Run delivery rounds; delay is what the boot network step returned (None: it succeeded or did not run)."""
         # pending() covers the alerts queued before this task started, so an earlier wake is stale.
         self.wake.clear()
-        delay = None if not self.outbox.pending() else 0
+        if delay is None and self.outbox.pending():
+            delay = 0
         while True:
             try:
                 delay = await self._sender_step(delay)
@@ -256,12 +274,20 @@ class App:
 
     async def _sender_step(self, delay):
         """Wait for the delay or a new alert, then run a delivery round if one is due; return the next delay."""
-        self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay or 0) + 3600 * (delay is None))
+        if delay is None:
+            # Waiting for the next alert may last any time, and a wait cannot hang.
+            self.watchdog.forget("sender")
+        else:
+            self.watchdog.alive("sender", _SENDER_SLACK_S + clock.real_seconds(delay))
         if delay is None or delay > 0:
             await self._wait_wake(delay)
         self.watchdog.alive("sender", _SENDER_SLACK_S)
         if not self.outbox.pending():
-            return None
+            if clock.is_set():
+                return None
+            # Nothing to send, but alert times and rule intervals need the real clock, so
+            # NTP is tried again on the network back-off until it replies.
+            return await self.run_delivery("network") or None
         delay = await self.run_delivery("deliver")
         self.update_led()
         gc.collect()
@@ -285,12 +311,14 @@ class App:
             self.start(self.sensor_task(spec))
         self.start(self.tick_task())
         start_complete()
+        delay = None
         if not clock.is_set():
             self.watchdog.alive("sender", _SENDER_SLACK_S)
-            await self.run_delivery("network")
+            # The back-off after a failure is kept: the sender tries again when it ends.
+            delay = await self.run_delivery("network") or None
         self.start(self.led.run())
         if self.can_send:
-            await self.sender_task()
+            await self.sender_task(delay)
         else:
             self.watchdog.forget("sender")
             # Without CA roots nothing can be sent; alerts still reach the outbox.

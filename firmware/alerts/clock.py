@@ -40,9 +40,12 @@ def now():
     return int(time.time()) + _EPOCH_OFFSET + _estimate_offset
 
 
-def is_set():
-    """Return True when the clock was set (NTP) or carries a plausible estimate."""
-    return now() >= _MIN_SECONDS
+def is_set(seconds=None):
+    """Return True when the clock was set (NTP) or carries a plausible estimate.
+
+    With ``seconds``, return whether that time (a now() value) came from such a clock.
+    """
+    return (now() if seconds is None else seconds) >= _MIN_SECONDS
 
 
 def estimate(seconds):

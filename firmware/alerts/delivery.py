@@ -15,18 +15,19 @@ async def network(app):
     from .outbox import backoff, random_fraction
 
     # An estimate after deep sleep is good enough for rules but not for certificate dates.
+    # A last sync ahead of the clock means the clock went back since: sync again.
     need_ntp = (
         not clock.is_set()
         or clock.is_estimate()
         or app.last_ntp is None
-        or (clock.now() - app.last_ntp >= app.config["ntp"]["resync_h"] * 3600)
+        or not 0 <= clock.now() - app.last_ntp < app.config["ntp"]["resync_h"] * 3600
     )
     try:
-        await net.connect_wifi(app.config)
+        await net.connect_wifi(app.config, app.round_alive)
         if need_ntp:
             corrected = clock.corrected()
             try:
-                await net.sync_time(app.config)
+                await net.sync_time(app.config, app.round_alive)
             except net.NetworkError:
                 if not clock.is_set() or clock.is_estimate():
                     raise
@@ -92,6 +93,7 @@ async def deliver(app):
         return retry_max
     sender = Sender(app.config, app.outbox, roots)
     sender.failures = app.send_failures
+    sender.progress = app.round_alive
     try:
         return await sender.run_session()
     except SMTPError as exc:

@@ -44,8 +44,16 @@ def is_connected():
     return wlan().isconnected()
 
 
-async def connect_wifi(config):
-    """Connect to the configured network; raise NetworkError after all retries failed."""
+def _no_progress(seconds):
+    pass
+
+
+async def connect_wifi(config, progress=_no_progress):
+    """Connect to the configured network; raise NetworkError after all retries failed.
+
+    progress(seconds) is called before each attempt with the real seconds the attempt
+    and the pause after it may take, for the watchdog (alerts.app.App.round_alive()).
+    """
     wifi = config["wifi"]
     station = wlan()
     if station.isconnected():
@@ -53,6 +61,7 @@ async def connect_wifi(config):
     station.active(True)
     status = None
     for attempt in range(1, wifi["retries"] + 1):
+        progress(wifi["timeout_s"] + min(2 * attempt, 10))
         try:
             station.connect(wifi["ssid"], wifi["password"])
         except OSError as exc:
@@ -89,14 +98,22 @@ async def connect_wifi(config):
     )
 
 
-async def sync_time(config):
-    """Set the clock from NTP; raise NetworkError saying the clock is not set if every try fails."""
+# Real seconds of one NTP attempt: ntptime's 1 s socket timeout and the 1 s pause after a failure.
+_NTP_ATTEMPT_S = 2
+
+
+async def sync_time(config, progress=_no_progress):
+    """Set the clock from NTP; raise NetworkError saying the clock is not set if every try fails.
+
+    progress is called before each attempt, as in connect_wifi().
+    """
     import ntptime
 
     ntp = config["ntp"]
     ntptime.host = ntp["host"]
     problem = None
     for attempt in range(1, ntp["retries"] + 1):
+        progress(_NTP_ATTEMPT_S)
         before = clock.reference()
         try:
             # Blocking UDP exchange with ntptime's own 1 s socket timeout.

@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from .clock import is_set
+
 _STATE = "state.json"
 _ASIDE = "aside"
 # MicroPython before 1.26 accepts text whose last closing } or ] is missing, so a file
@@ -166,14 +168,17 @@ class Outbox:
     entry in ``in_flight`` is never dropped, so no drop is counted for an alert that
     the server then accepts, and the outbox may contain max_entries + 1 meanwhile.
     ``max_aside`` bounds the set-aside ones. ``domain`` is the right side of new Message-IDs.
+    ``retry_max`` is the longest retry delay (outbox.retry_max_s); see wait().
     """
 
-    def __init__(self, directory, max_entries=50, max_aside=10, domain="localhost"):
+    def __init__(self, directory, max_entries=50, max_aside=10, domain="localhost", retry_max=None):
         self.directory = directory.rstrip("/") or "/"
         self.aside_directory = _join(self.directory, _ASIDE)
         self.max_entries = max_entries
         self.max_aside = max_aside
         self.domain = domain
+        # outbox.retry_max_s: no stored retry time lies further ahead, unless the clock went back.
+        self.retry_max = retry_max
         self._next_seq = None
         self.dropped = 0
         # Name of the entry the sender is transmitting now; put() never drops it.
@@ -250,16 +255,53 @@ class Outbox:
         if _exists(_join(self.directory, name)):
             write_atomic(_join(self.directory, name), entry)
 
-    def due(self, now):
-        """Return the seconds until the oldest entry may be tried (0 if due), or None if empty."""
-        names = self.pending()
-        if not names:
-            return None
-        entry = self.load(names[0])
-        if entry is None:
-            return 0
+    def wait(self, entry, now):
+        """Return the seconds until entry may be tried again by itself (0 if it may now).
+
+        A stored time that now cannot be compared with counts as due. That is the case
+        while the clock is not set (the board restarted and NTP has not replied yet), and
+        for a time more than retry_max seconds ahead (the clock went back). Waiting for
+        either could last years, and the round that would set the clock never starts.
+        """
         wait = entry.get("next", 0) - now
-        return wait if wait > 0 else 0
+        if wait <= 0 or not is_set(now) or (self.retry_max is not None and wait > self.retry_max):
+            return 0
+        return wait
+
+    def due(self, now):
+        """Return the seconds until a session should start (0 if now), or None if empty.
+
+        A failed session stores its back-off in the first entry whose wait is not its
+        own (see the sender); every entry waits for it. An entry held back by a failure
+        of its own message ("own" set) does not hold back the others: the session
+        starts once any entry may be tried.
+        """
+        gate = None
+        shortest = None
+        for name in self.pending():
+            entry = self.load(name)
+            if entry is None:
+                return 0
+            wait = self.wait(entry, now)
+            if gate is None and not entry.get("own"):
+                gate = wait
+            if shortest is None or wait < shortest:
+                shortest = wait
+            if gate is not None and shortest <= gate:
+                # No entry after this one changes the result, so the rest are not read.
+                return gate
+        if shortest is None:
+            return None
+        return shortest if gate is None or shortest > gate else gate
+
+    def ready(self, now):
+        """Return the names of the pending entries that may be tried now, oldest first."""
+        names = []
+        for name in self.pending():
+            entry = self.load(name)
+            if entry is None or self.wait(entry, now) == 0:
+                names.append(name)
+        return names
 
     # -- start-up, dating after NTP, permanent failures and drops (in alerts.outbox_admin) --
 

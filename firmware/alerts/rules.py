@@ -84,8 +84,11 @@ class RateLimit:
         self.suppressed_count = 0
 
     def _expire(self, now):
-        while self.sent and now - self.sent[0] >= HOUR:
-            self.sent.pop(0)
+        # A time ahead of now (kept from before a restart whose clock is not set yet, or
+        # from before the clock went back) never holds an email back: it goes too.
+        # The list is not always in time order then (restored times, then ones read before NTP).
+        if self.sent:
+            self.sent = [seconds for seconds in self.sent if 0 <= now - seconds < HOUR]
 
     def allow(self, now):
         self._expire(now)
@@ -164,7 +167,9 @@ class Rules:
                 self.limit.suppress(self._line(record))
             rule.notified = rule.digested = False
             return
-        if rule.min_interval and rule.last_sent is not None and now - rule.last_sent < rule.min_interval:
+        # A last email dated after now (the clock is not set yet after a restart, or went
+        # back) cannot show that the interval has not passed: better a repeat than a lost alert.
+        if rule.min_interval and rule.last_sent is not None and 0 <= now - rule.last_sent < rule.min_interval:
             rule.skipped += 1
             rule.notified = rule.digested = False
             return

@@ -1,0 +1,233 @@
+"""A transient reply to one message (4xx to its MAIL, RCPT, DATA or content) holds back
+that alert alone: the others go in the same session, it waits for its own retry time,
+and after alerts.sender.GIVE_UP_S of such replies it is set aside and reported. A
+failure of the connection still ends the session for every alert."""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from alerts import clock
+from alerts.outbox import Outbox
+from test_alerts_delivery import sender_config
+
+from helpers import fresh_directory, remove_tree
+from microsmtp.client import SMTP
+from microsmtp.errors import ConnectionLost, ReplyError
+
+T0 = 1767225600  # 2026-01-01 00:00:00 UTC
+
+
+class FakeSession:
+    usable = True
+
+
+class Result:
+    reply = None
+    refused = {}
+
+
+class Server:
+    """Replaces SMTP's network methods; replies[alert value] lists errors to raise in turn."""
+
+    def __init__(self):
+        self.replies = {}
+        self.refuse_connect = False
+        self.accepted = []
+        self.attempted = []
+        self.connects = 0
+        self.saved = {}
+
+    def __enter__(self):
+        server = self
+
+        async def connect(smtp):
+            server.connects += 1
+            if server.refuse_connect:
+                raise ConnectionLost("connection refused", stage="connect")
+            smtp.session = FakeSession()
+
+        async def send_message(smtp, message):
+            value = server.value_of(message)
+            server.attempted.append(value)
+            errors = server.replies.get(value)
+            if errors:
+                error = errors.pop(0)
+                if error.code == 421:
+                    # The server closes the connection with its reply.
+                    smtp.session.usable = False
+                raise error
+            server.accepted.append(value)
+            return Result()
+
+        async def closed(smtp):
+            return None
+
+        methods = {"connect": connect, "send_message": send_message, "close": closed, "quit": closed}
+        for name in methods:
+            self.saved[name] = getattr(SMTP, name)
+            setattr(SMTP, name, methods[name])
+        return self
+
+    def __exit__(self, *args):
+        for name in self.saved:
+            setattr(SMTP, name, self.saved[name])
+
+    def value_of(self, message):
+        for value in self.ids:
+            if self.ids[value] == message.message_id:
+                return value
+        raise AssertionError("unknown message %s" % message.message_id)
+
+
+class Clock:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.saved = clock.now
+        clock.now = lambda: self.seconds
+        return self
+
+    def __exit__(self, *args):
+        clock.now = self.saved
+
+
+def alert(value):
+    return {"kind": "alert", "rule": "hot", "sensor": "t", "value": value, "unit": "C", "time": T0}
+
+
+def busy(stage="rcpt"):
+    return ReplyError("rejected 451", 451, "4.3.0", "try again later", stage)
+
+
+class Setup:
+    def __init__(self, values):
+        from alerts.sender import Sender
+
+        self.directory = fresh_directory("alerts-hold-test")
+        self.outbox = Outbox(self.directory, retry_max=3600)
+        self.outbox.recover()
+        self.server = Server()
+        self.server.ids = {}
+        self.names = {}
+        for value in values:
+            self.add(value)
+        config = sender_config()
+        config["outbox"]["retry_min_s"] = 30
+        config["outbox"]["retry_max_s"] = 3600
+        self.sender = Sender(config, self.outbox, [b"0"])
+
+    def add(self, value):
+        name = self.outbox.put(alert(value), T0)
+        self.names[value] = name
+        self.server.ids[value] = self.outbox.load(name)["id"]
+
+    def session(self):
+        return asyncio.run(self.sender.run_session())
+
+    def close(self):
+        remove_tree(self.directory)
+
+
+def test_transient_reply_to_one_message_does_not_stop_the_others():
+    setup = Setup((41, 42, 43))
+    try:
+        setup.server.replies[41] = [busy()]
+        with setup.server, Clock(T0):
+            delay = setup.session()
+        # One session: the first alert is refused for now, the two behind it go.
+        assert setup.server.connects == 1
+        assert setup.server.accepted == [42, 43], setup.server.accepted
+        assert setup.outbox.pending() == [setup.names[41]]
+        entry = setup.outbox.load(setup.names[41])
+        assert entry["attempts"] == 1 and entry["own"] and entry["failing"] == T0, entry
+        # It waits for its own retry time, which the session returns.
+        assert 15 <= delay <= 30, delay
+        assert abs(setup.outbox.due(T0) - delay) < 0.01
+        # The session itself did not fail.
+        assert setup.sender.failures == 0
+    finally:
+        setup.close()
+
+
+def test_new_alert_goes_while_held_alert_waits():
+    setup = Setup((41,))
+    try:
+        setup.server.replies[41] = [busy("mail")]
+        with setup.server, Clock(T0):
+            setup.session()
+            setup.add(44)
+            # The new alert is due at once although the held one is older.
+            assert setup.outbox.due(T0 + 1) == 0
+            setup.session()
+        assert setup.server.attempted == [41, 44], setup.server.attempted
+        assert setup.server.accepted == [44]
+        # Its retry time come, the held alert is tried again and goes.
+        with setup.server, Clock(T0 + 40):
+            assert setup.outbox.due(T0 + 40) == 0
+            assert setup.session() is None
+        assert setup.server.accepted == [44, 41], setup.server.accepted
+        assert setup.outbox.pending() == []
+    finally:
+        setup.close()
+
+
+def test_connection_failure_holds_every_alert():
+    setup = Setup((41, 42))
+    try:
+        setup.server.replies[41] = [busy()]
+        with setup.server, Clock(T0):
+            setup.session()
+            setup.server.refuse_connect = True
+            setup.add(45)
+            delay = setup.session()
+        assert setup.server.connects == 2
+        assert delay > 0
+        assert setup.sender.failures == 1
+        # The session's back-off is stored on the first alert it tried, and every alert waits for it.
+        entry = setup.outbox.load(setup.names[45])
+        assert not entry.get("own"), entry
+        assert setup.outbox.due(T0 + 1) > 0
+        assert setup.outbox.due(T0 + delay + 1) == 0
+    finally:
+        setup.close()
+
+
+def test_reply_that_closes_the_connection_ends_the_session():
+    setup = Setup((41, 42))
+    try:
+        setup.server.replies[41] = [ReplyError("closing", 421, "4.3.2", "shutting down", "mail")]
+        with setup.server, Clock(T0):
+            delay = setup.session()
+        assert setup.server.attempted == [41]
+        assert setup.outbox.pending() == [setup.names[41], setup.names[42]]
+        assert setup.sender.failures == 1
+        assert abs(setup.outbox.due(T0) - delay) < 0.01
+    finally:
+        setup.close()
+
+
+def test_refused_for_days_set_aside():
+    from alerts.sender import GIVE_UP_S
+
+    setup = Setup((41,))
+    try:
+        setup.server.replies[41] = [busy(), busy("data"), busy("message")]
+        with setup.server, Clock(T0):
+            setup.session()
+        with setup.server, Clock(T0 + GIVE_UP_S - 60):
+            setup.session()
+        assert setup.outbox.pending() == [setup.names[41]]
+        assert setup.outbox.aside() == []
+        with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+            assert setup.session() is None
+        assert setup.outbox.pending() == []
+        assert setup.outbox.aside() == [setup.names[41]]
+        names, entries, dropped = setup.outbox.report()
+        reply = entries[0]["reply"]
+        assert reply.startswith("still refused after 5 days: 451 4.3.0"), reply
+        assert setup.server.accepted == []
+    finally:
+        setup.close()
