@@ -1,9 +1,12 @@
 """Send the outbox in order over one SMTP connection per session.
 
 An entry is removed only after the server's final 250 for its message. A transient
-error (timeout, lost connection, 4xx) stops the session and schedules a retry with
-exponential backoff; a permanent rejection of one message (5xx to MAIL, RCPT or the
-message) sets that entry aside with the reply, and the session goes on. A permanent
+error of the connection (timeout, lost connection, 4xx to the greeting, EHLO, STARTTLS
+or AUTH) stops the session and schedules a retry with exponential backoff. A 4xx reply
+to one message (its MAIL, RCPT, DATA or content) holds back only that entry, with its
+own backoff, while the session goes on with the others; after GIVE_UP_S of such
+replies it is set aside. A permanent rejection of one message (5xx to MAIL, RCPT or
+the message) sets that entry aside with the reply, and the session goes on. A permanent
 error of the whole session (rejected credentials, failed certificate check) keeps
 every entry queued and retries after the maximum delay, because the entries are fine
 and only the configuration or the server must change.
@@ -21,6 +24,11 @@ from . import clock, log
 from .outbox import backoff, random_fraction
 
 _MESSAGE_STAGES = ("mail", "rcpt", "data", "message")
+# A message the server keeps refusing with 4xx replies (to its MAIL, RCPT, DATA or
+# content) for this long is set aside and reported, as mail servers give up on a message
+# after some days. Failures of the connection (WiFi, DNS, TLS, AUTH, a lost connection)
+# never count: the alerts stay queued until the server can be reached.
+GIVE_UP_S = 5 * 86400
 # Returned by _session_failed() when the session should run again with a new access token.
 _RENEW = object()
 
@@ -108,6 +116,13 @@ class Sender:
         # True when this session's token came from the cache, False when it was just requested.
         self._token_cached = False
         self._renewed = False
+        # Called with the real seconds the next step may take (token request, connect, one
+        # message, QUIT); alerts.delivery sets App.round_alive(), which tells the watchdog.
+        self.progress = None
+
+    def _step(self):
+        if self.progress is not None:
+            self.progress(self.config["smtp"]["timeout_s"])
 
     def _options(self):
         smtp = self.config["smtp"]
@@ -139,7 +154,10 @@ class Sender:
         wait = self.outbox.due(now)
         if wait is None or wait > 0:
             return wait
-        names = self.outbox.pending()
+        # Entries held back by a failure of their own message wait for their retry time.
+        names = self.outbox.ready(now)
+        if not names:
+            return self.outbox.due(now)
         self._renewed = False
         while True:
             delay = await self._session(names)
@@ -166,6 +184,7 @@ class Sender:
         from microsmtp.errors import SMTPError
 
         if self._oauth2 is not None:
+            self._step()
             try:
                 await self._get_token()
             except SMTPError as exc:
@@ -177,6 +196,7 @@ class Sender:
         gc.collect()
         smtp = SMTP(self.config["smtp"]["host"], **self._options())
         log.info("sending %d queued alert(s) to %s:%d" % (len(names), smtp.host, smtp.port))
+        self._step()
         try:
             await smtp.connect()
         except SMTPError as exc:
@@ -198,6 +218,7 @@ class Sender:
             raise
         finally:
             self.outbox.in_flight = None
+        self._step()
         await smtp.quit()
         return delay
 
@@ -208,6 +229,8 @@ class Sender:
         if not report[0] and not report[2]:
             report = None
         for name in names:
+            # From here on a MemoryError names this entry (_session()), not the one sent before.
+            self.outbox.in_flight = name
             entry = self.outbox.load(name)
             if entry is None:
                 continue
@@ -217,13 +240,18 @@ class Sender:
                 self.outbox.set_aside(name, entry, "the message could not be built: %s" % exc)
                 log.error("alert %s set aside: the message could not be built: %s" % (name, exc))
                 continue
-            self.outbox.in_flight = name
+            self._step()
             try:
                 result = await smtp.send_message(message)
             except SMTPError as exc:
                 message = None
-                if exc.transient or exc.stage not in _MESSAGE_STAGES:
+                usable = smtp.session is not None and smtp.session.usable
+                if exc.stage not in _MESSAGE_STAGES or (exc.transient and not usable):
                     return self._session_failed(name, exc)
+                if exc.transient:
+                    # The server refused this message for now; the others may still go.
+                    self._hold(name, entry, exc)
+                    continue
                 reply = _server_reply(exc)
                 self.outbox.set_aside(name, entry, reply)
                 log.error("alert %s %s set aside: %s" % (name, entry["id"], reply))
@@ -279,6 +307,25 @@ class Sender:
         )
         return delay
 
+    def _hold(self, name, entry, exc):
+        """Hold back entry ``name`` after a transient reply to its own message, or set it aside after GIVE_UP_S."""
+        now = clock.now()
+        reply = _server_reply(exc)
+        failing = entry.get("failing")
+        if failing is None or failing > now:
+            # The first such failure, or one dated by a clock that has gone back since.
+            failing = now
+        if now - failing >= GIVE_UP_S:
+            reply = "still refused after %d days: %s" % ((now - failing) // 86400, reply)
+            self.outbox.set_aside(name, entry, reply)
+            log.error("alert %s %s set aside: %s" % (name, entry["id"], reply))
+            return
+        delay = backoff(entry.get("attempts", 0) + 1, self.retry_min, self.retry_max, random_fraction())
+        entry["own"] = True
+        entry["failing"] = failing
+        self.outbox.retry_later(name, entry, now, delay)
+        log.warning("alert %s %s deferred (%s): %s; retry in %d s" % (name, entry["id"], exc.stage, reply, delay))
+
     def _out_of_memory(self, name, exc=None):
         gc.collect()
         delay = self._retry_delay()
@@ -296,6 +343,8 @@ class Sender:
         """Keep the outbox entry ``name`` and date its next attempt ``delay`` seconds from now."""
         entry = self.outbox.load(name)
         if entry is not None:
+            # The delay is the session's back-off now, which every entry waits for (Outbox.due()).
+            entry.pop("own", None)
             self.outbox.retry_later(name, entry, clock.now(), delay)
 
 

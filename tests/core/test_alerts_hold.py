@@ -231,3 +231,31 @@ def test_refused_for_days_set_aside():
         assert setup.server.accepted == []
     finally:
         setup.close()
+
+
+def test_memory_error_building_next_alert_keeps_it():
+    from alerts import sender
+
+    setup = Setup((41, 42))
+    real_build = sender._build
+    built = []
+
+    def build(entry, config, report):
+        built.append(entry["alert"]["value"])
+        if len(built) == 2:
+            raise MemoryError()
+        return real_build(entry, config, report)
+
+    sender._build = build
+    try:
+        with setup.server, Clock(T0):
+            delay = setup.session()
+        assert setup.server.accepted == [41]
+        # The alert whose message found no heap gets the retry time, not the one sent before it.
+        assert setup.outbox.pending() == [setup.names[42]]
+        entry = setup.outbox.load(setup.names[42])
+        assert entry["attempts"] == 1, entry
+        assert entry["next"] == T0 + delay, entry
+    finally:
+        sender._build = real_build
+        setup.close()
