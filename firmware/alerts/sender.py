@@ -299,11 +299,11 @@ class Sender:
                 return _RENEW
         permanent = not exc.transient
         delay = self._retry_delay(permanent)
-        self.last_error = str(exc)
+        self.last_error = _in_config_terms(exc, self._oauth2 is not None)
         self._keep(name, delay)
         log.warning(
             "sending failed (%s, %s): %s; %s kept, retry in %d s"
-            % (exc.stage, "transient" if exc.transient else "permanent", exc, name, delay)
+            % (exc.stage, "transient" if exc.transient else "permanent", self.last_error, name, delay)
         )
         return delay
 
@@ -357,6 +357,23 @@ def _build(entry, config, report):
         return build_message(entry, config, report)
     except InvalidInputError as exc:
         raise ValueError(str(exc)) from None
+
+
+# Option names of the SMTP library in its error messages, and the config.json keys that set them.
+_CONFIG_KEYS = (("ca_roots", "smtp.ca_file (or ca_roots.py)"), ("server_hostname", "smtp.server_name"))
+
+
+def _in_config_terms(exc, oauth2):
+    """Return the text of exc with the library's option names as config.json keys, and advice for rejected credentials."""
+    text = str(exc)
+    for option, key in _CONFIG_KEYS:
+        text = text.replace(option, key)
+    if exc.stage == "auth" and exc.code is not None and not exc.transient:
+        if oauth2:
+            text += "; check smtp.user and the smtp.oauth2 grant"
+        else:
+            text += "; check smtp.user and smtp.password (Gmail and Outlook want an app password, or smtp.oauth2)"
+    return text
 
 
 def _server_reply(exc):

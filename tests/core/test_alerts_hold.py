@@ -259,3 +259,48 @@ def test_memory_error_building_next_alert_keeps_it():
     finally:
         sender._build = real_build
         setup.close()
+
+
+def session_failure_line(error, oauth2=False):
+    """Return the log line of a session whose connect raised error."""
+    from alerts import log
+
+    setup = Setup((41,))
+    lines = []
+    real_write = log._write
+
+    async def connect(smtp):
+        raise error
+
+    log._write = lambda level, message: lines.append(message)
+    try:
+        with setup.server, Clock(T0):
+            SMTP.connect = connect
+            if oauth2:
+                setup.sender._oauth2 = {}
+                setup.sender._get_token = lambda: asyncio.sleep(0)
+            setup.session()
+    finally:
+        log._write = real_write
+        setup.close()
+    return [line for line in lines if line.startswith("sending failed")][0]
+
+
+def test_rejected_password_names_config_keys():
+    from microsmtp.errors import AuthError
+
+    line = session_failure_line(AuthError("authentication failed: 535 5.7.8 bad credentials", 535, stage="auth"))
+    assert line.startswith("sending failed (auth, permanent): authentication failed: 535 5.7.8 bad credentials; "), line
+    assert "check smtp.user and smtp.password (Gmail and Outlook want an app password, or smtp.oauth2)" in line
+    line = session_failure_line(AuthError("authentication failed: 535", 535, stage="auth"), oauth2=True)
+    assert "authentication failed: 535; check smtp.user and the smtp.oauth2 grant; " in line, line
+
+
+def test_certificate_failure_names_config_keys():
+    from microsmtp.errors import SecurityError
+
+    error = SecurityError("TLS certificate verification failed for x (ValueError); check ca_roots and server_hostname")
+    error.stage = "tls"
+    line = session_failure_line(error)
+    assert "check smtp.ca_file (or ca_roots.py) and smtp.server_name; " in line, line
+    assert "ca_roots and" not in line
