@@ -4,8 +4,8 @@ An entry is removed only after the server's final 250 for its message. A transie
 error of the connection (timeout, lost connection, 4xx to the greeting, EHLO, STARTTLS
 or AUTH) stops the session and schedules a retry with exponential backoff. A 4xx reply
 to one message (its MAIL, RCPT, DATA or content) holds back only that entry, with its
-own backoff, while the session goes on with the others; after GIVE_UP_S of such
-replies it is set aside. A permanent rejection of one message (5xx to MAIL, RCPT or
+own backoff, while the session goes on with the others; after GIVE_UP_TRIES such
+replies over at least GIVE_UP_S it is set aside. A permanent rejection of one message (5xx to MAIL, RCPT or
 the message) sets that entry aside with the reply, and the session goes on. A permanent
 error of the whole session (rejected credentials, failed certificate check) keeps
 every entry queued and retries after the maximum delay, because the entries are fine
@@ -25,10 +25,13 @@ from .outbox import backoff, random_fraction
 
 _MESSAGE_STAGES = ("mail", "rcpt", "data", "message")
 # A message the server keeps refusing with 4xx replies (to its MAIL, RCPT, DATA or
-# content) for this long is set aside and reported, as mail servers give up on a message
-# after some days. Failures of the connection (WiFi, DNS, TLS, AUTH, a lost connection)
-# never count: the alerts stay queued until the server can be reached.
+# content) is set aside and reported after GIVE_UP_TRIES such replies spread over at
+# least GIVE_UP_S, as mail servers give up on a message after some days. Both must hold:
+# the tries keep a clock that jumped forward, or days without a connection, from ending
+# it early. Failures of the connection (WiFi, DNS, TLS, AUTH, a lost connection) are no
+# tries: the alerts stay queued until the server can be reached.
 GIVE_UP_S = 5 * 86400
+GIVE_UP_TRIES = 20
 # Returned by _session_failed() when the session should run again with a new access token.
 _RENEW = object()
 
@@ -106,6 +109,8 @@ class Sender:
         self.retry_min = outbox_config["retry_min_s"]
         self.retry_max = outbox_config["retry_max_s"]
         self.failures = 0
+        # The retry delay of the messages held back in the current session (_hold()).
+        self._held_delay = None
         self.delivered = 0
         self.last_error = None
         # smtp.oauth2 (with alerts.oauth2's cache in it), or None for a password or a fixed token.
@@ -228,6 +233,7 @@ class Sender:
         report = self.outbox.report()
         if not report[0] and not report[2]:
             report = None
+        self._held_delay = None
         for name in names:
             # From here on a MemoryError names this entry (_session()), not the one sent before.
             self.outbox.in_flight = name
@@ -308,21 +314,28 @@ class Sender:
         return delay
 
     def _hold(self, name, entry, exc):
-        """Hold back entry ``name`` after a transient reply to its own message, or set it aside after GIVE_UP_S."""
+        """Hold back entry ``name`` after a transient reply to its own message, or set it aside (see GIVE_UP_S)."""
         now = clock.now()
         reply = _server_reply(exc)
         failing = entry.get("failing")
         if failing is None or failing > now:
             # The first such failure, or one dated by a clock that has gone back since.
             failing = now
-        if now - failing >= GIVE_UP_S:
-            reply = "still refused after %d days: %s" % ((now - failing) // 86400, reply)
+        tries = entry.get("held", 0) + 1
+        if tries >= GIVE_UP_TRIES and now - failing >= GIVE_UP_S:
+            reply = "still refused after %d tries over %d days: %s" % (tries, (now - failing) // 86400, reply)
             self.outbox.set_aside(name, entry, reply)
             log.error("alert %s %s set aside: %s" % (name, entry["id"], reply))
             return
-        delay = backoff(entry.get("attempts", 0) + 1, self.retry_min, self.retry_max, random_fraction())
+        delay = self._held_delay
+        if delay is None:
+            # Every message held back in one session waits as long, so that a server
+            # deferring them all gets one session per retry, not one per message.
+            delay = backoff(entry.get("attempts", 0) + 1, self.retry_min, self.retry_max, random_fraction())
+            self._held_delay = delay
         entry["own"] = True
         entry["failing"] = failing
+        entry["held"] = tries
         self.outbox.retry_later(name, entry, now, delay)
         log.warning("alert %s %s deferred (%s): %s; retry in %d s" % (name, entry["id"], exc.stage, reply, delay))
 

@@ -1,7 +1,7 @@
 """A transient reply to one message (4xx to its MAIL, RCPT, DATA or content) holds back
 that alert alone: the others go in the same session, it waits for its own retry time,
-and after alerts.sender.GIVE_UP_S of such replies it is set aside and reported. A
-failure of the connection still ends the session for every alert."""
+and after alerts.sender.GIVE_UP_TRIES such replies over GIVE_UP_S it is set aside and
+reported. A failure of the connection still ends the session for every alert."""
 
 try:
     import asyncio
@@ -210,25 +210,84 @@ def test_reply_that_closes_the_connection_ends_the_session():
 
 
 def test_refused_for_days_set_aside():
-    from alerts.sender import GIVE_UP_S
+    from alerts.sender import GIVE_UP_S, GIVE_UP_TRIES
 
     setup = Setup((41,))
     try:
-        setup.server.replies[41] = [busy(), busy("data"), busy("message")]
-        with setup.server, Clock(T0):
-            setup.session()
-        with setup.server, Clock(T0 + GIVE_UP_S - 60):
-            setup.session()
+        setup.server.replies[41] = [busy("data") for _ in range(GIVE_UP_TRIES)]
+        # Tries 1 to 19 spread over the 5 days: the alert stays queued.
+        for index in range(GIVE_UP_TRIES - 1):
+            with setup.server, Clock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
+                setup.session()
         assert setup.outbox.pending() == [setup.names[41]]
         assert setup.outbox.aside() == []
+        # The 20th, after 5 days.
         with setup.server, Clock(T0 + GIVE_UP_S + 3600):
             assert setup.session() is None
         assert setup.outbox.pending() == []
         assert setup.outbox.aside() == [setup.names[41]]
         names, entries, dropped = setup.outbox.report()
         reply = entries[0]["reply"]
-        assert reply.startswith("still refused after 5 days: 451 4.3.0"), reply
+        assert reply.startswith("still refused after 20 tries over 5 days: 451 4.3.0"), reply
         assert setup.server.accepted == []
+    finally:
+        setup.close()
+
+
+def test_clock_jump_forward_does_not_give_up():
+    setup = Setup((41,))
+    try:
+        setup.server.replies[41] = [busy(), busy()]
+        with setup.server, Clock(T0):
+            setup.session()
+        # A wrong NTP reply moves the clock 2 years ahead: one more refusal is no reason to give up.
+        with setup.server, Clock(T0 + 2 * 365 * 86400):
+            setup.session()
+        assert setup.outbox.pending() == [setup.names[41]]
+        assert setup.outbox.aside() == []
+        assert setup.outbox.load(setup.names[41])["held"] == 2
+    finally:
+        setup.close()
+
+
+def test_failed_connections_are_no_tries():
+    from alerts.sender import GIVE_UP_S
+
+    setup = Setup((41,))
+    try:
+        setup.server.replies[41] = [busy(), busy()]
+        with setup.server, Clock(T0):
+            setup.session()
+        setup.server.refuse_connect = True
+        for day in range(1, 6):
+            with setup.server, Clock(T0 + day * 86400):
+                setup.session()
+        setup.server.refuse_connect = False
+        with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+            setup.session()
+        # Two refusals 5 days apart, with only failed connections in between: still queued.
+        assert setup.outbox.pending() == [setup.names[41]]
+        assert setup.outbox.aside() == []
+    finally:
+        setup.close()
+
+
+def test_held_alerts_share_one_retry_time():
+    values = tuple(range(41, 51))
+    setup = Setup(values)
+    try:
+        for value in values:
+            setup.server.replies[value] = [busy()]
+        with setup.server, Clock(T0):
+            delay = setup.session()
+        times = [setup.outbox.load(setup.names[value])["next"] for value in values]
+        # One retry time for all, so a server that defers every message gets one session per retry.
+        assert times == [T0 + delay] * len(values), times
+        assert setup.outbox.due(T0 + delay - 1) > 0
+        with setup.server, Clock(T0 + delay):
+            setup.session()
+        assert setup.server.connects == 2
+        assert setup.server.accepted == list(values)
     finally:
         setup.close()
 
