@@ -1,9 +1,12 @@
 """`microsmtp testserver`: the local server that `microsmtp send` and a board can try sends against."""
 
+import base64
 import email
 import email.policy
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -15,7 +18,7 @@ PASSWORD = "test-Pa55word"
 TIMEOUT_S = 120
 
 
-def start_server(tmp_path, *arguments, password=PASSWORD):
+def start_server(tmp_path, *arguments, password=PASSWORD, address="127.0.0.1"):
     env = os.environ.copy()
     env.pop("SMTP_PASSWORD", None)
     if password is not None:
@@ -29,8 +32,8 @@ def start_server(tmp_path, *arguments, password=PASSWORD):
         lines.append(line.rstrip("\n"))
         if line.startswith("  try: "):
             break
-    assert lines and lines[0].startswith("microsmtp testserver: listening on 127.0.0.1:"), lines
-    port = int(lines[0].split("127.0.0.1:")[1].split()[0])
+    assert lines and lines[0].startswith("microsmtp testserver: listening on %s:" % address), lines
+    port = int(lines[0].split(address + ":")[1].split()[0])
     return process, port, lines
 
 
@@ -40,7 +43,7 @@ def stop_server(process):
     return process.returncode, out, err
 
 
-def send(port, runtime, *extra, password=PASSWORD, ca):
+def send(port, runtime, *extra, password=PASSWORD, ca, host="127.0.0.1"):
     env = os.environ.copy()
     env["SMTP_PASSWORD"] = password
     command = [
@@ -49,7 +52,7 @@ def send(port, runtime, *extra, password=PASSWORD, ca):
         "microsmtp_tools.cli",
         "send",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--ca",
@@ -136,3 +139,53 @@ def test_listen_needs_one_ip_address(tmp_path, listen, problem):
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=unix_port.REPO_DIR)
     assert result.returncode == 78, result.stderr
     assert result.stderr.strip() == "microsmtp testserver: error: " + problem
+
+
+def test_second_message_gets_its_own_number(tmp_path):
+    process, port, lines = start_server(tmp_path)
+    try:
+        ca = tmp_path / "ts" / "ca.pem"
+        first = send(port, "cpython", "--transcript", ca=ca)
+        second = send(port, "cpython", "--transcript", ca=ca)
+    finally:
+        stop_server(process)
+    assert "queued as 1" in first.stderr, first.stderr
+    assert "queued as 2" in second.stderr, second.stderr
+
+
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_listens_on_ipv6_loopback(tmp_path):
+    process, port, lines = start_server(tmp_path, "--listen", "::1", address="::1")
+    try:
+        assert "  certificate names: localhost, ::1 (give one as --server-name or smtp.server_name)" in lines
+        result = send(port, "cpython", ca=tmp_path / "ts" / "ca.pem", host="::1")
+        assert result.returncode == 0, result.stderr
+    finally:
+        status, out, err = stop_server(process)
+    assert status == 0, err
+
+
+def test_unknown_command_line_is_not_logged():
+    from microsmtp_tools.common import hide_unknown_commands
+
+    credential = base64.b64encode(b"S3cretPW-xyz").decode().upper()
+    record = logging.LogRecord(
+        "mail.log", logging.WARNING, "", 0, "%r unrecognised: %s", (("::1", 5), credential), None
+    )
+    assert hide_unknown_commands(record)
+    assert credential not in record.getMessage()
+    assert record.getMessage() == "('::1', 5) unrecognised: (a line that is no command, not shown)"
+    verb = logging.LogRecord("mail.log", logging.WARNING, "", 0, "%r unrecognised: %s", (("::1", 5), "XYZZY"), None)
+    assert hide_unknown_commands(verb)
+    assert verb.getMessage() == "('::1', 5) unrecognised: XYZZY"
+    warning = "Requiring AUTH while not requiring TLS can lead to security vulnerabilities!"
+    assert not hide_unknown_commands(logging.LogRecord("mail.log", logging.WARNING, "", 0, warning, (), None))

@@ -159,6 +159,21 @@ def not_session_failure(record):
     return "SMTP session exception" not in record.getMessage()
 
 
+def hide_unknown_commands(record):
+    """Logging filter: keep aiosmtpd's "unrecognised" warnings, without the line the client sent.
+
+    A client out of step with AUTH sends its base64 credentials as a line of their own,
+    which aiosmtpd logs as an unknown command. A command verb (letters only) stays. The
+    warning that AUTH is required without TLS is dropped: it comes only with implicit TLS,
+    where every byte is encrypted.
+    """
+    if record.msg == "%r unrecognised: %s" and len(record.args) == 2:
+        command = str(record.args[1])
+        if not (command.isalpha() and len(command) <= 10):
+            record.args = (record.args[0], "(a line that is no command, not shown)")
+    return "Requiring AUTH while not requiring TLS" not in str(record.msg)
+
+
 class LoginDataFilter(logging.Filter):
     """Drops aiosmtpd's Session.login_data deprecation record and lets every other record through."""
 

@@ -256,6 +256,8 @@ class LocalServer:
         self.host = "127.0.0.1"
         self.port = 0
         self.messages = []
+        # Messages accepted in all, also those that on_message took out of messages.
+        self.accepted_count = 0
         self.controller = None
         # MAIL commands counted over all sessions; at the counts in resets_at_mail the
         # handler sets reset_requested and waits until the sim has reset the board.
@@ -337,9 +339,10 @@ class LocalServer:
                         "tls": smtp._tls_protocol is not None or server.implicit_tls,
                     }
                 )
+                server.accepted_count += 1
                 if server.on_message is not None:
                     server.on_message(server.messages[-1])
-                return "250 2.0.0 OK queued as %d" % len(server.messages)
+                return "250 2.0.0 OK queued as %d" % server.accepted_count
 
         return Handler()
 
@@ -358,10 +361,11 @@ class LocalServer:
 
         from aiosmtpd.controller import Controller
 
-        from .common import AIOSMTPD_LOGGER, LoginDataFilter, not_session_failure
+        from .common import AIOSMTPD_LOGGER, LoginDataFilter, hide_unknown_commands, not_session_failure
 
         logger = logging.getLogger(AIOSMTPD_LOGGER)
         logger.addFilter(LoginDataFilter())
+        logger.addFilter(hide_unknown_commands)
         # The board's log shows why its session failed (out of memory, a reset, a timeout).
         logger.addFilter(not_session_failure)
 
@@ -386,7 +390,7 @@ class LocalServer:
         if self.port == 0:
             import socket
 
-            with socket.socket() as probe:
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
                 probe.bind((self.host, 0))
                 self.port = probe.getsockname()[1]
             controller.port = self.port
