@@ -21,6 +21,8 @@ except ImportError:
 from . import clock, log
 from .sensors import SensorError
 
+# Maximum alerts kept in memory while the outbox cannot store them (flash full). Beyond it the oldest is lost.
+_MAX_UNWRITTEN = 10
 # Real seconds a sensor loop may go without progress before the watchdog stops feeding.
 _SENSOR_SLACK_S = 30
 # Real seconds the sender may go without progress beyond the time limit of its current
@@ -133,6 +135,13 @@ class App:
     # -- alerts -------------------------------------------------------------------------
 
     def queue(self, records):
+        """Put records into the outbox, after any that an earlier write could not store.
+
+        A record that the outbox cannot write (flash full) stays in memory and is written
+        at a later call, and the tick task calls at least once a minute. A write error
+        never ends the sensor task. At most _MAX_UNWRITTEN records wait in memory, and
+        beyond that the oldest is logged with its values as lost.
+        """
         from .outbox import OutboxError
 
         timeline = clock.timeline_tag()
@@ -140,19 +149,40 @@ class App:
             if timeline is not None:
                 # Dated by correct_times() once NTP has replied.
                 record["timeline"] = timeline
+        held = getattr(self, "unwritten", None) or []
+        waiting = held + list(records)
+        written = 0
+        for record in waiting:
             try:
                 name = self._put(record)
             except (OutboxError, MemoryError) as exc:
-                log.error("alert %s %s lost: %s" % (record["kind"], record.get("rule") or record.get("sensor"), exc))
-                continue
+                if not held:
+                    log.error(
+                        "alert %s %s kept in memory until the outbox can store it: %s"
+                        % (record["kind"], record.get("rule") or record.get("sensor"), exc)
+                    )
+                break
+            written += 1
             log.info(
                 "queued %s %s %s value=%s as %s"
                 % (record["kind"], record.get("rule") or "-", record.get("sensor") or "-", record.get("value"), name)
             )
-        if records:
+        # After a failed write the rest wait too, in their order.
+        unwritten = waiting[written:]
+        while len(unwritten) > _MAX_UNWRITTEN:
+            record = unwritten.pop(0)
+            log.error(
+                "alert lost, the outbox could not store it: %s %s value=%s time=%s"
+                % (record["kind"], record.get("rule") or record.get("sensor"), record.get("value"), record.get("time"))
+            )
+        self.unwritten = unwritten
+        if written:
             self.wake.set()
-        # After the outbox: a reset in between repeats an alert rather than losing it.
-        self.save_rule_state()
+        if not unwritten:
+            # After the outbox: a reset in between repeats an alert rather than losing it.
+            # While an alert waits in memory, the rule state is not saved, so a reset
+            # makes the rules raise it again.
+            self.save_rule_state()
         self.update_led()
 
     def _put(self, record):

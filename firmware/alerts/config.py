@@ -46,7 +46,11 @@ def _check_keys(section, allowed, prefix):
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Return True for an int or a finite float; 1e999 in JSON reads as infinity."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    # NaN is not equal to itself, and infinity minus itself is NaN.
+    return isinstance(value, int) or (value == value and value - value == 0)
 
 
 def _field(section, prefix, key, kind, default=_REQUIRED, minimum=None, maximum=None, choices=None):
@@ -79,7 +83,11 @@ def _field(section, prefix, key, kind, default=_REQUIRED, minimum=None, maximum=
     if ok and maximum is not None:
         ok = value <= maximum
     if not ok:
-        _fail(path, _expected(kind, minimum, maximum, choices), value)
+        expected = _expected(kind, minimum, maximum, choices)
+        if kind == "number" and isinstance(value, float):
+            # Name the reason when the value is infinity or NaN.
+            expected = "a finite" + expected[1:]
+        _fail(path, expected, value)
     return value
 
 
@@ -112,42 +120,89 @@ def _section(config, key, required=True):
     return value
 
 
-def _address_ok(value):
-    """Return True for "user@example.com" or "Name <user@example.com>" that looks sendable.
+_ADDRESS_EXPECTED = "an email address on one line such as alerts@example.com or Greenhouse <alerts@example.com>"
 
-    The SMTP library checks addresses fully (microsmtp.message.parse_address, which
-    deploy runs too); this catches the usual mistakes without loading it at boot.
+
+def _address_ok(value):
+    """Return True if microsmtp.message.parse_address(value) accepts it; keep the two alike.
+
+    Importing that function loads the whole SMTP library. In `microsmtp sim` (MicroPython
+    unix port, deep_sleep.json with start_heaps) that raised the heap the boot needs from
+    80K to more than 96K, so the rules are repeated here instead.
+    tests/core/test_alerts_input_checks.py compares both on a table of addresses, display
+    names included.
     """
+    try:
+        value.encode("utf-8")
+    except UnicodeError:
+        # A lone surrogate (CPython only), which UTF-8 cannot encode.
+        return False
+    if "\x00" in value or "\r" in value or "\n" in value:
+        # Header text: CR, LF or NUL anywhere, display name included, could inject lines.
+        return False
     address = value.strip(" \t")
-    if address.endswith(">") and "<" in address:
-        if address.count("<") > 1:
-            # "Name <a@example.com> <b@example.com>": two addresses in one.
+    if address.endswith(">"):
+        # The address starts after the first "<" outside quotes; backslash escapes count in quotes.
+        quoted = escaped = False
+        start = -1
+        for index in range(len(address)):
+            char = address[index]
+            if escaped:
+                escaped = False
+            elif char == "\\" and quoted:
+                escaped = True
+            elif char == '"':
+                quoted = not quoted
+            elif char == "<" and not quoted:
+                start = index
+                break
+        if start < 0:
             return False
-        address = address[address.rfind("<") + 1 : -1]
-    local, _, domain = address.rpartition("@")
-    if local[:1] == '"' and local[-1:] == '"' and len(local) > 1:
-        # A quoted local part may hold spaces, dots and @.
-        local = "x"
-    if domain[:1] == "[" and domain[-1:] == "]":
-        # An address literal such as [192.0.2.1]: the library checks its form.
-        domain = "literal"
-    labels = domain.split(".")
-    return (
-        0 < len(local) <= 64
-        and len(address) <= 254
-        and not [char for char in local if char in ' <>()[]:,;@"\\\x7f\x85\u2028\u2029' or char < " "]
-        # A domain name: ASCII letters, digits and hyphens, or non-ASCII letters (IDN).
-        and not [char for char in domain if char < "\x80" and not (char.isalpha() or char.isdigit() or char in "-.")]
-        and not [char for char in domain if char in "\x85\u2028\u2029"]
-        and not [part for part in local.split(".") if not part]
-        and not [label for label in labels if not label or label[0] == "-" or label[-1] == "-"]
-    )
+        address = address[start + 1 : -1]
+    return _addr_spec_ok(address)
+
+
+def _addr_spec_ok(address):
+    """Return True for an RFC 5321 addr-spec as microsmtp.checks.addr_spec_problem() accepts it."""
+    at = address.rfind("@")
+    local, domain = address[:at], address[at + 1 :]
+    if at < 1 or not domain or len(local.encode()) > 64 or len(address.encode()) > 254:
+        return False
+    if [char for char in address if "\x7f" <= char <= "\x9f" or char in "\u2028\u2029"]:
+        return False
+    if local[0] == '"':
+        escaped = False
+        for char in local[1:-1]:
+            if char < " " or (char == '"' and not escaped):
+                return False
+            escaped = char == "\\" and not escaped
+        if len(local) < 2 or local[-1] != '"' or escaped:
+            return False
+    elif (
+        [char for char in local if not ("!" <= char <= "~" and char not in '"(),:;<>@[\\]' or char >= "\x80")]
+        or local[0] == "."
+        or local[-1] == "."
+        or ".." in local
+    ):
+        return False
+    if domain[0] == "[" and domain[-1] == "]":
+        return len(domain) > 2 and not [char for char in domain[1:-1] if not "!" <= char <= "~" or char in "[]\\"]
+    for label in domain.split("."):
+        if not label or label[0] == "-" or label[-1] == "-":
+            return False
+        if [
+            char
+            for char in label
+            if not ("a" <= char <= "z" or "A" <= char <= "Z" or "0" <= char <= "9" or char == "-" or char >= "\x80")
+        ]:
+            return False
+    return True
 
 
 def _address(section, prefix, key):
     value = _field(section, prefix, key, "str")
     if not _address_ok(value):
-        _fail(prefix + key, "an email address such as alerts@example.com or Greenhouse <alerts@example.com>", value)
+        _fail(prefix + key, _ADDRESS_EXPECTED, value)
     return value
 
 
@@ -234,7 +289,7 @@ def _validate_smtp(config):
     for index in range(len(recipients)):
         value = recipients[index]
         if not isinstance(value, str) or not _address_ok(value):
-            _fail("smtp.to[%d]" % index, "an email address such as you@example.com", value)
+            _fail("smtp.to[%d]" % index, _ADDRESS_EXPECTED, value)
     _field(smtp, "smtp.", "ca_file", "str", None)
     _field(smtp, "smtp.", "server_name", "str", None)
     _field(smtp, "smtp.", "timeout_s", "number", 60, 5, 600)
@@ -434,6 +489,37 @@ def _validate_rules(config, sensor_names):
         _field(rule, prefix, "min_interval_s", "number", 0, 0)
 
 
+# Folders of the firmware's code on the board; the outbox must not share them.
+_CODE_FOLDERS = ("alerts", "microsmtp", "lib", ".micropython")
+
+
+def _outbox_dir(path):
+    """Reject an outbox folder that would hold the firmware's own files.
+
+    The folder must be one of its own, such as outbox or data/outbox. It must not be
+    the board's root, the folder the firmware runs in (where config.json is) or a code
+    folder, and it must be a plain path without ".", ".." or empty parts.
+    """
+    import os
+
+    parts = path.strip("/").split("/")
+    bad = [part for part in parts if part in ("", ".", "..") or part != part.strip()]
+    if not bad and path.startswith("/"):
+        try:
+            here = os.getcwd().rstrip("/") + "/"
+        except (AttributeError, OSError):
+            here = None
+        # An absolute path to the firmware's folder or to a folder that contains it.
+        bad = here is not None and here.startswith(path.rstrip("/") + "/")
+    if bad or parts[0] in _CODE_FOLDERS or [part for part in parts if part.endswith((".py", ".mpy"))]:
+        _fail(
+            "outbox.dir",
+            "a folder of its own such as outbox or data/outbox (not the board's root, the firmware's folder "
+            "or a code folder, and no . or .. parts), because the outbox owns the files in it",
+            path,
+        )
+
+
 def _validate_rest(config, limits):
     alerts = _section(config, "alerts", required=False)
     _check_keys(alerts, ("max_per_hour", "heartbeat_h", "history", "sensor_failures"), "alerts.")
@@ -444,7 +530,7 @@ def _validate_rest(config, limits):
 
     outbox = _section(config, "outbox", required=False)
     _check_keys(outbox, ("dir", "max_entries", "max_aside", "retry_min_s", "retry_max_s"), "outbox.")
-    _field(outbox, "outbox.", "dir", "str", "outbox")
+    _outbox_dir(_field(outbox, "outbox.", "dir", "str", "outbox"))
     _field(outbox, "outbox.", "max_entries", "int", 50, 1, 10000)
     _field(outbox, "outbox.", "max_aside", "int", 10, 1, 1000)
     retry_min = _field(outbox, "outbox.", "retry_min_s", "number", 30, 1)

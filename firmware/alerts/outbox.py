@@ -10,6 +10,12 @@ discards what a power loss left behind.
 Set-aside entries (permanent failures, kept with the server's reply) live in
 ``aside/``; ``state.json`` counts entries dropped because the outbox was full. Both are
 reported in the next email that is sent.
+
+The outbox reads, and removes, only files with the names it writes itself (entries,
+their ``.tmp`` copies and ``state.json``), so a folder that also contains other files
+loses none of them. A write that fails (the flash is full) never raises out of
+retry_later(), set_aside(), reported() or the drop count: it is logged once with what
+to do, the entry stays on flash, and its next attempt time is kept in memory instead.
 """
 
 import json
@@ -73,6 +79,11 @@ def _join(directory, name):
     return directory + "/" + name
 
 
+def is_entry_name(name):
+    """Return True for a name put() gives an entry: a sequence number of 8 or more digits, then .json."""
+    return len(name) > 12 and name.endswith(".json") and name[:-5].isdigit()
+
+
 def _exists(path):
     try:
         os.stat(path)
@@ -96,11 +107,19 @@ def write_atomic(path, data):
     completes the rename if power fails in between.
     """
     temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        if isinstance(data, str):
-            file.write(data)
-        else:
-            json.dump(data, file)
+    try:
+        with open(temporary, "w") as file:
+            if isinstance(data, str):
+                file.write(data)
+            else:
+                json.dump(data, file)
+    except OSError:
+        # Free what the partial copy took (a full flash fails mid-write); the old file stays.
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass
+        raise
     try:
         os.rename(temporary, path)
     except OSError:
@@ -184,17 +203,21 @@ class Outbox:
         # Name of the entry the sender is transmitting now; put() never drops it.
         self.in_flight = None
         self.state_path = _join(self.directory, _STATE)
+        # Next attempt times that could not be written to flash: name -> time.
+        self._next = {}
+        # True after a write failed, until one succeeds: the problem is logged once.
+        self.write_failed = False
 
     # -- queue --------------------------------------------------------------------------
 
     def pending(self):
         """Return the names of pending entries, oldest first."""
-        names = [name for name in _listdir(self.directory) if name.endswith(".json") and name != _STATE]
+        names = [name for name in _listdir(self.directory) if is_entry_name(name)]
         names.sort()
         return names
 
     def aside(self):
-        names = [name for name in _listdir(self.aside_directory) if name.endswith(".json")]
+        names = [name for name in _listdir(self.aside_directory) if is_entry_name(name)]
         names.sort()
         return names
 
@@ -233,15 +256,25 @@ class Outbox:
         try:
             write_atomic(_join(self.directory, name), entry)
         except OSError as exc:
-            raise OutboxError("cannot write %s to the outbox (%s); the flash may be full" % (name, exc)) from None
+            from .outbox_admin import write_problem
+
+            raise OutboxError("cannot write %s to the outbox: %s" % (name, write_problem(exc))) from None
+        # A write worked: the next failure is logged again.
+        self.write_failed = False
         return name
 
     def load(self, name):
-        """Return the entry dict of a pending name, or None if it is gone."""
+        """Return the entry dict of a pending name, or None if it is gone or unreadable."""
         entry = _read_json(_join(self.directory, name))
-        return entry if _is_entry(entry) else None
+        if not _is_entry(entry):
+            return None
+        held = self._next.get(name)
+        if held is not None and held > entry.get("next", 0):
+            entry["next"] = held
+        return entry
 
     def remove(self, name):
+        self._next.pop(name, None)
         try:
             os.remove(_join(self.directory, name))
         except OSError:
@@ -249,11 +282,24 @@ class Outbox:
             pass
 
     def retry_later(self, name, entry, now, delay):
-        """Count a failed attempt and store the earliest time for the next one."""
+        """Count a failed attempt and store the earliest time for the next one.
+
+        If the flash cannot take the change, the entry stays as it was on flash and the
+        time is kept in memory (load() applies it), so the retry still waits.
+        """
         entry["attempts"] = entry.get("attempts", 0) + 1
         entry["next"] = now + delay
         if _exists(_join(self.directory, name)):
-            write_atomic(_join(self.directory, name), entry)
+            try:
+                write_atomic(_join(self.directory, name), entry)
+            except OSError as exc:
+                self._next[name] = entry["next"]
+                from .outbox_admin import write_error
+
+                write_error(self, "the retry time of %s is kept in memory only" % name, exc)
+                return
+            self._next.pop(name, None)
+            self.write_failed = False
 
     def wait(self, entry, now):
         """Return the seconds until entry may be tried again by itself (0 if it may now).
@@ -281,7 +327,12 @@ class Outbox:
         for name in self.pending():
             entry = self.load(name)
             if entry is None:
-                return 0
+                # Unreadable: dropped once and counted (outbox_admin), never retried in a loop.
+                from .outbox_admin import first_entry
+
+                entry = first_entry(self, [name])
+                if entry is None:
+                    continue
             wait = self.wait(entry, now)
             if gate is None and not entry.get("own"):
                 gate = wait
@@ -299,7 +350,7 @@ class Outbox:
         names = []
         for name in self.pending():
             entry = self.load(name)
-            if entry is None or self.wait(entry, now) == 0:
+            if entry is not None and self.wait(entry, now) == 0:
                 names.append(name)
         return names
 
@@ -342,4 +393,13 @@ class Outbox:
         reported(self, report)
 
     def _save_state(self):
-        write_atomic(self.state_path, {"dropped": self.dropped})
+        """Write the drop count; on a write error keep it in memory, to be written with the next change."""
+        try:
+            write_atomic(self.state_path, {"dropped": self.dropped})
+        except OSError as exc:
+            from .outbox_admin import write_error
+
+            write_error(self, "the count of dropped alerts (%d) is kept in memory only" % self.dropped, exc)
+            return False
+        self.write_failed = False
+        return True

@@ -8,9 +8,49 @@ modules).
 
 import os
 
-from .outbox import _STATE, OutboxError, _exists, _is_entry, _join, _listdir, _read_json, write_atomic
+from .outbox import _STATE, OutboxError, _exists, _is_entry, _join, _listdir, _read_json, is_entry_name, write_atomic
 
 _DIR_MODE = 0x4000  # S_IFDIR in os.stat()[0]
+_ENOSPC = 28
+# Seconds an entry waits when it could neither be set aside nor rescheduled on flash.
+_HOLD_S = 600
+
+
+def write_problem(exc):
+    """Return what a failed write means and what to do, for the log."""
+    if exc.args and exc.args[0] == _ENOSPC:
+        return "flash full (%s): delete files from the board or lower outbox.max_entries" % exc
+    return "flash write failed (%s): check the filesystem" % exc
+
+
+def write_error(outbox, what, exc):
+    """Log a failed flash write once, until a write succeeds again."""
+    if outbox.write_failed:
+        return
+    outbox.write_failed = True
+    from . import log
+
+    log.error("outbox: %s; %s" % (write_problem(exc), what))
+
+
+def first_entry(outbox, names):
+    """Return the oldest readable entry of names; drop the unreadable ones before it.
+
+    An entry file that exists but contains no entry (flash damage) is removed once and
+    counted as dropped, so it is reported, not tried again in every round.
+    """
+    for name in names:
+        entry = outbox.load(name)
+        if entry is not None:
+            return entry
+        if _exists(_join(outbox.directory, name)):
+            from . import log
+
+            log.error("outbox: %s is unreadable; removed and counted as dropped" % name)
+            outbox.remove(name)
+            outbox.dropped += 1
+            outbox._save_state()
+    return None
 
 
 def _is_dir(path):
@@ -43,9 +83,10 @@ def recover(outbox):
     for directory in (outbox.directory, outbox.aside_directory):
         for name in _listdir(directory):
             path = _join(directory, name)
-            if name.endswith(".tmp"):
+            # Only names the outbox writes: other files in the folder are not its own.
+            if name.endswith(".tmp") and (is_entry_name(name[:-4]) or path == outbox.state_path + ".tmp"):
                 _recover_temporary(path)
-            elif name.endswith(".json") and name != _STATE and not _is_entry(_read_json(path)):
+            elif is_entry_name(name) and not _is_entry(_read_json(path)):
                 # Rename makes this unreachable, short of flash corruption.
                 os.remove(path)
                 removed += 1
@@ -88,14 +129,37 @@ def rewrite(outbox, change):
 
 
 def set_aside(outbox, name, entry, reply):
-    """Move an entry the server rejected for good to aside/, with the server's reply."""
+    """Move an entry the server rejected for good to aside/, with the server's reply.
+
+    When the flash cannot take the copy with the reply, the entry file is moved as it
+    is (the reply goes to the log). If even that fails, it stays pending and waits
+    before its next attempt; nothing here raises for a write error.
+    """
     entry["reply"] = reply[:300]
     existing = outbox.aside()
     while len(existing) >= outbox.max_aside:
-        os.remove(_join(outbox.aside_directory, existing.pop(0)))
+        try:
+            os.remove(_join(outbox.aside_directory, existing.pop(0)))
+        except OSError:
+            continue
         outbox.dropped += 1
         outbox._save_state()
-    write_atomic(_join(outbox.aside_directory, name), entry)
+    try:
+        write_atomic(_join(outbox.aside_directory, name), entry)
+    except OSError as exc:
+        try:
+            os.rename(_join(outbox.directory, name), _join(outbox.aside_directory, name))
+        except OSError:
+            from . import clock
+
+            # Not tried again in every round: it waits like after a failed attempt.
+            outbox._next[name] = clock.now() + _HOLD_S
+            write_error(outbox, "%s stays pending (server reply: %s)" % (name, entry["reply"]), exc)
+            return
+        outbox._next.pop(name, None)
+        write_error(outbox, "%s set aside without the server's reply (%s)" % (name, entry["reply"]), exc)
+        return
+    outbox.write_failed = False
     outbox.remove(name)
 
 

@@ -35,11 +35,72 @@ def state(rules):
     }
 
 
+# The form of each key that state() writes: a dict of lists ("rules", "failures",
+# "history"), or a list of single values ("sent", "suppressed"). Letters: b bool, c count (int >= 0),
+# n time (number >= 0), t time or None, r reading (number) or None, s str.
+_SHAPES = (("rules", "bbbtcr"), ("failures", "cb"), ("history", "nr"), ("sent", "n"), ("suppressed", "s"))
+
+
+def _is(value, code):
+    """Return True if value fits the letter code of _SHAPES; numbers must be finite."""
+    if code == "b":
+        return isinstance(value, bool)
+    if code == "s":
+        return isinstance(value, str)
+    if value is None:
+        return code in "tr"
+    # NaN is not equal to itself, and infinity minus itself is NaN (true).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value - value:
+        return False
+    return code == "r" or (value >= 0 and (code != "c" or isinstance(value, int)))
+
+
+def _fits(value, shape):
+    return (
+        isinstance(value, list)
+        and len(value) == len(shape)
+        and not [i for i in range(len(shape)) if not _is(value[i], shape[i])]
+    )
+
+
+def check(state):
+    """Raise ValueError, naming the key, unless state has the form state() writes.
+
+    restore() calls it before it changes a rule, so a damaged file (wrong types, a
+    negative count, a time that is not a finite number) is rejected as a whole.
+    """
+    if not isinstance(state, dict):
+        raise ValueError("the state is not an object")
+    for key, shape in _SHAPES:
+        value = state.get(key)
+        if value is None:
+            continue
+        if len(shape) == 1:
+            ok = isinstance(value, list) and not [item for item in value if not _is(item, shape)]
+        elif key == "history":
+            ok = isinstance(value, dict) and not [
+                name
+                for name in value
+                if not isinstance(value[name], list) or [p for p in value[name] if not _fits(p, shape)]
+            ]
+        else:
+            ok = isinstance(value, dict) and not [name for name in value if not _fits(value[name], shape)]
+        if not ok:
+            raise ValueError("%s has a value of the wrong type or range" % key)
+    for key, code in (("suppressed_count", "c"), ("heartbeat", "t"), ("timeline", "s")):
+        if state.get(key) is not None and not _is(state[key], code):
+            raise ValueError("%s has a value of the wrong type or range" % key)
+
+
 def restore(rules, state):
-    """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored."""
+    """Load state() or durable_state() output; entries for rules or sensors no longer configured are ignored.
+
+    Raises ValueError, before anything changes, if a field has the wrong type or range.
+    """
+    check(state)
     saved = state.get("rules") or {}
     for rule in rules.rules:
-        if rule.name in saved and len(saved[rule.name]) == 6:
+        if rule.name in saved:
             (
                 rule.active,
                 rule.notified,
@@ -55,7 +116,7 @@ def restore(rules, state):
     failures = state.get("failures") or {}
     for name in failures:
         if name in rules.histories:
-            rules.failures[name] = failures[name]
+            rules.failures[name] = list(failures[name])
     history = state.get("history") or {}
     for name in history:
         if name in rules.histories:

@@ -23,20 +23,32 @@ class RuleState:
 
         Times saved before NTP set the clock in an earlier boot cannot be recovered, so
         they are dropped (as if that alert had not been sent); the open alerts stay.
+        A damaged file (invalid JSON, or a field of the wrong type or range) is rejected
+        as a whole and logged, and the board starts with no open alerts.
         """
         from . import clock
         from .outbox import parse_json
+        from .rules_restore import check
 
         try:
             with open(self.path) as file:
                 self._saved = file.read()
-            data = parse_json(self._saved)
-        except (OSError, ValueError):
+        except OSError:
+            # No file yet (first start), or one that cannot be read: nothing to restore.
             return False
-        if not isinstance(data, dict) or not self.rules.restore(data):
+        try:
+            data = parse_json(self._saved)
+            # check() rejects a file with a field of the wrong type or range as a whole,
+            # so a damaged file cannot stop the sensor loop at its first reading.
+            check(data)
+            if not self.rules.restore(data):
+                raise ValueError("a field does not fit the configured rules")
+        except ValueError as exc:
             from . import log
 
-            log.error("%s is not a rule state this firmware can read; starting with no open alerts" % self.path)
+            log.error(
+                "%s is not a rule state this firmware can read (%s); starting with no open alerts" % (self.path, exc)
+            )
             return False
         timeline = data.get("timeline")
         if timeline is not None:

@@ -377,7 +377,7 @@ _CONFIG_KEYS = (("ca_roots", "smtp.ca_file (or ca_roots.py)"), ("server_hostname
 
 
 def _in_config_terms(exc, oauth2):
-    """Return the text of exc with the library's option names as config.json keys, and advice for rejected credentials."""
+    """Return the text of exc with the library's option names as config.json keys, and advice for bad credentials."""
     text = str(exc)
     for option, key in _CONFIG_KEYS:
         text = text.replace(option, key)

@@ -363,3 +363,4 @@ def test_certificate_failure_names_config_keys():
     line = session_failure_line(error)
     assert "check smtp.ca_file (or ca_roots.py) and smtp.server_name; " in line, line
     assert "ca_roots and" not in line
+
