@@ -239,10 +239,25 @@ class Outbox:
         names = self.pending()
         if self.in_flight in names:
             names.remove(self.in_flight)
+        gate = 0
         while len(names) >= self.max_entries:
-            self.remove(names.pop(0))
+            oldest = names.pop(0)
+            entry = self.load(oldest)
+            if entry is not None and not entry.get("own"):
+                gate = max(gate, entry.get("next", 0))
+            self.remove(oldest)
             self.dropped += 1
             self._save_state()
+        if gate and names:
+            # The session's back-off rode on the dropped entry (see due()); the oldest
+            # one left carries it on, or a full outbox would retry at every new alert.
+            first = self.load(names[0])
+            if first is not None and not first.get("own") and first.get("next", 0) < gate:
+                first["next"] = gate
+                try:
+                    write_atomic(_join(self.directory, names[0]), first)
+                except OSError:
+                    pass
         seq = self._sequence()
         entry = {
             "seq": seq,

@@ -364,3 +364,18 @@ def test_certificate_failure_names_config_keys():
     assert "check smtp.ca_file (or ca_roots.py) and smtp.server_name; " in line, line
     assert "ca_roots and" not in line
 
+
+def test_dropped_oldest_hands_on_the_back_off():
+    setup = Setup((41, 42, 43))
+    try:
+        setup.outbox.max_entries = 3
+        setup.server.refuse_connect = True
+        with setup.server, Clock(T0):
+            delay = setup.session()
+        assert setup.outbox.due(T0 + 1) > 0
+        # A new alert in a full outbox drops the oldest, which carried the session's back-off.
+        setup.add(44)
+        assert setup.names[41] not in setup.outbox.pending()
+        assert abs(setup.outbox.due(T0 + 1) - (delay - 1)) < 0.01
+    finally:
+        setup.close()
