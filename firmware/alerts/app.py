@@ -70,8 +70,7 @@ class App:
 
         self.config = config
         outbox_config = config["outbox"]
-        sender_address = config["smtp"]["from"]
-        domain = sender_address[sender_address.rfind("@") + 1 :].rstrip(">") or "localhost"
+        domain = message_id_domain(config["smtp"]["from"])
         self.outbox = Outbox(
             outbox_config["dir"],
             outbox_config["max_entries"],
@@ -354,6 +353,22 @@ class App:
             # Without CA roots nothing can be sent; alerts still reach the outbox.
             while True:
                 await clock.sleep(3600)
+
+
+def message_id_domain(sender):
+    """Return the domain of the sender's address for Message-IDs, or "localhost" if it is not ASCII.
+
+    A Message-ID takes only ASCII (RFC 5322), and a name such as "Ann <a@bücher.de>" or
+    trailing blanks would otherwise end up in every ID and make every alert unsendable.
+    """
+    address = sender.strip()
+    if address.endswith(">") and "<" in address:
+        address = address[address.rfind("<") + 1 : -1]
+    domain = address[address.rfind("@") + 1 :].strip()
+    for char in domain:
+        if not (char in ".-" or "0" <= char <= "9" or "a" <= char.lower() <= "z"):
+            return "localhost"
+    return domain or "localhost"
 
 
 def _task_failed(what, exc):

@@ -362,7 +362,7 @@ def _validate_ntp(config):
     _check_keys(ntp, ("host", "retries", "resync_h"), "ntp.")
     _field(ntp, "ntp.", "host", "str")
     _field(ntp, "ntp.", "retries", "int", 3, 1, 100)
-    _field(ntp, "ntp.", "resync_h", "number", 24, 1)
+    _field(ntp, "ntp.", "resync_h", "number", 24, 1, 8760)
 
 
 _SENSOR_KEYS = {
@@ -420,7 +420,7 @@ def _validate_sensors(config):
             _validate_timeline(sensor, prefix, "values", True)
             _validate_timeline(sensor, prefix, "failures", False)
             _validate_timeline(sensor, prefix, "hangs", False)
-            _field(sensor, prefix, "repeat_s", "number", 0, 0)
+            _field(sensor, prefix, "repeat_s", "number", 0, 0, 31536000)
     return names
 
 
@@ -486,7 +486,7 @@ def _validate_rules(config, sensor_names):
         elif rule["on_change"] is not True:
             _fail(prefix + "on_change", "true (leave the key out for a rule of another kind)", rule["on_change"])
         _field(rule, prefix, "hysteresis", "number", 0, 0)
-        _field(rule, prefix, "min_interval_s", "number", 0, 0)
+        _field(rule, prefix, "min_interval_s", "number", 0, 0, 2592000)
 
 
 # Folders of the firmware's code on the board; the outbox must not share them.
@@ -524,7 +524,7 @@ def _validate_rest(config, limits):
     alerts = _section(config, "alerts", required=False)
     _check_keys(alerts, ("max_per_hour", "heartbeat_h", "history", "sensor_failures"), "alerts.")
     _field(alerts, "alerts.", "max_per_hour", "int", 10, 1, 1000)
-    _field(alerts, "alerts.", "heartbeat_h", "number", 0, 0)
+    _field(alerts, "alerts.", "heartbeat_h", "number", 0, 0, 8760)
     _field(alerts, "alerts.", "history", "int", 30, 0, 500)
     _field(alerts, "alerts.", "sensor_failures", "int", 3, 1, 1000)
 
@@ -533,13 +533,15 @@ def _validate_rest(config, limits):
     _outbox_dir(_field(outbox, "outbox.", "dir", "str", "outbox"))
     _field(outbox, "outbox.", "max_entries", "int", 50, 1, 10000)
     _field(outbox, "outbox.", "max_aside", "int", 10, 1, 1000)
-    retry_min = _field(outbox, "outbox.", "retry_min_s", "number", 30, 1)
-    _field(outbox, "outbox.", "retry_max_s", "number", 3600, retry_min)
+    # A wait is one asyncio sleep, and MicroPython's tick arithmetic ends at 2**29 ms (6.2
+    # days); a day is the longest wait that a retry or a deep sleep may take.
+    retry_min = _field(outbox, "outbox.", "retry_min_s", "number", 30, 1, 86400)
+    _field(outbox, "outbox.", "retry_max_s", "number", 3600, retry_min, 86400)
 
     sleep = _section(config, "deep_sleep", required=False)
     _check_keys(sleep, ("enabled", "interval_s"), "deep_sleep.")
     _field(sleep, "deep_sleep.", "enabled", "bool", False)
-    _field(sleep, "deep_sleep.", "interval_s", "number", 600, 10)
+    _field(sleep, "deep_sleep.", "interval_s", "number", 600, 10, 86400)
 
     board = _section(config, "board", required=False)
     _check_keys(board, ("led", "led_active_high", "watchdog_ms"), "board.")

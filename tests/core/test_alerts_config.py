@@ -124,7 +124,7 @@ CASES = (
     ("sensors.1.pull", "sideways", "sensors[1].pull is invalid: expected one of up, down, none"),
     ("sensors.2.values", [[10, 1], [5, 2]], "sensors[2].values is invalid: expected a list of [seconds, value] pairs"),
     ("sensors.0.colour", "red", "unknown key sensors[0].colour"),
-    ("sensors.2.repeat_s", -5, "sensors[2].repeat_s is invalid: expected a number of at least 0"),
+    ("sensors.2.repeat_s", -5, "sensors[2].repeat_s is invalid: expected a number from 0 to 31536000"),
     ("rules.0.sensor", "nothing", "rules[0].sensor is invalid: expected one of board, door, sim"),
     ("rules.0.above", None, "rules[0] needs exactly one of above, below, state or on_change, got none"),
     ("rules.0.below", 5, "rules[0] needs exactly one of above, below, state or on_change, got above, below"),
@@ -135,7 +135,7 @@ CASES = (
     (
         "outbox",
         {"retry_min_s": 60, "retry_max_s": 30},
-        "outbox.retry_max_s is invalid: expected a number of at least 60",
+        "outbox.retry_max_s is invalid: expected a number from 60 to 86400",
     ),
     ("deep_sleep", {"enabled": "yes"}, "deep_sleep.enabled is invalid: expected true or false"),
 )

@@ -289,3 +289,43 @@ def test_sleep_state_wrong_types_rejected():
     bad["history"] = {"t": [[1780000000, None, 1]]}
     assert rules.restore(bad) is False
     assert rules.process("t", 37.0, 1780000100)[0]["kind"] == "alert"
+
+
+def test_time_fields_have_upper_bounds():
+    cases = (
+        ("outbox.retry_max_s", lambda config: config.update(outbox={"retry_max_s": 1e300})),
+        ("outbox.retry_min_s", lambda config: config.update(outbox={"retry_min_s": 86401, "retry_max_s": 86400})),
+        ("deep_sleep.interval_s", lambda config: config.update(deep_sleep={"interval_s": 10**400})),
+        ("ntp.resync_h", lambda config: config["ntp"].update(resync_h=8761)),
+        ("alerts.heartbeat_h", lambda config: config.update(alerts={"heartbeat_h": 1e300})),
+        ("rules[0].min_interval_s", lambda config: config["rules"][0].update(min_interval_s=2592001)),
+    )
+    for key, change in cases:
+        exc = error_for(change)
+        assert exc.key == key, (key, exc.key)
+    # The largest values pass.
+    config = good_config()
+    config["outbox"] = {"retry_max_s": 86400}
+    config["ntp"]["resync_h"] = 8760
+    validate(config)
+
+
+def test_message_id_domain_is_ascii():
+    from alerts.app import message_id_domain
+
+    from microsmtp.message import Message
+
+    cases = (
+        ("Greenhouse <alerts@example.com>", "example.com"),
+        ("alerts@example.com", "example.com"),
+        ("Ann <a@example.com> ", "example.com"),
+        ("a@example.com\t", "example.com"),
+        ("alerts@b\u00fccher.de", "localhost"),
+        ("Gr\u00fcn <a@b\u00fccher.de>", "localhost"),
+        ("a@[192.0.2.1]", "localhost"),
+    )
+    for sender, domain in cases:
+        assert message_id_domain(sender) == domain, (sender, message_id_domain(sender))
+        # Every such ID is one that Message accepts.
+        message = Message(sender, "you@example.com", subject="s", text="t", message_id="<1.2@%s>" % domain)
+        assert message.message_id == "<1.2@%s>" % domain
