@@ -280,8 +280,9 @@ class SMTP:
             host = host[1:-1]
         tls_name = server_hostname or host
         for value in (host, tls_name):
-            # "." in front also catches a lone "." and a leading dot.
-            if not isinstance(value, str) or ".." in "." + value:
+            # "." in front also catches a lone "." and a leading dot. A value is empty
+            # only when the host was "[]": an empty server_hostname means the host's name.
+            if not value or not isinstance(value, str) or ".." in "." + value:
                 raise ConfigError("host and server_hostname must be names without an empty label, not %r" % (value,))
         if tls_name[-1] == ".":
             # A fully qualified name as DNS writes it: SNI and the certificate's names

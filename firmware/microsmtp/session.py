@@ -91,6 +91,9 @@ _TLS_HANDSHAKE = const(2)  # the driver is upgrading the connection
 _READY = const(3)  # transactions can be queued
 _CLOSED = const(4)
 
+# The shortest password or token that replies, errors and logs have redacted.
+_MIN_SECRET = const(4)
+
 # Error text by expected reply kind, for a transaction command that the server rejects.
 _REJECTION_TEXT = {
     "mail": "the sender was refused (MAIL FROM)",
@@ -610,37 +613,30 @@ class Session:
         try:
             reply = self._parser.next_reply()
         except ProtocolError as exc:
-            # The parser quotes the malformed line, which may repeat a credential.
+            # The parser quotes the malformed line, which may hold a piece of a credential
+            # whose start was on an earlier line of the reply.
             if not self._secrets:
                 raise
-            raise ProtocolError(self._scrub(exc.message), stage=exc.stage) from None
-        if reply is not None and self._secrets:
-            # Replies end up in results (refused recipients), errors and logs, so a
-            # server quoting the AUTH command must not leave credentials there.
-            if len(reply.lines) > 1:
-                # Also where the server's wrapping cut a credential at a line end.
-                from . import session_rare
+            from . import session_rare
 
-                session_rare.scrub_wrapped(self, reply)
-            reply.lines = [self._scrub(line) for line in reply.lines]
+            raise session_rare.unquoted(exc) from None
+        if reply is not None:
+            # Replies end up in results (refused recipients), errors and logs, so a
+            # server quoting the AUTH command must not leave credentials there. This is
+            # the only place that redacts: redacting "<redacted>" again could garble it.
+            lines = reply.lines
+            for secret in self._secrets:
+                # A reply of several lines is checked for a credential cut at a line end too.
+                if len(lines) > 1 or secret in lines[0]:
+                    from . import session_rare
+
+                    session_rare.scrub_reply(self, reply)
+                    break
         return reply
 
-    def _scrub(self, text):
-        # A server may quote the AUTH command in its reply, and that quote must not
-        # carry the credentials into an error message or a log.
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "<redacted>")
-        return text
-
     def _reply_error(self, what, reply, error=ReplyError, stage=None):
-        return error(
-            self._scrub("%s: %s" % (what, reply.describe())),
-            reply.code,
-            reply.enhanced,
-            self._scrub(reply.text),
-            stage or self.stage,
-        )
+        # The reply lines are redacted already (_next_reply()).
+        return error("%s: %s" % (what, reply.describe()), reply.code, reply.enhanced, reply.text, stage or self.stage)
 
     def _fatal(self, what, reply, error=ReplyError):
         # 421 means the server is closing the connection (RFC 5321 section 3.8), so no
@@ -784,18 +780,19 @@ class Session:
                     "the server does not offer AUTH; connect without credentials or use another port", stage="auth"
                 )
             # A server may quote the password or token itself, not only its base64 form.
+            # One of fewer than _MIN_SECRET characters is left as it is: it occurs in
+            # almost any text, so redacting it would garble every reply and error, and
+            # such a password is easy to guess anyway. Every base64 form
+            # (AUTH PLAIN, LOGIN, XOAUTH2) is at least 4 characters, so it is always redacted.
             for secret in (password, token):
                 if isinstance(secret, bytes):
                     try:
                         secret = secret.decode()
                     except UnicodeError:
                         continue
-                if secret:
+                secret = (secret or "").strip(" \t")
+                if len(secret) >= _MIN_SECRET:
                     self._secrets.append(secret)
-                    # The form in which the reply parser quotes a malformed line.
-                    quoted = repr(secret.encode())[2:-1]
-                    if quoted != secret:
-                        self._secrets.append(quoted)
             offered = self.auth_mechanisms
             if token is None and "PLAIN" in offered:
                 # PLAIN (RFC 4616) first, because it finishes in one round trip.

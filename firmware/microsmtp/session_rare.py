@@ -1,8 +1,9 @@
 """Session code for paths that one plain alert never takes.
 
 A multi-step AUTH exchange, a failed AUTH, a rejected EHLO and the HELO fallback, a
-refused STARTTLS, BDAT, recipients deferred by a 452, unsolicited replies, a credential
-cut at the end of a reply line and a log function that fails are handled here.
+refused STARTTLS, BDAT, recipients deferred by a 452, unsolicited replies, a reply that
+quotes a credential, a malformed reply while the session has credentials and a log
+function that fails are handled here.
 ``session.py`` imports this module on first use, so a board that sends with AUTH PLAIN
 and DATA never loads it. The functions belong to ``Session`` and use its private
 state.
@@ -126,21 +127,23 @@ def rcpt_over_limit(transaction, rcpt, address, reply):
 
 
 def refuse_batch(transaction, reply):
-    """Record the server's refusal (reply) of the content for a later batch after a 452.
+    """Record the server's refusal (reply) of a later batch after a 452.
 
-    An earlier batch already has the message, so the transaction stays a success. The
-    recipients of this batch, and those it deferred, will not get it: they count as refused.
+    An earlier batch already has the message, so the transaction stays a success. Every
+    recipient of this batch, and each one it deferred, will not get it, so it counts as
+    refused. A recipient that RCPT refused keeps that reply. Any other gets reply, the
+    refusal of MAIL, DATA or the content, which may come before its RCPT got a reply.
     """
     refused = transaction.refused
-    for address in transaction.batch_accepted:
-        refused[address] = reply
-    for rcpt in transaction.deferred:
-        refused[rcpt.decode()] = reply
+    for rcpt in transaction.batch + transaction.deferred:
+        address = rcpt.decode()
+        if address not in refused:
+            refused[address] = reply
     transaction.deferred = []
 
 
 def all_refused_error(session, transaction):
-    """Return the RecipientsRefused for a transaction, with the AUTH payloads redacted."""
+    """Return the RecipientsRefused for a transaction."""
     refused = transaction.refused
     # In the order the recipients were sent: MicroPython's dicts keep no insertion order.
     order = []
@@ -150,11 +153,8 @@ def all_refused_error(session, transaction):
             order.append(address)
     order += [address for address in refused if address not in order]
     details = ["%s: %s" % (address, refused[address].describe()) for address in order]
-    error = RecipientsRefused(
-        session._scrub("every recipient was refused: %s" % "; ".join(details)), refused, order=order
-    )
-    error.text = session._scrub(error.text)
-    return error
+    # The replies are redacted already (Session._next_reply()).
+    return RecipientsRefused("every recipient was refused: %s" % "; ".join(details), refused, order=order)
 
 
 def retry_deferred(session, transaction):
@@ -196,29 +196,65 @@ def log_failed(session, exc):
         pass
 
 
-def scrub_wrapped(session, reply):
-    """Redact each credential that the server's wrapping cut over two or more reply lines.
+def unquoted(exc):
+    """Return the reply parser's error exc without its quote of the malformed line.
 
-    The lines are read as one text, without the blanks around each line break. Every
-    piece of a credential found there is redacted on the line that contains it, so no
-    piece stays on either side of a cut.
+    The session has credentials, and the line may contain the tail of one whose start was
+    on an earlier line of the reply, which the parser has dropped. So no quote is safe.
+    """
+    message = exc.message
+    # The parser ends a message that quotes the line with ": " and repr() of its bytes.
+    cut = message.find(": b")
+    if cut > 0:
+        message = message[:cut] + " (the line is not quoted, because it could hold a piece of a credential)"
+    return ProtocolError(message, stage=exc.stage)
+
+
+def _match(joined, cuts, secret, at):
+    # Return where secret ends when it occurs in joined at index at, else -1.
+    # At a cut (the start of a line's part), the blanks of the secret are skipped,
+    # because the server's wrapping removed them. Elsewhere each character must match.
+    for char in secret:
+        if char in " \t" and at in cuts:
+            continue
+        if joined[at : at + 1] != char:
+            return -1
+        at += 1
+    return at
+
+
+def scrub_reply(session, reply):
+    """Redact every credential in the reply's lines, also one the server's wrapping cut.
+
+    The lines are read as one text, without the blanks around each line break. A
+    credential matches there across a break that cut it inside a word or at a blank of
+    its own. Every occurrence of every credential is found on that text first and all
+    are redacted together, so that redacting one (a password that also occurs in the
+    base64 AUTH PLAIN line) cannot hide another. Each piece of an occurrence is redacted
+    on the line that contains it, so no piece stays on either side of a cut.
     """
     lines = reply.lines
     # Per line: the offset from joined text to line index, and where its part starts and ends.
     parts = []
+    cuts = []
     joined = ""
     last = len(lines) - 1
     for index, line in enumerate(lines):
         start = len(line) - len(line.lstrip(" \t")) if index else 0
         end = max(len(line.rstrip(" \t")) if index < last else len(line), start)
+        if index:
+            cuts.append(len(joined))
         parts.append((len(joined) - start, start, end))
         joined += line[start:end]
     spans = []
     for secret in session._secrets:
-        found = joined.find(secret) if secret else -1
+        # A secret starts with a character other than a blank (Session._after_hello()).
+        found = joined.find(secret[0])
         while found >= 0:
-            spans.append((found, found + len(secret)))
-            found = joined.find(secret, found + 1)
+            end = _match(joined, cuts, secret, found)
+            if end > 0:
+                spans.append((found, end))
+            found = joined.find(secret[0], found + 1)
     if not spans:
         return
     spans.sort()

@@ -526,6 +526,26 @@ def test_trailing_dot_left_out_of_tls_name():
         assert not error.transient
 
 
+def test_host_without_a_name_is_config_error():
+    # Brackets around nothing leave no name, as does an empty or missing host. An empty
+    # server_hostname means the host's name.
+    from microsmtp.client import SMTP
+    from microsmtp.errors import ConfigError
+
+    for server_hostname in (None, "", "mx.example"):
+        for host in ("", "[]", None, 0, b"mx.example"):
+            error = raises(ConfigError, SMTP, host, server_hostname=server_hostname)
+            if host == "[]":
+                assert "host and server_hostname must be names without an empty label, not ''" in str(error), str(error)
+            else:
+                assert "host must be the SMTP server's name or address, not %r" % (host,) in str(error), str(error)
+            assert not error.transient
+    assert SMTP("[::1]", server_hostname="").server_hostname == "::1"
+    assert SMTP("[mx.example]").host == "mx.example"
+    error = raises(ConfigError, SMTP, "[.]")
+    assert "must be names without an empty label, not '.'" in str(error), str(error)
+
+
 def test_mixed_refusals_report_permanent_code():
     from microsmtp.errors import RecipientsRefused
     from microsmtp.reply import Reply

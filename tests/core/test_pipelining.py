@@ -347,6 +347,60 @@ def test_later_batch_refused_keeps_earlier_batch():
         assert len(rcpts) == 5, rcpts
 
 
+def later_batch_cases(content):
+    """Return (replies, accepted, refused codes) with c and d deferred by a 452 to batch 2.
+
+    content is "DOT" (DATA) or "BDAT": the key of the replies to the content.
+    """
+    full = b"452 4.5.3 too many recipients"
+    no_c = b"550 5.1.1 no c"
+    if content == "DOT":
+        command = {"DATA": [b"354 go", b"451 4.3.0 later"]}
+    else:
+        command = {"BDAT": [b"250 2.0.0 first", b"451 4.3.0 later"]}
+    cases = (
+        ({"MAIL": [b"250 ok", b"550 5.7.1 no"]}, ["b"], {"c": 550, "d": 550}),
+        ({"MAIL": [b"250 ok", b"451 4.3.0 later"]}, ["b"], {"c": 451, "d": 451}),
+        ({"RCPT c@x.org": [full, no_c], "RCPT d@x.org": [full, b"450 4.2.1 later"]}, ["b"], {"c": 550, "d": 450}),
+        ({"RCPT c@x.org": [full, no_c], content: [b"250 2.0.0 first", b"554 5.7.1 no"]}, ["b"], {"c": 550, "d": 554}),
+        (command, ["b"], {"c": 451, "d": 451}),
+        # d deferred again, to a third batch whose MAIL is refused.
+        ({"RCPT d@x.org": [full, full], "MAIL": [b"250 ok", b"250 ok", b"550 5.7.1 no"]}, ["b", "c"], {"d": 550}),
+    )
+    for replies, accepted, refused in cases:
+        replies.setdefault("RCPT c@x.org", [full])
+        replies.setdefault("RCPT d@x.org", [full])
+        yield replies, [a + "@x.org" for a in accepted], dict((a + "@x.org", code) for a, code in refused.items())
+
+
+def test_later_batch_refusal_names_every_recipient():
+    # After a 452 the first batch (b) has the message, and the server refuses a later
+    # batch at MAIL, at each RCPT, at DATA or at its content. Each recipient ends in
+    # accepted or in refused, never in both or neither: pipelined and lock-step, with
+    # DATA and with BDAT. The session uses BDAT only with PIPELINING and only once AUTH
+    # got its reply, so a first message gets AUTH done.
+    for extensions in (PIPELINED, PLAIN_ONLY + ("CHUNKING",)):
+        for chunking in (True, False):
+            content = "BDAT" if chunking and extensions is PIPELINED else "DOT"
+            for replies, accepted, refused in later_batch_cases(content):
+                server = FakeServer(extensions=extensions)
+                session, _ = connect(server, security="tls", chunking=chunking)
+                session.mail("a@x.org", ["z@x.org"], body(1))
+                converse(session, server)
+                server.replies.update(replies)
+                transaction = session.mail("a@x.org", ["b@x.org", "c@x.org", "d@x.org"], body(1))
+                session.quit()
+                converse(session, server)
+                where = (extensions, chunking, replies)
+                assert (b"BDAT" in b" ".join(server.commands)) == (content == "BDAT"), where
+                assert transaction.ok, (where, transaction.error)
+                assert sorted(transaction.accepted) == accepted, (where, transaction.accepted)
+                assert dict((a, r.code) for a, r in transaction.refused.items()) == refused, (
+                    where,
+                    transaction.refused,
+                )
+
+
 def test_later_batch_content_failure_sets_error():
     # BDAT content that fails on the client side in the second batch has no reply to
     # put in refused: the transaction gets the error, and accepted still names the

@@ -241,7 +241,8 @@ def test_password_quoted_in_reply_redacted():
 
 
 def test_password_in_malformed_reply_redacted():
-    # The parser quotes a malformed line in its error, as repr() of the bytes.
+    # The parser quotes a malformed line in its error, as repr() of the bytes; with
+    # credentials held, the session leaves that quote out.
     for password, plain in (("hunter2-echo", b"AGFsaWNlAGh1bnRlcjItZWNobw=="), ("p\u00e4ss-word", None)):
         session = start_tls_session(username="alice", password=password)
         sent, _ = pump(session)
@@ -253,7 +254,7 @@ def test_password_in_malformed_reply_redacted():
 
         assert password not in str(error), str(error)
         assert "\\xc3\\xa4" not in str(error), str(error)
-        assert "<redacted>" in str(error), str(error)
+        assert "the line is not quoted" in str(error), str(error)
 
 
 def test_token_quoted_in_reply_redacted():
@@ -803,3 +804,117 @@ def test_cut_credential_in_refused_recipient_and_idle_reply():
     error = raises(ReplyError, session.mail, "a@x.org", ["b@x.org"], b"hi")
     assert_no_piece([str(error), error.text] + lines, initial)
     assert lines[-1].startswith("<-- 421 4.4.2 "), lines
+
+
+# -- every credential redacted once, and only where it differs from ordinary text ------
+
+
+def auth_failure(password, reply, error_class=AuthError):
+    """Send AUTH PLAIN for alice with password; return its base64 form, the error and the log.
+
+    Each "INITIAL" in reply is replaced by that base64 form.
+    """
+    lines = []
+    session = start_tls_session(username="alice", password=password, log=lines.append)
+    sent, _ = pump(session)
+    initial = sent[len(b"AUTH PLAIN ") : -2].decode()
+    assert sent == b"AUTH PLAIN " + initial.encode() + b"\r\n", sent
+    session.receive_data(reply.replace("INITIAL", initial).encode())
+    error = raises(error_class, pump, session)
+    return initial, error, lines
+
+
+def test_password_inside_its_own_base64_line_is_redacted():
+    # "AGFs" is the base64 of "\0al", so the password also occurs in the AUTH PLAIN
+    # line. Both are found before either is redacted, on one line and over two.
+    for reply in (
+        "535 5.7.8 bad AUTH PLAIN INITIAL for AGFs\r\n",
+        "535-5.7.8 bad AUTH PLAIN INITIAL\r\n535 5.7.8 for AGFs\r\n",
+    ):
+        initial, error, lines = auth_failure("AGFs", reply)
+        assert initial.startswith("AGFs"), initial
+        texts = [str(error), error.text] + lines
+        assert_no_piece(texts, initial, 4)
+        assert (
+            str(error)
+            == "authentication failed: 535 5.7.8 bad AUTH PLAIN <redacted>"
+            + (" / " if "-" in reply[:4] else " ")
+            + "for <redacted>"
+        ), str(error)
+
+
+def test_password_wrapped_at_its_own_blanks_is_redacted():
+    # The server's wrapping takes the blank of the password at the line break, with or
+    # without blanks left on either side, and may cut a word of it as well.
+    cases = (
+        ("open sesame", "535-5.7.8 bad credentials open\r\n535 5.7.8 sesame for alice\r\n"),
+        ("open sesame", "535-5.7.8 bad credentials open \r\n535 5.7.8  sesame for alice\r\n"),
+        ("open sesame", "535-bad credentials open\r\n535 sesame for alice\r\n"),
+        ("correct horse battery", "535-bad credentials correct\r\n535-horse\r\n535 battery for alice\r\n"),
+        ("correct horse battery", "535-bad credentials correct hor\r\n535-se\r\n535 battery for alice\r\n"),
+    )
+    for password, reply in cases:
+        _, error, lines = auth_failure(password, reply)
+        texts = [str(error), error.text] + lines
+        for word in password.split(" "):
+            assert not [text for text in texts if word[:3] in text], (password, reply, texts)
+        assert str(error).startswith("authentication failed: 535 "), str(error)
+        assert "bad credentials <redacted>" in str(error), str(error)
+        assert str(error).endswith("<redacted> for alice"), str(error)
+    # A blank of the password is left out only at a line break: inside a line, text
+    # without it is not the password.
+    _, error, _ = auth_failure("open sesame", "535 5.7.8 opensesame is no password\r\n")
+    assert str(error) == "authentication failed: 535 5.7.8 opensesame is no password", str(error)
+
+
+def test_malformed_line_after_credential_start_is_not_quoted():
+    # The reply's first line contains the start of the AUTH PLAIN line, and the malformed
+    # second line its tail ("\0secret"). The parser drops the first line and would quote
+    # the second, so with credentials held the quote is left out of the error.
+    lines = []
+    session = start_tls_session(username="alice", password="secret", log=lines.append)
+    pump(session)
+    session.receive_data(b"535-5.7.8 bad AUTH PLAIN AGFsaWNl\r\nAHNlY3JldA==\r\n")
+    error = raises(ProtocolError, pump, session)
+    for text in [str(error)] + lines:
+        assert "AHNlY3Jld" not in text, text
+        assert "AGFsaWNl" not in text, text
+    assert str(error) == (
+        "malformed server reply (expected a 3-digit code 200-559) "
+        "(the line is not quoted, because it could hold a piece of a credential)"
+    ), str(error)
+    raises(ProtocolError, session.next_event)
+    # An error that quotes nothing keeps its text, and without credentials the line is quoted.
+    session = start_tls_session(username="alice", password="secret")
+    pump(session)
+    session.receive_data(b"535-5.7.8 bad\r\n550 5.7.8 no\r\n")
+    error = raises(ProtocolError, pump, session)
+    assert str(error) == "server reply code changed from 535 to 550 inside one reply", str(error)
+    session = Session("client.example", security="tls")
+    session.receive_data(b"220-mx.example.com\r\nsecret\r\n")
+    error = raises(ProtocolError, pump, session)
+    assert str(error).endswith(": b'secret'"), str(error)
+
+
+def test_short_password_not_redacted():
+    # A password of 1 to 3 characters is not redacted where it occurs alone, because it
+    # occurs in almost any text. Its base64 form is redacted.
+    for password in ("e", "red", "<r"):
+        reply = "535 5.7.8 the username or password is not accepted; AUTH PLAIN INITIAL\r\n"
+        initial, error, lines = auth_failure(password, reply)
+        expected = "535 5.7.8 the username or password is not accepted; AUTH PLAIN <redacted>"
+        assert str(error) == "authentication failed: " + expected, (password, str(error))
+        assert error.text == expected[10:], (password, error.text)
+        assert lines[-1] == "<-- " + expected, (password, lines[-1])
+
+
+def test_redaction_marker_not_redacted_again():
+    # No text is redacted twice, so a password that occurs in "<redacted>" leaves the
+    # marker whole. Blanks around a password are not part of what is redacted.
+    for password in ("dact", "  dact "):
+        reply = "535 5.7.8 bad AUTH PLAIN INITIAL, password dact\r\n"
+        initial, error, lines = auth_failure(password, reply)
+        expected = "535 5.7.8 bad AUTH PLAIN <redacted>, password <redacted>"
+        assert str(error) == "authentication failed: " + expected, (password, str(error))
+        assert error.text == expected[10:], (password, error.text)
+        assert lines[-1] == "<-- " + expected, (password, lines[-1])
