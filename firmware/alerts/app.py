@@ -90,6 +90,8 @@ class App:
         self.send_failures = 0
         # Set by alerts.boot in continuous mode only. Deep sleep keeps rule state in sleepstate.
         self.rule_state = None
+        # Alerts that the outbox could not store yet (flash full), oldest first; see queue().
+        self.unwritten = []
         self.last_ntp = None
         self.network_failures = 0
         # True while run_delivery() has the delivery modules (and maybe the SMTP library) loaded.
@@ -148,39 +150,55 @@ class App:
             if timeline is not None:
                 # Dated by correct_times() once NTP has replied.
                 record["timeline"] = timeline
-        held = getattr(self, "unwritten", None) or []
-        waiting = held + list(records)
-        written = 0
-        for record in waiting:
-            try:
-                name = self._put(record)
-            except (OutboxError, MemoryError) as exc:
-                if not held:
-                    log.error(
-                        "alert %s %s kept in memory until the outbox can store it: %s"
-                        % (record["kind"], record.get("rule") or record.get("sensor"), exc)
+        held = bool(self.unwritten)
+        unwritten = self.unwritten
+        unwritten.extend(records)
+        written = False
+        try:
+            while unwritten:
+                record = unwritten[0]
+                try:
+                    name = self._put(record)
+                except (OutboxError, MemoryError) as exc:
+                    if not held:
+                        log.error(
+                            "alert %s %s kept in memory until the outbox can store it: %s"
+                            % (record["kind"], record.get("rule") or record.get("sensor"), exc)
+                        )
+                    # The rest wait too, in their order.
+                    break
+                # At once, before anything that may raise: an alert left in the list
+                # after its write would be written again, with a second Message-ID.
+                unwritten.pop(0)
+                written = True
+                log.info(
+                    "queued %s %s %s value=%s as %s"
+                    % (
+                        record["kind"],
+                        record.get("rule") or "-",
+                        record.get("sensor") or "-",
+                        record.get("value"),
+                        name,
                     )
-                break
-            written += 1
-            log.info(
-                "queued %s %s %s value=%s as %s"
-                % (record["kind"], record.get("rule") or "-", record.get("sensor") or "-", record.get("value"), name)
-            )
-        # After a failed write the rest wait too, in their order.
-        unwritten = waiting[written:]
-        while len(unwritten) > _MAX_UNWRITTEN:
-            record = unwritten.pop(0)
-            log.error(
-                "alert lost, the outbox could not store it: %s %s value=%s time=%s"
-                % (record["kind"], record.get("rule") or record.get("sensor"), record.get("value"), record.get("time"))
-            )
-        self.unwritten = unwritten
-        if written:
-            self.wake.set()
+                )
+            while len(unwritten) > _MAX_UNWRITTEN:
+                record = unwritten.pop(0)
+                log.error(
+                    "alert lost, the outbox could not store it: %s %s value=%s time=%s"
+                    % (
+                        record["kind"],
+                        record.get("rule") or record.get("sensor"),
+                        record.get("value"),
+                        record.get("time"),
+                    )
+                )
+        finally:
+            if written:
+                self.wake.set()
+        # After the outbox: a reset in between repeats an alert rather than losing it.
+        # While an alert waits in memory, save_rule_state() saves nothing, so a reset
+        # makes the rules raise it again.
         if not unwritten:
-            # After the outbox: a reset in between repeats an alert rather than losing it.
-            # While an alert waits in memory, the rule state is not saved, so a reset
-            # makes the rules raise it again.
             self.save_rule_state()
         self.update_led()
 
@@ -196,7 +214,9 @@ class App:
             return self.outbox.put(record, clock.now())
 
     def save_rule_state(self):
-        if self.rule_state is None:
+        """Save the rule state, unless an alert the rules raised waits in memory (see queue())."""
+        if self.rule_state is None or self.unwritten:
+            # The saved state would mark the alert as raised, and a reset would lose it.
             return
         try:
             self.rule_state.save()

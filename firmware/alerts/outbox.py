@@ -15,7 +15,9 @@ The outbox reads, and removes, only files with the names it writes itself (entri
 their ``.tmp`` copies and ``state.json``), so a folder that also contains other files
 loses none of them. A write that fails (the flash is full) never raises out of
 retry_later(), set_aside(), reported() or the drop count: it is logged once with what
-to do, the entry stays on flash, and its next attempt time is kept in memory instead.
+to do, the entry stays on flash as it was, and the changed entry (attempt count, next
+attempt time, deferrals) is kept in memory instead, where load() finds it, until a
+write of it succeeds.
 """
 
 import json
@@ -203,7 +205,7 @@ class Outbox:
         # Name of the entry the sender is transmitting now; put() never drops it.
         self.in_flight = None
         self.state_path = _join(self.directory, _STATE)
-        # Next attempt times that could not be written to flash: name -> time.
+        # Changed entries that could not be written to flash: name -> entry (see load()).
         self._next = {}
         # True after a write failed, until one succeeds: the problem is logged once.
         self.write_failed = False
@@ -248,22 +250,19 @@ class Outbox:
             self.remove(oldest)
             self.dropped += 1
             self._save_state()
-        if gate and names:
-            # The session's back-off rode on the dropped entry (see due()); the oldest
-            # one left carries it on, or a full outbox would retry at every new alert.
-            first = self.load(names[0])
-            if first is not None and not first.get("own") and first.get("next", 0) < gate:
-                first["next"] = gate
-                try:
-                    write_atomic(_join(self.directory, names[0]), first)
-                except OSError:
-                    pass
+        if gate:
+            # The session's back-off rode on the dropped entry (see due()). The first
+            # entry left without a wait of its own carries it on, or else the new one,
+            # or a full outbox would retry at every new alert.
+            from .outbox_admin import hand_on
+
+            gate = hand_on(self, names, gate)
         seq = self._sequence()
         entry = {
             "seq": seq,
             "id": "<%s.%d@%s>" % (_random_hex(8), seq, self.domain),
             "attempts": 0,
-            "next": 0,
+            "next": gate,
             "created": now,
             "alert": alert,
         }
@@ -276,16 +275,30 @@ class Outbox:
             raise OutboxError("cannot write %s to the outbox: %s" % (name, write_problem(exc))) from None
         # A write worked: the next failure is logged again.
         self.write_failed = False
+        if self._next:
+            try:
+                from .outbox_admin import write_held
+
+                write_held(self)
+            except MemoryError:
+                # The entry is written: the caller must not write it again.
+                pass
         return name
 
     def load(self, name):
-        """Return the entry dict of a pending name, or None if it is gone or unreadable."""
+        """Return the entry dict of a pending name, or None if it is gone or unreadable.
+
+        A changed entry that could not be written (see retry_later()) comes from memory.
+        """
+        held = self._next.get(name)
+        if held is not None:
+            if _exists(_join(self.directory, name)):
+                # A copy: a caller that changes it and fails to store it leaves this one as it was.
+                return dict(held)
+            del self._next[name]
         entry = _read_json(_join(self.directory, name))
         if not _is_entry(entry):
             return None
-        held = self._next.get(name)
-        if held is not None and held > entry.get("next", 0):
-            entry["next"] = held
         return entry
 
     def remove(self, name):
@@ -300,7 +313,8 @@ class Outbox:
         """Count a failed attempt and store the earliest time for the next one.
 
         If the flash cannot take the change, the entry stays as it was on flash and the
-        time is kept in memory (load() applies it), so the retry still waits.
+        changed entry is kept in memory (load() returns it). The retry still waits, and
+        its attempts and deferrals still count towards giving up.
         """
         entry["attempts"] = entry.get("attempts", 0) + 1
         entry["next"] = now + delay
@@ -308,7 +322,7 @@ class Outbox:
             try:
                 write_atomic(_join(self.directory, name), entry)
             except OSError as exc:
-                self._next[name] = entry["next"]
+                self._next[name] = entry
                 from .outbox_admin import write_error
 
                 write_error(self, "the retry time of %s is kept in memory only" % name, exc)

@@ -12,7 +12,8 @@ from .outbox import _STATE, OutboxError, _exists, _is_entry, _join, _listdir, _r
 
 _DIR_MODE = 0x4000  # S_IFDIR in os.stat()[0]
 _ENOSPC = 28
-# Seconds an entry waits when it could neither be set aside nor rescheduled on flash.
+# Seconds an entry waits when it could neither be set aside nor rescheduled on flash,
+# at most outbox.retry_max_s: Outbox.wait() takes a longer wait for a clock gone back.
 _HOLD_S = 600
 
 
@@ -31,6 +32,40 @@ def write_error(outbox, what, exc):
     from . import log
 
     log.error("outbox: %s; %s" % (write_problem(exc), what))
+
+
+def _store(outbox, name, entry):
+    """Write a changed entry, or keep it in memory for Outbox.load() if the flash cannot take it; True if written."""
+    try:
+        write_atomic(_join(outbox.directory, name), entry)
+    except OSError:
+        outbox._next[name] = entry
+        return False
+    outbox._next.pop(name, None)
+    return True
+
+
+def hand_on(outbox, names, gate):
+    """Give the back-off time gate to the first entry of names without "own"; return 0, or gate if none has it."""
+    for name in names:
+        entry = outbox.load(name)
+        if entry is None or entry.get("own"):
+            continue
+        if entry.get("next", 0) < gate:
+            entry["next"] = gate
+            _store(outbox, name, entry)
+        return 0
+    return gate
+
+
+def write_held(outbox):
+    """Try to write the entries kept in memory again, now that a write worked."""
+    for name in list(outbox._next):
+        if _exists(_join(outbox.directory, name)):
+            if not _store(outbox, name, outbox._next[name]):
+                return
+        else:
+            outbox._next.pop(name, None)
 
 
 def first_entry(outbox, names):
@@ -117,13 +152,19 @@ def rewrite(outbox, change):
     for directory, names in ((outbox.directory, outbox.pending()), (outbox.aside_directory, outbox.aside())):
         for name in names:
             path = _join(directory, name)
-            entry = _read_json(path)
+            # A changed entry that could not be written is in memory (Outbox.load()).
+            entry = outbox.load(name) if directory == outbox.directory else _read_json(path)
             if not _is_entry(entry) or not change(entry):
                 continue
+            if name in outbox._next:
+                # Changed in memory too, in case the write below fails.
+                outbox._next[name] = entry
             try:
                 write_atomic(path, entry)
             except OSError as exc:
                 raise OutboxError("cannot rewrite %s in the outbox (%s); the flash may be full" % (name, exc)) from None
+            if directory == outbox.directory:
+                outbox._next.pop(name, None)
             count += 1
     return count
 
@@ -135,7 +176,7 @@ def set_aside(outbox, name, entry, reply):
     is (the reply goes to the log). If even that fails, it stays pending and waits
     before its next attempt; nothing here raises for a write error.
     """
-    entry["reply"] = reply[:300]
+    reply = reply[:300]
     existing = outbox.aside()
     while len(existing) >= outbox.max_aside:
         try:
@@ -144,20 +185,30 @@ def set_aside(outbox, name, entry, reply):
             continue
         outbox.dropped += 1
         outbox._save_state()
+    aside = dict(entry)
+    aside["reply"] = reply
+    aside.pop("own", None)
     try:
-        write_atomic(_join(outbox.aside_directory, name), entry)
+        write_atomic(_join(outbox.aside_directory, name), aside)
     except OSError as exc:
         try:
             os.rename(_join(outbox.directory, name), _join(outbox.aside_directory, name))
         except OSError:
             from . import clock
 
-            # Not tried again in every round: it waits like after a failed attempt.
-            outbox._next[name] = clock.now() + _HOLD_S
-            write_error(outbox, "%s stays pending (server reply: %s)" % (name, entry["reply"]), exc)
+            # Not tried again in every round: it waits like after a failed attempt of
+            # its own, so the others still go. The wait is at most retry_max, which
+            # Outbox.wait() would take for a clock gone back, and call due at once.
+            hold = _HOLD_S
+            if outbox.retry_max is not None and outbox.retry_max < hold:
+                hold = outbox.retry_max
+            entry["next"] = clock.now() + hold
+            entry["own"] = True
+            outbox._next[name] = entry
+            write_error(outbox, "%s stays pending (server reply: %s)" % (name, reply), exc)
             return
         outbox._next.pop(name, None)
-        write_error(outbox, "%s set aside without the server's reply (%s)" % (name, entry["reply"]), exc)
+        write_error(outbox, "%s set aside without the server's reply (%s)" % (name, reply), exc)
         return
     outbox.write_failed = False
     outbox.remove(name)

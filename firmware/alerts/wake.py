@@ -45,9 +45,18 @@ async def run_once(app):
         await app.run_delivery("deliver")
         save_oauth2_state(app.config["smtp"].get("oauth2"))
     interval = app.config["deep_sleep"]["interval_s"]
-    where = save_state(app, interval)
+    try:
+        where = save_state(app, interval)
+    except OSError as exc:
+        # No RTC memory and a full flash: a reset now would fail the same way at every
+        # wake. The next wake starts from the state saved before, if any.
+        from .outbox_admin import write_problem
+
+        where = None
+        log.error("sleep state not saved to %s: %s" % (sleepstate.PATH, write_problem(exc)))
     arm_wake_pins(app)
-    log.info("deep sleep for %d s (%d alert(s) queued, state in %s)" % (interval, len(app.outbox.pending()), where))
+    where = "state in " + where if where else "state not saved"
+    log.info("deep sleep for %d s (%d alert(s) queued, %s)" % (interval, len(app.outbox.pending()), where))
     board.deep_sleep(interval)
 
 
@@ -75,18 +84,28 @@ def save_oauth2_state(settings):
 
 
 def save_state(app, slept):
-    """Save what the next wake needs; slept is the time until it, 0 before a send."""
+    """Save what the next wake needs; slept is the time until it, 0 before a send.
+
+    While an alert waits in memory (App.unwritten, the outbox could not store it), the
+    rule state is left out: it would mark the alert as raised, and deep sleep loses RAM.
+    The next wake then starts with no open alerts, and the rule raises it again.
+    """
     from . import sleepstate
 
-    return sleepstate.save(
-        {
-            "time": clock.now(),
-            "slept": slept,
-            "ntp": app.last_ntp,
-            "network_failures": app.network_failures,
-            "rules": app.rules.state(),
-        }
-    )
+    state = {
+        "time": clock.now(),
+        "slept": slept,
+        "ntp": app.last_ntp,
+        "network_failures": app.network_failures,
+    }
+    if app.unwritten:
+        log.error(
+            "rule state not saved: %d alert(s) the outbox could not store are lost at deep sleep;"
+            " the rules raise them again at the next wake" % len(app.unwritten)
+        )
+    else:
+        state["rules"] = app.rules.state()
+    return sleepstate.save(state)
 
 
 class RulesInSleepState:

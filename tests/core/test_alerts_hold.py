@@ -379,3 +379,84 @@ def test_dropped_oldest_hands_on_the_back_off():
         assert abs(setup.outbox.due(T0 + 1) - (delay - 1)) < 0.01
     finally:
         setup.close()
+
+
+# -- on a full flash -------------------------------------------------------------------------
+
+
+def test_full_flash_deferral_gives_up():
+    from alerts import log
+    from alerts.sender import GIVE_UP_S, GIVE_UP_TRIES
+    from test_alerts_outbox_faults import FullFlash
+
+    setup = Setup((41,))
+    name = setup.names[41]
+    saved = log._write
+    log._write = lambda level, message: None
+    try:
+        setup.server.replies[41] = [busy("data") for _ in range(GIVE_UP_TRIES)]
+        with FullFlash():
+            for index in range(GIVE_UP_TRIES - 1):
+                with setup.server, Clock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
+                    setup.session()
+                if index == 0:
+                    # The entry on flash is as it was, and the deferral counts all the same.
+                    entry = setup.outbox.load(name)
+                    assert entry["held"] == 1, entry
+                    assert entry["attempts"] == 1, entry
+                    assert entry["own"] is True, entry
+            assert setup.outbox.load(name)["held"] == GIVE_UP_TRIES - 1
+            # The 20th, after 5 days: set aside (moved as it is, without the server's reply).
+            with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+                assert setup.session() is None
+        assert setup.outbox.pending() == []
+        assert setup.outbox.aside() == [name]
+        assert len(setup.server.attempted) == GIVE_UP_TRIES
+    finally:
+        log._write = saved
+        setup.close()
+
+
+def test_full_flash_deferral_lets_others_go():
+    from alerts import log
+    from test_alerts_outbox_faults import FullFlash
+
+    setup = Setup((41,))
+    saved = log._write
+    log._write = lambda level, message: None
+    try:
+        setup.server.replies[41] = [busy("data")]
+        with FullFlash(), setup.server, Clock(T0):
+            assert setup.session() > 0
+        # Room again for a new alert: it goes at once, while 41 waits for its own retry time.
+        setup.add(42)
+        assert setup.outbox.due(T0 + 1) == 0
+        assert setup.outbox.ready(T0 + 1) == [setup.names[42]]
+        # The write that worked took the deferred entry to flash as well.
+        assert Outbox(setup.directory).load(setup.names[41])["own"] is True
+    finally:
+        log._write = saved
+        setup.close()
+
+
+def test_unmovable_rejection_waits():
+    from alerts import log
+    from test_alerts_outbox_faults import FullFlash
+
+    setup = Setup((41,))
+    saved = log._write
+    log._write = lambda level, message: None
+    try:
+        # A retry_max_s below the 600 s wait that set_aside() gives an entry it cannot move.
+        setup.outbox.retry_max = 60
+        setup.sender.retry_max = 60
+        setup.server.replies[41] = [ReplyError("rejected", 550, "5.7.1", "policy", "data") for _ in range(5)]
+        with FullFlash(rename=False), setup.server, Clock(T0):
+            delays = [setup.session() for _ in range(3)]
+        # One attempt, then a wait, not a new session at once for each.
+        assert len(setup.server.attempted) == 1, setup.server.attempted
+        assert delays == [60, 60, 60], delays
+        assert setup.outbox.pending() == [setup.names[41]]
+    finally:
+        log._write = saved
+        setup.close()

@@ -236,6 +236,7 @@ class QueueApp(App):
 
     def __init__(self, box):
         self.outbox = box
+        self.unwritten = []
         self.saved = 0
         self.woken = 0
         self.wake = self
@@ -285,4 +286,144 @@ def test_queue_memory_bounded():
     assert len(lost) == 2, lost
     assert "value=0" in lost[0], lost
     assert "value=1" in lost[1], lost
+    remove_tree(path)
+
+
+def test_queue_error_after_write():
+    path, box = new_box()
+    app = QueueApp(box)
+    with Logged(), FullFlash():
+        app.queue([alert(31)])
+    assert len(app.unwritten) == 1
+
+    def short_heap(level, message):
+        if message.startswith("queued"):
+            raise MemoryError("no heap for the log line")
+
+    saved = log._write
+    log._write = short_heap
+    try:
+        # The held alert is written, then the log line fails (the task logs it and goes on).
+        raises(MemoryError, app.queue, [])
+    finally:
+        log._write = saved
+    assert app.unwritten == []
+    assert app.woken == 1
+    with Logged():
+        app.queue([])
+    names = box.pending()
+    assert len(names) == 1, names
+    assert box.load(names[0])["alert"]["value"] == 31
+    remove_tree(path)
+
+
+def _rule_app(directory, state_path):
+    from alerts.config import validate
+    from alerts.rulestate import RuleState
+
+    app = App(
+        validate(
+            {
+                "device": "d",
+                "wifi": {"ssid": "home", "password": "p"},
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "user": "u",
+                    "password": "p",
+                    "from": "a@example.com",
+                    "to": ["you@example.com"],
+                },
+                "ntp": {"host": "127.0.0.1"},
+                "sensors": [{"name": "temp", "type": "simulated", "unit": "C", "values": [[0, 35]]}],
+                "rules": [{"name": "hot", "sensor": "temp", "above": 30, "hysteresis": 2, "min_interval_s": 60}],
+                "outbox": {"dir": directory},
+            }
+        )
+    )
+    app.outbox.recover()
+    app.rule_state = RuleState(app.rules, state_path)
+    app.rule_state.load()
+    return app
+
+
+def test_rule_state_waits_for_outbox():
+    from alerts import delivery
+
+    directory = fresh_directory("alerts-outbox-faults")
+    state_path = fresh_directory("alerts-outbox-faults-state") + "/rule_state.json"
+    app = _rule_app(directory, state_path)
+    real_open = open
+
+    def outbox_full(name, mode="r"):
+        # Only the outbox folder is full: the small rule state file would still fit.
+        if "w" in mode and name.startswith(directory + "/"):
+            raise OSError(ENOSPC)
+        return real_open(name, mode)
+
+    outbox.open = outbox_full
+    try:
+        with Logged():
+            app.queue(app.rules.process("temp", 35.0, T0, None))
+            assert len(app.unwritten) == 1
+            # NTP's first reply dates the rule state and saves it: not while the alert waits.
+            delivery.correct_times(app)
+            app.save_rule_state()
+    finally:
+        del outbox.open
+    # A reset now: the rules raise the alert again.
+    again = _rule_app(directory, state_path)
+    assert again.rules.active() == []
+    assert len(again.rules.process("temp", 35.0, T0 + 60, None)) == 1
+    # Once the outbox took it, the state is saved, and a reset raises nothing new.
+    with Logged():
+        app.queue([])
+    assert app.unwritten == []
+    assert len(app.outbox.pending()) == 1
+    again = _rule_app(directory, state_path)
+    assert again.rules.active() == ["hot"]
+    assert again.rules.process("temp", 35.0, T0 + 120, None) == []
+    remove_tree(directory)
+    remove_tree(state_path[: state_path.rfind("/")])
+
+
+def test_back_off_hand_on_one_entry():
+    path, box = new_box(max_entries=1)
+    first = box.put(alert(31), T0)
+    box.retry_later(first, box.load(first), T0, 600)
+    assert box.due(T0 + 10) == 590
+    # Full: the new alert drops the only one, and takes on the session's back-off.
+    box.put(alert(32), T0 + 10)
+    assert box.due(T0 + 10) == 590
+    remove_tree(path)
+
+
+def test_back_off_hand_on_skips_own():
+    path, box = new_box(max_entries=3)
+    first = box.put(alert(31), T0)
+    second = box.put(alert(32), T0)
+    third = box.put(alert(33), T0)
+    box.retry_later(first, box.load(first), T0, 600)
+    entry = box.load(second)
+    entry["own"] = True
+    box.retry_later(second, entry, T0, 30)
+    assert box.due(T0 + 10) == 590
+    box.put(alert(34), T0 + 10)
+    assert first not in box.pending()
+    # The second waits for its own time; the third carries the session's back-off.
+    assert box.load(third)["next"] == T0 + 600
+    assert box.due(T0 + 10) == 590
+    remove_tree(path)
+
+
+def test_back_off_hand_on_full_flash():
+    path, box = new_box(max_entries=2)
+    first = box.put(alert(31), T0)
+    second = box.put(alert(32), T0)
+    box.retry_later(first, box.load(first), T0, 600)
+    with Logged(), FullFlash():
+        raises(OutboxError, box.put, alert(33), T0 + 10)
+    assert box.pending() == [second]
+    # The flash did not take the handed-on time: it is kept in memory.
+    assert Outbox(path).load(second)["next"] == 0
+    assert box.due(T0 + 10) == 590
     remove_tree(path)
