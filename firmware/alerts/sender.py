@@ -372,15 +372,13 @@ def _build(entry, config, report):
         raise ValueError(str(exc)) from None
 
 
-# Option names of the SMTP library in its error messages, and the config.json keys that set them.
-_CONFIG_KEYS = (("ca_roots", "smtp.ca_file (or ca_roots.py)"), ("server_hostname", "smtp.server_name"))
-
-
 def _in_config_terms(exc, oauth2):
-    """Return the text of exc with the library's option names as config.json keys, and advice for bad credentials."""
-    text = str(exc)
-    for option, key in _CONFIG_KEYS:
-        text = text.replace(option, key)
+    """Return the text of exc with the library's advice in config.json terms, and advice for bad credentials."""
+    text = str(exc).replace(
+        "check ca_roots and server_hostname", "check smtp.ca_file (or ca_roots.py) and smtp.server_name"
+    )
+    if text.endswith("; check ca_roots"):
+        text += " (smtp.ca_file or ca_roots.py)"
     if exc.stage == "auth" and exc.code is not None and not exc.transient:
         if oauth2:
             text += "; check smtp.user and the smtp.oauth2 grant"
