@@ -282,8 +282,12 @@ class SMTP:
         for value in (host, tls_name):
             # "." in front also catches a lone "." and a leading dot. A value is empty
             # only when the host was "[]": an empty server_hostname means the host's name.
-            if not value or not isinstance(value, str) or ".." in "." + value:
-                raise ConfigError("host and server_hostname must be names without an empty label, not %r" % (value,))
+            # Blanks and control characters (all at or below " ") would reach SNI.
+            if not value or not isinstance(value, str) or ".." in "." + value or min(value) <= " ":
+                raise ConfigError(
+                    "host and server_hostname must be names without an empty label, blanks or control "
+                    "characters, not %r" % (value,)
+                )
         if tls_name[-1] == ".":
             # A fully qualified name as DNS writes it: SNI and the certificate's names
             # have no trailing dot (RFC 6066 section 3). TCP connects to the host as given.

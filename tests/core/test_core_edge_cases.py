@@ -536,14 +536,28 @@ def test_host_without_a_name_is_config_error():
         for host in ("", "[]", None, 0, b"mx.example"):
             error = raises(ConfigError, SMTP, host, server_hostname=server_hostname)
             if host == "[]":
-                assert "host and server_hostname must be names without an empty label, not ''" in str(error), str(error)
+                assert (
+                    "host and server_hostname must be names without an empty label, blanks or control "
+                    "characters, not ''" in str(error)
+                ), str(error)
             else:
                 assert "host must be the SMTP server's name or address, not %r" % (host,) in str(error), str(error)
             assert not error.transient
     assert SMTP("[::1]", server_hostname="").server_hostname == "::1"
     assert SMTP("[mx.example]").host == "mx.example"
+
+
+def test_host_with_blank_or_control_is_config_error():
+    from microsmtp.client import SMTP
+    from microsmtp.errors import ConfigError
+
+    for name in (" mx.example", "mx.example ", "mx.example\r\n", "mx\x00.example", "mx\t.example"):
+        for host, server_hostname in ((name, None), ("mx.example", name)):
+            error = raises(ConfigError, SMTP, host, server_hostname=server_hostname)
+            assert "must be names without an empty label, blanks or control characters, not %r" % name in str(error)
+    assert SMTP("mx.example", server_hostname="mx.example").server_hostname == "mx.example"
     error = raises(ConfigError, SMTP, "[.]")
-    assert "must be names without an empty label, not '.'" in str(error), str(error)
+    assert "must be names without an empty label, blanks or control characters, not '.'" in str(error), str(error)
 
 
 def test_mixed_refusals_report_permanent_code():
