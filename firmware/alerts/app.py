@@ -94,6 +94,8 @@ class App:
         self.unwritten = []
         self.last_ntp = None
         self.network_failures = 0
+        # clock.now() until which a delivery round does not bring up the network again.
+        self.network_retry_at = 0
         # True while run_delivery() has the delivery modules (and maybe the SMTP library) loaded.
         self.delivering = False
         # The watched task that runs delivery rounds: alerts.wake's in deep-sleep mode.

@@ -72,11 +72,20 @@ async def deliver(app):
     """
     # A round woken by a new alert during a backoff has nothing to send yet, so it returns
     # before bringing up WiFi and before importing the SMTP library only to unload it again.
-    wait = app.outbox.due(clock.now())
+    now = clock.now()
+    wait = app.outbox.due(now)
     if wait is None or wait > 0:
+        return wait
+    # A new alert during the network back-off waits for it too, instead of bringing up
+    # WiFi and NTP again (entries carry no network back-off; while the clock is not set
+    # they are all due). A back-off further ahead than retry_max_s is from before the
+    # clock went back.
+    wait = app.network_retry_at - now
+    if 0 < wait <= app.config["outbox"]["retry_max_s"]:
         return wait
     delay = await network(app)
     if delay:
+        app.network_retry_at = clock.now() + delay
         return delay
     # The SMTP client is imported only once the network is up, so a round that fails at
     # WiFi or NTP never loads it, and alerts.net is dropped first to make room for it.

@@ -25,6 +25,7 @@ class RoundApp:
         self.config = {"outbox": {"retry_min_s": 30, "retry_max_s": 300}, "smtp": {"security": "starttls"}}
         self.last_ntp = None
         self.network_failures = 0
+        self.network_retry_at = 0
         self.send_failures = 0
 
 

@@ -79,6 +79,7 @@ class RoundApp:
         self.outbox = outbox
         self.config = {"outbox": {"retry_min_s": 30, "retry_max_s": 300}, "smtp": {"security": "starttls"}}
         self.send_failures = 0
+        self.network_retry_at = 0
 
 
 def test_round_after_restart_tries_network_again():
@@ -274,3 +275,35 @@ def test_resync_after_clock_went_back():
         else:
             sys.modules["alerts.net"] = saved
             sys.modules["alerts"].net = saved
+
+
+def test_new_alert_waits_for_network_back_off():
+    from alerts import delivery
+
+    directory = fresh_directory("alerts-unset-clock-test")
+    calls = []
+
+    async def network(app):
+        calls.append(clock.now())
+        return 300
+
+    saved = delivery.network
+    delivery.network = network
+    try:
+        outbox, name = outbox_with_retry(directory, T0 + 200)
+        app = RoundApp(outbox)
+        with FixedClock(UNSET):
+            assert asyncio.run(delivery.deliver(app)) == 300
+        # New alerts 10 s apart wake the sender within the 300 s back-off: no new network round.
+        for index in range(1, 6):
+            outbox.put({"kind": "alert", "rule": "hot", "value": index}, UNSET)
+            with FixedClock(UNSET + 10 * index):
+                assert asyncio.run(delivery.deliver(app)) == 300 - 10 * index
+        assert calls == [UNSET]
+        # Once it has passed, the next round tries again.
+        with FixedClock(UNSET + 300):
+            asyncio.run(delivery.deliver(app))
+        assert calls == [UNSET, UNSET + 300]
+    finally:
+        delivery.network = saved
+        remove_tree(directory)
