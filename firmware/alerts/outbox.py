@@ -83,7 +83,13 @@ def _join(directory, name):
 
 def is_entry_name(name):
     """Return True for a name put() gives an entry: a sequence number of 8 or more digits, then .json."""
-    return len(name) > 12 and name.endswith(".json") and name[:-5].isdigit()
+    if len(name) <= 12 or not name.endswith(".json"):
+        return False
+    # ASCII digits only: CPython's str.isdigit() also takes other scripts' digits.
+    for char in name[:-5]:
+        if not "0" <= char <= "9":
+            return False
+    return True
 
 
 def _exists(path):

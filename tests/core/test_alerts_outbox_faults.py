@@ -91,6 +91,8 @@ def test_other_files_left_alone():
         "1.json": "{}",
         "config.json.tmp": "{",
         "boot.txt": "x",
+        # Fullwidth digits, which CPython's str.isdigit() takes for digits.
+        "\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18.json": "{}",
     }
     for name in others:
         write(path + "/" + name, others[name])
