@@ -238,18 +238,18 @@ def test_unanswered_quit_ends_session_soon(runtime, raw_server, certs, messages)
 
 
 def client_states(port, excluded):
-    """Return the TCP states (hex, as in /proc/net/tcp) of connections to 127.0.0.1:port.
+    """Return {local port: TCP state (hex, as in /proc/net/tcp)} of connections to 127.0.0.1:port.
 
     Connections from the local ports in excluded are left out.
     """
-    states = []
+    states = {}
     with open("/proc/net/tcp") as file:
         for line in file.read().splitlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].split(":")[1], 16)
             remote_port = int(fields[2].split(":")[1], 16)
             if remote_port == port and local_port not in excluded:
-                states.append(fields[3])
+                states[local_port] = fields[3]
     return states
 
 
@@ -270,10 +270,15 @@ def test_connect_timeouts_leave_no_socket(runtime, certs):
     done = threading.Event()
 
     def watch():
+        # /proc/net/tcp is not read in one step, so one reading can show a socket closed
+        # while it was read beside the next one opened. Only a socket in SYN_SENT (state
+        # 02) in two readings in a row counts; a socket left open stays for seconds.
+        previous = set()
         while not done.is_set():
-            # SYN_SENT is state 02.
-            connecting = client_states(port, excluded).count("02")
-            max_connecting[0] = max(max_connecting[0], connecting)
+            states = client_states(port, excluded)
+            current = {local_port for local_port in states if states[local_port] == "02"}
+            max_connecting[0] = max(max_connecting[0], len(previous & current))
+            previous = current
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch, daemon=True)
