@@ -56,6 +56,25 @@ def remove_tree(path):
 _created = [0]
 
 
+class FixedClock:
+    """A context manager that replaces alerts.clock.now() with a settable time."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        from alerts import clock
+
+        self.saved = clock.now
+        clock.now = lambda: self.seconds
+        return self
+
+    def __exit__(self, *args):
+        from alerts import clock
+
+        clock.now = self.saved
+
+
 def fresh_directory(prefix):
     """Return a new empty directory /tmp/PREFIX-PID-N (both runtimes have /tmp on the test hosts).
 

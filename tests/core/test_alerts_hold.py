@@ -1,18 +1,17 @@
-"""A transient reply to one message (4xx to its MAIL, RCPT, DATA or content) holds back
-that alert alone: the others go in the same session, it waits for its own retry time,
-and after alerts.sender.GIVE_UP_TRIES such replies over GIVE_UP_S it is set aside and
-reported. A failure of the connection still ends the session for every alert."""
+"""A transient reply to one message (4xx to its MAIL, RCPT, DATA or content) defers that
+alert alone, and the others go in the same session. The deferred alert waits for its own
+retry time. After alerts.sender.GIVE_UP_TRIES such replies over GIVE_UP_S it is set aside
+and reported. A failure of the connection still ends the session for every alert."""
 
 try:
     import asyncio
 except ImportError:
     import uasyncio as asyncio
 
-from alerts import clock
 from alerts.outbox import Outbox
 from test_alerts_delivery import sender_config
 
-from helpers import fresh_directory, remove_tree
+from helpers import FixedClock, fresh_directory, remove_tree
 from microsmtp.client import SMTP
 from microsmtp.errors import ConnectionLost, ReplyError
 
@@ -81,19 +80,6 @@ class Server:
         raise AssertionError("unknown message %s" % message.message_id)
 
 
-class Clock:
-    def __init__(self, seconds):
-        self.seconds = seconds
-
-    def __enter__(self):
-        self.saved = clock.now
-        clock.now = lambda: self.seconds
-        return self
-
-    def __exit__(self, *args):
-        clock.now = self.saved
-
-
 def alert(value):
     return {"kind": "alert", "rule": "hot", "sensor": "t", "value": value, "unit": "C", "time": T0}
 
@@ -131,18 +117,20 @@ class Setup:
         remove_tree(self.directory)
 
 
-def test_transient_reply_to_one_message_does_not_stop_the_others():
+def test_deferred_message_lets_others_go():
     setup = Setup((41, 42, 43))
     try:
         setup.server.replies[41] = [busy()]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             delay = setup.session()
         # One session: the first alert is refused for now, the two behind it go.
         assert setup.server.connects == 1
         assert setup.server.accepted == [42, 43], setup.server.accepted
         assert setup.outbox.pending() == [setup.names[41]]
         entry = setup.outbox.load(setup.names[41])
-        assert entry["attempts"] == 1 and entry["own"] and entry["failing"] == T0, entry
+        assert entry["attempts"] == 1, entry
+        assert entry["own"], entry
+        assert entry["failing"] == T0, entry
         # It waits for its own retry time, which the session returns.
         assert 15 <= delay <= 30, delay
         assert abs(setup.outbox.due(T0) - delay) < 0.01
@@ -156,7 +144,7 @@ def test_new_alert_goes_while_held_alert_waits():
     setup = Setup((41,))
     try:
         setup.server.replies[41] = [busy("mail")]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             setup.session()
             setup.add(44)
             # The new alert is due at once although the held one is older.
@@ -165,7 +153,7 @@ def test_new_alert_goes_while_held_alert_waits():
         assert setup.server.attempted == [41, 44], setup.server.attempted
         assert setup.server.accepted == [44]
         # Its retry time come, the held alert is tried again and goes.
-        with setup.server, Clock(T0 + 40):
+        with setup.server, FixedClock(T0 + 40):
             assert setup.outbox.due(T0 + 40) == 0
             assert setup.session() is None
         assert setup.server.accepted == [44, 41], setup.server.accepted
@@ -178,7 +166,7 @@ def test_connection_failure_holds_every_alert():
     setup = Setup((41, 42))
     try:
         setup.server.replies[41] = [busy()]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             setup.session()
             setup.server.refuse_connect = True
             setup.add(45)
@@ -199,7 +187,7 @@ def test_reply_that_closes_the_connection_ends_the_session():
     setup = Setup((41, 42))
     try:
         setup.server.replies[41] = [ReplyError("closing", 421, "4.3.2", "shutting down", "mail")]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             delay = setup.session()
         assert setup.server.attempted == [41]
         assert setup.outbox.pending() == [setup.names[41], setup.names[42]]
@@ -217,12 +205,12 @@ def test_refused_for_days_set_aside():
         setup.server.replies[41] = [busy("data") for _ in range(GIVE_UP_TRIES)]
         # Tries 1 to 19 spread over the 5 days: the alert stays queued.
         for index in range(GIVE_UP_TRIES - 1):
-            with setup.server, Clock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
+            with setup.server, FixedClock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
                 setup.session()
         assert setup.outbox.pending() == [setup.names[41]]
         assert setup.outbox.aside() == []
         # The 20th, after 5 days.
-        with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+        with setup.server, FixedClock(T0 + GIVE_UP_S + 3600):
             assert setup.session() is None
         assert setup.outbox.pending() == []
         assert setup.outbox.aside() == [setup.names[41]]
@@ -238,10 +226,10 @@ def test_clock_jump_forward_does_not_give_up():
     setup = Setup((41,))
     try:
         setup.server.replies[41] = [busy(), busy()]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             setup.session()
         # A wrong NTP reply moves the clock 2 years ahead: one more refusal is no reason to give up.
-        with setup.server, Clock(T0 + 2 * 365 * 86400):
+        with setup.server, FixedClock(T0 + 2 * 365 * 86400):
             setup.session()
         assert setup.outbox.pending() == [setup.names[41]]
         assert setup.outbox.aside() == []
@@ -256,14 +244,14 @@ def test_failed_connections_are_no_tries():
     setup = Setup((41,))
     try:
         setup.server.replies[41] = [busy(), busy()]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             setup.session()
         setup.server.refuse_connect = True
         for day in range(1, 6):
-            with setup.server, Clock(T0 + day * 86400):
+            with setup.server, FixedClock(T0 + day * 86400):
                 setup.session()
         setup.server.refuse_connect = False
-        with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+        with setup.server, FixedClock(T0 + GIVE_UP_S + 3600):
             setup.session()
         # Two refusals 5 days apart, with only failed connections in between: still queued.
         assert setup.outbox.pending() == [setup.names[41]]
@@ -278,13 +266,13 @@ def test_held_alerts_share_one_retry_time():
     try:
         for value in values:
             setup.server.replies[value] = [busy()]
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             delay = setup.session()
         times = [setup.outbox.load(setup.names[value])["next"] for value in values]
         # One retry time for all, so a server that defers every message gets one session per retry.
         assert times == [T0 + delay] * len(values), times
         assert setup.outbox.due(T0 + delay - 1) > 0
-        with setup.server, Clock(T0 + delay):
+        with setup.server, FixedClock(T0 + delay):
             setup.session()
         assert setup.server.connects == 2
         assert setup.server.accepted == list(values)
@@ -307,7 +295,7 @@ def test_memory_error_building_next_alert_keeps_it():
 
     sender._build = build
     try:
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             delay = setup.session()
         assert setup.server.accepted == [41]
         # The alert whose message found no heap gets the retry time, not the one sent before it.
@@ -333,7 +321,7 @@ def session_failure_line(error, oauth2=False):
 
     log._write = lambda level, message: lines.append(message)
     try:
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             SMTP.connect = connect
             if oauth2:
                 setup.sender._oauth2 = {}
@@ -370,7 +358,7 @@ def test_dropped_oldest_hands_on_the_back_off():
     try:
         setup.outbox.max_entries = 3
         setup.server.refuse_connect = True
-        with setup.server, Clock(T0):
+        with setup.server, FixedClock(T0):
             delay = setup.session()
         assert setup.outbox.due(T0 + 1) > 0
         # A new alert in a full outbox drops the oldest, which carried the session's back-off.
@@ -397,7 +385,7 @@ def test_full_flash_deferral_gives_up():
         setup.server.replies[41] = [busy("data") for _ in range(GIVE_UP_TRIES)]
         with FullFlash():
             for index in range(GIVE_UP_TRIES - 1):
-                with setup.server, Clock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
+                with setup.server, FixedClock(T0 + index * (GIVE_UP_S // GIVE_UP_TRIES)):
                     setup.session()
                 if index == 0:
                     # The entry on flash is as it was, and the deferral counts all the same.
@@ -407,7 +395,7 @@ def test_full_flash_deferral_gives_up():
                     assert entry["own"] is True, entry
             assert setup.outbox.load(name)["held"] == GIVE_UP_TRIES - 1
             # The 20th, after 5 days: set aside (moved as it is, without the server's reply).
-            with setup.server, Clock(T0 + GIVE_UP_S + 3600):
+            with setup.server, FixedClock(T0 + GIVE_UP_S + 3600):
                 assert setup.session() is None
         assert setup.outbox.pending() == []
         assert setup.outbox.aside() == [name]
@@ -426,7 +414,7 @@ def test_full_flash_deferral_lets_others_go():
     log._write = lambda level, message: None
     try:
         setup.server.replies[41] = [busy("data")]
-        with FullFlash(), setup.server, Clock(T0):
+        with FullFlash(), setup.server, FixedClock(T0):
             assert setup.session() > 0
         # Room again for a new alert: it goes at once, while 41 waits for its own retry time.
         setup.add(42)
@@ -451,7 +439,7 @@ def test_unmovable_rejection_waits():
         setup.outbox.retry_max = 60
         setup.sender.retry_max = 60
         setup.server.replies[41] = [ReplyError("rejected", 550, "5.7.1", "policy", "data") for _ in range(5)]
-        with FullFlash(rename=False), setup.server, Clock(T0):
+        with FullFlash(rename=False), setup.server, FixedClock(T0):
             delays = [setup.session() for _ in range(3)]
         # One attempt, then a wait, not a new session at once for each.
         assert len(setup.server.attempted) == 1, setup.server.attempted

@@ -1,6 +1,6 @@
 """Stored times that the current clock cannot be compared with: a restart before NTP
 replies (the clock counts from 2000) or a clock that went back. Such a time never delays
-an alert, never stops NTP from being tried, and never holds an alert back as too soon."""
+an alert, never stops NTP from being tried, and never keeps an alert back as too soon."""
 
 import sys
 
@@ -13,25 +13,10 @@ from alerts import clock
 from alerts.outbox import Outbox
 from alerts.rules import Rules
 
-from helpers import fresh_directory, remove_tree
+from helpers import FixedClock, fresh_directory, remove_tree
 
 T0 = 1767225600  # 2026-01-01 00:00:00 UTC, a time NTP set before a restart
-UNSET = 946684800 + 300  # five minutes after a restart, NTP not answered yet
-
-
-class FixedClock:
-    """Replaces clock.now() with a settable time while in use."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-
-    def __enter__(self):
-        self.saved = clock.now
-        clock.now = lambda: self.seconds
-        return self
-
-    def __exit__(self, *args):
-        clock.now = self.saved
+UNSET = 946684800 + 300  # five minutes after a restart, before NTP replied
 
 
 def alert_record(time):
@@ -47,7 +32,7 @@ def outbox_with_retry(directory, retry_at):
     return outbox, name
 
 
-def test_retry_time_from_before_restart_is_due_with_unset_clock():
+def test_old_retry_due_with_unset_clock():
     directory = fresh_directory("alerts-unset-clock-test")
     try:
         outbox, name = outbox_with_retry(directory, T0 + 200)
