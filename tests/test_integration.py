@@ -364,8 +364,8 @@ def test_every_recipient_refused(runtime, smtp_server, certs, extensions):
 
 @pytest.mark.parametrize("api", ["send", "send_message", "send_messages"])
 def test_refused_content_reaches_no_recipient(runtime, smtp_server, certs, extensions, api):
-    # The server accepted both recipients at RCPT, then refused the content: accepted
-    # names nobody, and rcpt_accepted keeps what RCPT said.
+    # The server accepted both recipients at RCPT, then rejected the content: accepted is
+    # empty, and rcpt_accepted keeps the RCPT replies.
     server = smtp_server("starttls", data_reply="554 5.6.0 content refused", ehlo_extra=extensions)
     specs = [message_spec(to=["ops@example.com", "lab@example.com"], attachments=[])]
     outcome = only_outcome(run_client(runtime, params_for(server, certs, messages=specs, api=api), scenario="outcomes"))

@@ -329,7 +329,7 @@ def test_invalid_rule_in_scenario(tmp_path):
     assert "board |" not in process.stdout
 
 
-def test_scenario_given_by_name_is_found_among_shipped_ones(tmp_path, monkeypatch):
+def test_scenario_found_by_name(tmp_path, monkeypatch):
     from microsmtp_tools import sim
 
     monkeypatch.chdir(tmp_path)

@@ -27,8 +27,8 @@ _MAX_UNWRITTEN = 10
 _SENSOR_SLACK_S = 30
 # Real seconds the sender may go without progress beyond the time limit of its current
 # step, for blocking DNS and TLS steps that no limit interrupts. A round reports progress
-# before each step (WiFi and NTP attempt, token request, connect, message, QUIT) with
-# that step's limit from config.json (round_alive()), so a slow round that keeps within
+# before each step (WiFi and NTP attempt, token request, connect, message, QUIT). It
+# passes that step's limit from config.json (round_alive()), so a slow round that keeps within
 # its limits never stops the feeding, and a hung one does.
 _SENDER_SLACK_S = 120
 # Modules that a delivery round and the CA check at boot import. unload() drops them afterwards.

@@ -534,7 +534,7 @@ def _validate_rest(config, limits):
     _field(outbox, "outbox.", "max_entries", "int", 50, 1, 10000)
     _field(outbox, "outbox.", "max_aside", "int", 10, 1, 1000)
     # A wait is one asyncio sleep, and MicroPython's tick arithmetic ends at 2**29 ms (6.2
-    # days); a day is the longest wait that a retry or a deep sleep may take.
+    # days). So a day is the longest wait that a retry or a deep sleep may take.
     retry_min = _field(outbox, "outbox.", "retry_min_s", "number", 30, 1, 86400)
     _field(outbox, "outbox.", "retry_max_s", "number", 3600, retry_min, 86400)
 

@@ -77,9 +77,9 @@ async def deliver(app):
     if wait is None or wait > 0:
         return wait
     # A new alert during the network back-off waits for it too, instead of bringing up
-    # WiFi and NTP again (entries carry no network back-off; while the clock is not set
-    # they are all due). A back-off further ahead than retry_max_s is from before the
-    # clock went back.
+    # WiFi and NTP again, because outbox entries do not carry the network back-off. While
+    # the clock is not set, they are all due. A back-off further ahead than retry_max_s is
+    # from before the clock went back.
     wait = app.network_retry_at - now
     if 0 < wait <= app.config["outbox"]["retry_max_s"]:
         return wait

@@ -26,8 +26,8 @@ from .outbox import backoff, random_fraction
 _MESSAGE_STAGES = ("mail", "rcpt", "data", "message")
 # A message the server keeps refusing with 4xx replies (to its MAIL, RCPT, DATA or
 # content) is set aside and reported after GIVE_UP_TRIES such replies spread over at
-# least GIVE_UP_S, as mail servers give up on a message after some days. Both must hold:
-# the tries keep a clock that jumped forward, or days without a connection, from ending
+# least GIVE_UP_S, as mail servers give up on a message after some days. Both conditions
+# must be met, so a clock that jumped forward, or days without a connection, cannot end
 # it early. Failures of the connection (WiFi, DNS, TLS, AUTH, a lost connection) are no
 # tries: the alerts stay queued until the server can be reached.
 GIVE_UP_S = 5 * 86400
@@ -122,7 +122,7 @@ class Sender:
         self._token_cached = False
         self._renewed = False
         # Called with the real seconds the next step may take (token request, connect, one
-        # message, QUIT); alerts.delivery sets App.round_alive(), which tells the watchdog.
+        # message, QUIT). alerts.delivery sets App.round_alive(), which feeds the watchdog.
         self.progress = None
 
     def _step(self):

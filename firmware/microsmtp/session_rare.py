@@ -183,7 +183,7 @@ def fail_idle(session, reply):
 
 
 def log_failed(session, exc):
-    """Stop calling the log function that raised exc for the rest of the connection, and say so once."""
+    """Stop calling the log function that raised exc for the rest of the connection, and print one line about it."""
     session._log = None
     # A broken standard error stream must not end the send either.
     try:

@@ -696,7 +696,7 @@ def test_failing_log_does_not_stop_the_send():
             assert server.messages == [b"one\r\n", b"two\r\n" * 300], at
             if at == "--> BDAT" and offered is not extensions:
                 continue  # lock-step sends no BDAT
-            # The log function is not called again after it failed, and that is said once.
+            # The log function is not called again after it failed, and one line is printed about it.
             assert log.calls == len(log.lines) + 1, (at, log.calls, log.lines)
             assert len(capture.printed) == 1, (at, capture.printed)
             args, stream = capture.printed[0]
